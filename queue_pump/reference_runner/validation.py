@@ -1,0 +1,157 @@
+"""Request-body checks with one-line messages that name the offending field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .store import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobSpec
+
+MAX_NAME_LEN = 200
+MAX_DEDUPE_KEY_LEN = 500
+MAX_ATTEMPTS_LIMIT = 100
+MAX_BATCH = 10_000
+# A day: far beyond any test, but a typo'd duration cannot park a job for weeks.
+MAX_DURATION_MS = 86_400_000
+
+_JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
+
+
+class BadRequest(ValueError):
+    """The message is one line and names what is wrong."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How the reference runner "runs" a job, read from its payload."""
+
+    duration_ms: float = 0.0
+    fail_rate: float = 0.0
+    fail_times: int = 0
+    yield_: bool = False
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> RunSpec:
+        # Tolerant on purpose: payloads written straight into the database bypass the checks in
+        # parse_jobs, and a malformed knob should be ignored rather than crash the run.
+        duration = _num(payload.get("duration_ms"), 0.0)
+        fail_rate = _num(payload.get("fail_rate"), 0.0)
+        fail_times = _num(payload.get("fail_times"), 0.0)
+        return cls(
+            duration_ms=min(max(duration, 0.0), MAX_DURATION_MS),
+            fail_rate=min(max(fail_rate, 0.0), 1.0),
+            fail_times=max(int(fail_times), 0),
+            yield_=payload.get("yield") is True,
+        )
+
+
+def _num(value: object, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return default
+    return float(value)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    )
+
+
+def check_run_knobs(payload: dict[str, Any], where: str) -> None:
+    """Reject payload knobs the runner would otherwise silently ignore."""
+    if "duration_ms" in payload:
+        v = payload["duration_ms"]
+        if not _is_number(v) or not 0 <= v <= MAX_DURATION_MS:
+            raise BadRequest(
+                f"{where}.duration_ms must be a number between 0 and {MAX_DURATION_MS}, got {v!r}"
+            )
+    if "fail_rate" in payload:
+        v = payload["fail_rate"]
+        if not _is_number(v) or not 0 <= v <= 1:
+            raise BadRequest(f"{where}.fail_rate must be a number between 0 and 1, got {v!r}")
+    if "fail_times" in payload:
+        v = payload["fail_times"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BadRequest(f"{where}.fail_times must be an integer >= 0, got {v!r}")
+    if "yield" in payload and not isinstance(payload["yield"], bool):
+        raise BadRequest(f"{where}.yield must be true or false, got {payload['yield']!r}")
+
+
+def check_name(value: object, where: str, max_len: int = MAX_NAME_LEN) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{where} must be a non-empty string, got {value!r}")
+    if len(value) > max_len:
+        raise BadRequest(f"{where} must be at most {max_len} characters, got {len(value)}")
+    return value
+
+
+def parse_job(obj: object, where: str) -> JobSpec:
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{where} must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(k for k in obj if k not in _JOB_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"{where} has unknown field(s) {', '.join(unknown)} (allowed: {', '.join(_JOB_KEYS)})"
+        )
+    if "type" not in obj:
+        raise BadRequest(f"{where}.type is required")
+    job_type = check_name(obj["type"], f"{where}.type")
+    payload = obj.get("payload", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise BadRequest(f"{where}.payload must be a JSON object, got {type(payload).__name__}")
+    check_run_knobs(payload, f"{where}.payload")
+    queue = obj.get("queue", DEFAULT_QUEUE)
+    queue = DEFAULT_QUEUE if queue is None else check_name(queue, f"{where}.queue")
+    dedupe_key = obj.get("dedupeKey")
+    if dedupe_key is not None:
+        dedupe_key = check_name(dedupe_key, f"{where}.dedupeKey", MAX_DEDUPE_KEY_LEN)
+    max_attempts = obj.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)
+    if max_attempts is None:
+        max_attempts = DEFAULT_MAX_ATTEMPTS
+    if (
+        isinstance(max_attempts, bool)
+        or not isinstance(max_attempts, int)
+        or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+    ):
+        raise BadRequest(
+            f"{where}.maxAttempts must be an integer between 1 and {MAX_ATTEMPTS_LIMIT},"
+            f" got {max_attempts!r}"
+        )
+    return JobSpec(job_type, payload, queue, dedupe_key, max_attempts)
+
+
+def parse_jobs(body: object) -> list[JobSpec]:
+    """``POST /jobs`` body: one job object, ``{"jobs": [...]}``, or a JSON list of jobs."""
+    if isinstance(body, dict) and "jobs" in body:
+        extra = sorted(k for k in body if k != "jobs")
+        if extra:
+            raise BadRequest(f"body with 'jobs' must have no other field, got {', '.join(extra)}")
+        items, prefix = body["jobs"], "jobs"
+        if not isinstance(items, list):
+            raise BadRequest(f"jobs must be a JSON list, got {type(items).__name__}")
+    elif isinstance(body, list):
+        items, prefix = body, "body"
+    elif isinstance(body, dict):
+        return [parse_job(body, "job")]
+    else:
+        raise BadRequest(f"body must be a job object or a list of jobs, got {type(body).__name__}")
+    if not items:
+        raise BadRequest(f"{prefix} is empty: nothing to enqueue")
+    if len(items) > MAX_BATCH:
+        raise BadRequest(f"{prefix} has {len(items)} jobs, at most {MAX_BATCH} per request")
+    return [parse_job(item, f"{prefix}[{i}]") for i, item in enumerate(items)]
+
+
+def parse_queue(query_value: str | None, body: object) -> str:
+    """Queue of a runner call: the query's ``queue`` wins over the body's, default "agent"."""
+    if query_value:
+        return check_name(query_value, "query parameter queue")
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object, got {type(body).__name__}")
+    value = body.get("queue")
+    if value is None:
+        return DEFAULT_QUEUE
+    return check_name(value, "body.queue")
