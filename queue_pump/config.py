@@ -1,0 +1,381 @@
+"""Settings: one frozen dataclass, built once from the environment and validated at construction.
+
+Every knob is declared once in ``KNOBS``; parsing, ``--help``, ``.env.example`` and the README table
+are all derived from it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    attr: str
+    kind: str  # ms | int | bool | str | choice | url | secret
+    default: str | None
+    help: str
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret" or self.attr in SECRET_ATTRS
+
+
+# Values that must never reach any output: the webhook URL is in the list because Slack-style
+# webhook URLs carry their credential in the path.
+SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url"})
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("SUPABASE_URL", "supabase_url", "url", None,
+         "Project URL; the runner is {SUPABASE_URL}/functions/v1/ai-job-runner. "
+         "Not needed when QUEUE_PUMP_ENDPOINT is set.", required=True),
+    Knob("AGENT_TOKEN", "agent_token", "secret", None,
+         "Sent as X-Agent-Token on every call.", required=True),
+    Knob("ORGANIZATION_ID", "organization_id", "str", None,
+         "Sent as X-Organization-Id on every call.", required=True),
+    Knob("SUPABASE_ANON_KEY", "anon_key", "secret", "",
+         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying functions)."),
+    Knob("QUEUE_PUMP_ENDPOINT", "endpoint_override", "url", "",
+         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners)."),
+    Knob("QUEUE_PUMP_QUEUE", "queue", "str", "agent",
+         "Queue name, sent in the query (queue=) and the body."),
+    Knob("QUEUE_PUMP_CONCURRENCY", "concurrency", "int", "1",
+         "Loops calling the runner at once, sharing one connection pool.", low=1, high=256),
+    Knob("QUEUE_PUMP_IDLE_SLEEP_MS", "idle_sleep_ms", "ms", "10000",
+         "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS),
+    Knob("QUEUE_PUMP_TICK_SLEEP_MS", "tick_sleep_ms", "ms", "250",
+         "Sleep after a processed job.", low=0, high=HOUR_MS),
+    Knob("QUEUE_PUMP_HTTP_TIMEOUT_MS", "http_timeout_ms", "ms", "1800000",
+         "Longest a single call may take, start to last byte.", low=1000, high=DAY_MS),
+    Knob("QUEUE_PUMP_CONNECT_TIMEOUT_MS", "connect_timeout_ms", "ms", "10000",
+         "Longest the TCP/TLS connect may take.", low=100, high=HOUR_MS),
+    Knob("QUEUE_PUMP_LOG_EVERY", "log_every", "int", "10",
+         "Log a progress line every N processed jobs (0: only yielded jobs).", low=0,
+         high=1_000_000),
+    Knob("QUEUE_PUMP_BACKOFF_BASE_MS", "backoff_base_ms", "ms", "1000",
+         "First retry delay bound after a failed call; doubles per failure (full jitter).",
+         low=1, high=HOUR_MS),
+    Knob("QUEUE_PUMP_BACKOFF_MAX_MS", "backoff_max_ms", "ms", "60000",
+         "Cap of the retry delay; also the delay after 401/403/404.", low=1, high=HOUR_MS),
+    Knob("QUEUE_PUMP_SHUTDOWN_GRACE_MS", "shutdown_grace_ms", "ms", "30000",
+         "On SIGTERM/SIGINT, how long calls in flight may take to finish.", low=0, high=HOUR_MS),
+    Knob("QUEUE_PUMP_MAX_RESPONSE_BYTES", "max_response_bytes", "int", str(MIB),
+         "Largest runner answer read; a larger one is an error (never buffered).",
+         low=1024, high=256 * MIB),
+    Knob("QUEUE_PUMP_LOG_FORMAT", "log_format", "choice", "",
+         "json or console; default json when stdout is not a terminal.",
+         choices=("json", "console")),
+    Knob("QUEUE_PUMP_LOG_LEVEL", "log_level", "choice", "info", "Lowest level logged.",
+         choices=("debug", "info", "warning", "error")),
+    Knob("QUEUE_PUMP_WORKER_ID", "worker_id", "str", "",
+         "Sent as X-Worker-Id so a runner can tell pumps apart; default the hostname."),
+    Knob("QUEUE_PUMP_ALLOW_INSECURE_HTTP", "allow_insecure_http", "bool", "0",
+         "Allow plain http:// to a host that is not loopback (the token travels in clear)."),
+    Knob("QUEUE_PUMP_HEALTH_HOST", "health_host", "str", "127.0.0.1",
+         "Address of the health endpoint (/healthz /readyz /metrics); 0.0.0.0 in a container."),
+    Knob("QUEUE_PUMP_HEALTH_PORT", "health_port", "int", "8080",
+         "Port of the health endpoint; 0 turns it off.", low=0, high=65535),
+    Knob("QUEUE_PUMP_ALERT_WEBHOOK_URL", "alert_webhook_url", "url", "",
+         "Receives one JSON POST when a failure streak reaches ALERT_AFTER, one on recovery."),
+    Knob("QUEUE_PUMP_ALERT_AFTER", "alert_after", "int", "10",
+         "Consecutive failed calls that make an outage.", low=1, high=1_000_000),
+)
+
+KNOBS_BY_ENV = {k.env: k for k in KNOBS}
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, safe to log."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pump's whole configuration. Secrets are kept out of repr()."""
+
+    supabase_url: str
+    agent_token: str = field(repr=False)
+    organization_id: str
+    anon_key: str = field(repr=False)
+    endpoint_override: str
+    queue: str
+    concurrency: int
+    idle_sleep_ms: int
+    tick_sleep_ms: int
+    http_timeout_ms: int
+    connect_timeout_ms: int
+    log_every: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+    shutdown_grace_ms: int
+    max_response_bytes: int
+    log_format: str
+    log_level: str
+    worker_id: str
+    allow_insecure_http: bool
+    health_host: str
+    health_port: int
+    alert_webhook_url: str = field(repr=False)
+    alert_after: int
+
+    # Seconds are what the loop works in; milliseconds are what the environment speaks.
+    @property
+    def idle_sleep_s(self) -> float:
+        return self.idle_sleep_ms / 1000
+
+    @property
+    def tick_sleep_s(self) -> float:
+        return self.tick_sleep_ms / 1000
+
+    @property
+    def http_timeout_s(self) -> float:
+        return self.http_timeout_ms / 1000
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return self.connect_timeout_ms / 1000
+
+    @property
+    def backoff_base_s(self) -> float:
+        return self.backoff_base_ms / 1000
+
+    @property
+    def backoff_max_s(self) -> float:
+        return self.backoff_max_ms / 1000
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.shutdown_grace_ms / 1000
+
+    @property
+    def endpoint(self) -> str:
+        """The runner URL without its query; the client adds worker=1&queue=<queue>."""
+        if self.endpoint_override:
+            return self.endpoint_override
+        return self.supabase_url.rstrip("/") + "/functions/v1/ai-job-runner"
+
+    def __repr__(self) -> str:
+        # The dataclass repr would show URL credentials; this one shows what the logs show.
+        return f"Settings({self.public_view()!r})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for the log redactor; empty ones are no secret."""
+        values = [getattr(self, a) for a in SECRET_ATTRS]
+        values += [urlsplit(u).password for u in (self.supabase_url, self.endpoint_override)]
+        return tuple(v for v in values if v)
+
+    def public_view(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked, for the start line and /healthz."""
+        view: dict[str, Any] = {}
+        for knob in KNOBS:
+            value = getattr(self, knob.attr)
+            if knob.secret:
+                value = "***" if value else ""
+            elif knob.kind == "url" and value:
+                value = redact_url(value)
+            view[knob.attr] = value
+        view["endpoint"] = redact_url(self.endpoint)
+        return view
+
+
+def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
+    shown = "(hidden)" if knob.secret else repr(raw)
+    value = raw.strip()
+    if knob.kind in ("int", "ms"):
+        unit = " ms" if knob.kind == "ms" else ""
+        rng = f"a whole number from {knob.low} to {knob.high}{unit}"
+        try:
+            number = int(value, 10)
+        except ValueError:
+            try:
+                as_float = float(value)
+            except ValueError:
+                problems.append(f"{knob.env}={shown} is not a number; expected {rng}")
+                return None
+            if not math.isfinite(as_float) or as_float != int(as_float):
+                problems.append(f"{knob.env}={shown} is not a whole number; expected {rng}")
+                return None
+            number = int(as_float)
+        if (knob.low is not None and number < knob.low) or (
+            knob.high is not None and number > knob.high
+        ):
+            problems.append(f"{knob.env}={shown} is out of range; expected {rng}")
+            return None
+        return number
+    if knob.kind == "bool":
+        low = value.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        problems.append(f"{knob.env}={shown} is not a boolean; expected 1/0, true/false, yes/no")
+        return None
+    if knob.kind == "choice":
+        low = value.lower()
+        if low == "" and knob.default == "":
+            return ""
+        if low not in knob.choices:
+            problems.append(f"{knob.env}={shown} is not accepted; expected one of "
+                            + ", ".join(knob.choices))
+            return None
+        return low
+    if knob.kind == "url" and value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"{knob.env}={shown if not parts.password else '(hidden)'} is not an "
+                            "http(s) URL; expected e.g. https://xyz.supabase.co")
+            return None
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
+            return None
+    if any(ch in value for ch in "\r\n\x00"):
+        # A header value with a newline would be a request-smuggling vector.
+        problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
+        return None
+    return value
+
+
+def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Settings:
+    """Build Settings from an environment-like mapping, listing every problem at once."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    missing: list[Knob] = []
+    for knob in KNOBS:
+        raw = env.get(knob.env)
+        if knob.required and (raw is None or not raw.strip()):
+            values[knob.attr] = ""
+            missing.append(knob)
+            continue
+        values[knob.attr] = _parse(knob, (knob.default or "") if raw is None else raw, problems)
+
+    for knob in missing:
+        if knob.attr == "supabase_url" and values.get("endpoint_override"):
+            continue
+        problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
+
+    if (values.get("queue") is not None and not values["queue"]) or any(
+        ch.isspace() for ch in values.get("queue") or ""
+    ):
+        problems.append(f"QUEUE_PUMP_QUEUE={values.get('queue')!r} is not a queue name; expected "
+                        "a non-empty name without spaces")
+    base, cap = values.get("backoff_base_ms"), values.get("backoff_max_ms")
+    if isinstance(base, int) and isinstance(cap, int) and cap < base:
+        problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={cap} is below QUEUE_PUMP_BACKOFF_BASE_MS="
+                        f"{base}; expected max >= base")
+
+    if values.get("allow_insecure_http") is False:
+        for attr, env_name in (("endpoint_override", "QUEUE_PUMP_ENDPOINT"),
+                               ("supabase_url", "SUPABASE_URL")):
+            url = values.get(attr) or ""
+            parts = urlsplit(url)
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+                problems.append(f"{env_name}={redact_url(url)!r} uses plain http to a host that is "
+                                "not loopback (the token would travel in clear); use https, or set "
+                                "QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
+            if attr == "endpoint_override" and url:
+                break  # the derived URL is not used
+
+    if problems:
+        raise ConfigError(problems)
+    if not values["worker_id"]:
+        values["worker_id"] = hostname or socket.gethostname()
+    return Settings(**values)
+
+
+def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The real environment over the .env file: an explicit variable always wins.
+
+    ``env_file`` None means ``.env`` in the working directory if it exists; a named file that
+    does not exist is an error, since the user asked for it.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, str] = {}
+    path = Path(env_file) if env_file else Path(".env")
+    if env_file and not path.is_file():
+        raise ConfigError([f"--env-file {env_file!r} does not exist or is not a file"])
+    if path.is_file():
+        try:
+            file_values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"--env-file {str(path)!r} cannot be read: "
+                               f"{exc.__class__.__name__}"]) from None
+        merged.update({k: v for k, v in file_values.items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def describe_knobs() -> str:
+    """The variables table for --help."""
+    lines = []
+    for knob in KNOBS:
+        default = "(required)" if knob.required else (knob.default or "(empty)")
+        lines.append(f"  {knob.env:<31} {default:<10} {knob.help}")
+    return "\n".join(lines)
+
+
+def env_example() -> str:
+    """The text of .env.example; a test keeps the committed file equal to this."""
+    out = ["# queue-pump configuration. Copy to .env; the real environment wins over this file.",
+           "# Generated from queue_pump/config.py (python -m queue_pump config --env-example).", ""]
+    for knob in KNOBS:
+        out.append(f"# {knob.help}")
+        if knob.required:
+            example = {"SUPABASE_URL": "https://your-project.supabase.co",
+                       "AGENT_TOKEN": "change-me",
+                       "ORGANIZATION_ID": "your-organization-id"}[knob.env]
+            out.append(f"{knob.env}={example}")
+        else:
+            out.append(f"# {knob.env}={knob.default or ''}")
+        out.append("")
+    return "\n".join(out)
+

@@ -1,0 +1,165 @@
+"""Configuration as a table: inputs and the one-line messages they must produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from queue_pump.config import (
+    KNOBS,
+    ConfigError,
+    env_example,
+    from_mapping,
+    is_loopback_host,
+    load_env,
+    redact_url,
+)
+
+from .conftest import ANON, BASE_ENV, TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(**env: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({**BASE_ENV, **env})
+    return info.value.problems
+
+
+def test_defaults_are_the_node_pumps() -> None:
+    s = from_mapping(BASE_ENV, hostname="h")
+    assert (s.idle_sleep_ms, s.tick_sleep_ms, s.http_timeout_ms, s.log_every) == (
+        10000, 250, 1800000, 10)
+    assert (s.idle_sleep_s, s.tick_sleep_s, s.http_timeout_s) == (10.0, 0.25, 1800.0)
+    assert (s.queue, s.concurrency, s.backoff_base_ms, s.backoff_max_ms) == ("agent", 1, 1000,
+                                                                             60000)
+    assert (s.connect_timeout_ms, s.shutdown_grace_ms, s.max_response_bytes) == (
+        10000, 30000, 1048576)
+    assert s.worker_id == "h"
+    assert s.endpoint == "https://proj.supabase.co/functions/v1/ai-job-runner"
+
+
+def test_test_friendly_minimums_are_accepted() -> None:
+    s = from_mapping({**BASE_ENV, "QUEUE_PUMP_IDLE_SLEEP_MS": "100",
+                      "QUEUE_PUMP_TICK_SLEEP_MS": "0", "QUEUE_PUMP_HTTP_TIMEOUT_MS": "1000"})
+    assert (s.idle_sleep_ms, s.tick_sleep_ms, s.http_timeout_ms) == (100, 0, 1000)
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"QUEUE_PUMP_CONCURRENCY": "0"}, "QUEUE_PUMP_CONCURRENCY='0' is out of range; expected a "
+                                      "whole number from 1 to 256"),
+    ({"QUEUE_PUMP_CONCURRENCY": "257"}, "from 1 to 256"),
+    ({"QUEUE_PUMP_CONCURRENCY": "four"}, "QUEUE_PUMP_CONCURRENCY='four' is not a number"),
+    ({"QUEUE_PUMP_CONCURRENCY": ""}, "QUEUE_PUMP_CONCURRENCY='' is not a number"),
+    ({"QUEUE_PUMP_CONCURRENCY": "2.5"}, "is not a whole number"),
+    ({"QUEUE_PUMP_IDLE_SLEEP_MS": "-1"}, "QUEUE_PUMP_IDLE_SLEEP_MS='-1' is out of range"),
+    ({"QUEUE_PUMP_IDLE_SLEEP_MS": "99"}, "from 100 to 86400000 ms"),
+    ({"QUEUE_PUMP_IDLE_SLEEP_MS": "1e99"}, "QUEUE_PUMP_IDLE_SLEEP_MS='1e99' is out of range"),
+    ({"QUEUE_PUMP_IDLE_SLEEP_MS": "nan"}, "is not a whole number"),
+    ({"QUEUE_PUMP_HTTP_TIMEOUT_MS": "999"}, "from 1000 to"),
+    ({"QUEUE_PUMP_TICK_SLEEP_MS": "99999999999999999999"}, "is out of range"),
+    ({"QUEUE_PUMP_LOG_FORMAT": "xml"}, "QUEUE_PUMP_LOG_FORMAT='xml' is not accepted; expected "
+                                      "one of json, console"),
+    ({"QUEUE_PUMP_LOG_LEVEL": "loud"}, "expected one of debug, info, warning, error"),
+    ({"QUEUE_PUMP_ALLOW_INSECURE_HTTP": "maybe"}, "is not a boolean"),
+    ({"QUEUE_PUMP_HEALTH_PORT": "70000"}, "from 0 to 65535"),
+    ({"SUPABASE_URL": "ftp://x.example"}, "SUPABASE_URL='ftp://x.example' is not an http(s) URL"),
+    ({"SUPABASE_URL": "proj.supabase.co"}, "is not an http(s) URL"),
+    ({"SUPABASE_URL": "https://x.example:99999"}, "SUPABASE_URL has a bad port"),
+    ({"SUPABASE_URL": "http://proj.supabase.co"}, "uses plain http to a host that is not "
+                                                   "loopback"),
+    ({"QUEUE_PUMP_ENDPOINT": "http://10.0.0.5/run"}, "QUEUE_PUMP_ENDPOINT='http://10.0.0.5/run'"),
+    ({"QUEUE_PUMP_QUEUE": ""}, "QUEUE_PUMP_QUEUE='' is not a queue name"),
+    ({"QUEUE_PUMP_QUEUE": "a b"}, "is not a queue name"),
+    ({"QUEUE_PUMP_BACKOFF_BASE_MS": "5000", "QUEUE_PUMP_BACKOFF_MAX_MS": "1000"},
+     "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below QUEUE_PUMP_BACKOFF_BASE_MS=5000"),
+    ({"ORGANIZATION_ID": "org\r\nX-Evil: 1"}, "ORGANIZATION_ID contains a line break"),
+    ({"AGENT_TOKEN": ""}, "AGENT_TOKEN is not set; it is required"),
+    ({"AGENT_TOKEN": "   "}, "AGENT_TOKEN is not set"),
+])
+def test_bad_values_give_one_line_each(env: dict[str, str], needle: str) -> None:
+    found = problems(**env)
+    assert len(found) == 1, found
+    assert needle in found[0]
+    assert "\n" not in found[0]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"QUEUE_PUMP_CONCURRENCY": "0", "QUEUE_PUMP_LOG_FORMAT": "x"})
+    named = {p.split(" ")[0].split("=")[0] for p in info.value.problems}
+    assert named == {"QUEUE_PUMP_CONCURRENCY", "QUEUE_PUMP_LOG_FORMAT", "SUPABASE_URL",
+                     "AGENT_TOKEN", "ORGANIZATION_ID"}
+
+
+def test_endpoint_override_makes_supabase_url_optional() -> None:
+    s = from_mapping({"AGENT_TOKEN": "t", "ORGANIZATION_ID": "o",
+                      "QUEUE_PUMP_ENDPOINT": "https://runner.example/jobs/run"})
+    assert s.endpoint == "https://runner.example/jobs/run"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000",
+                                 "http://127.9.9.9", "http://api.localhost"])
+def test_plain_http_to_loopback_is_fine(url: str) -> None:
+    assert from_mapping({**BASE_ENV, "SUPABASE_URL": url}).supabase_url == url
+
+
+def test_insecure_http_can_be_allowed_explicitly() -> None:
+    s = from_mapping({**BASE_ENV, "SUPABASE_URL": "http://runner:8000",
+                      "QUEUE_PUMP_ALLOW_INSECURE_HTTP": "1"})
+    assert s.allow_insecure_http is True
+
+
+@pytest.mark.parametrize("secret_env", [
+    {"AGENT_TOKEN": TOKEN + "\n"},
+    {"SUPABASE_ANON_KEY": ANON + "\r"},
+])
+def test_secret_values_never_appear_in_messages(secret_env: dict[str, str]) -> None:
+    found = problems(**secret_env, QUEUE_PUMP_CONCURRENCY="0")
+    assert found and all(TOKEN not in p and ANON not in p for p in found)
+
+
+def test_repr_and_public_view_hide_secrets() -> None:
+    s = from_mapping({**BASE_ENV, "SUPABASE_ANON_KEY": ANON,
+                      "QUEUE_PUMP_ALERT_WEBHOOK_URL": "https://hooks.example/T0/SECRETPATH",
+                      "SUPABASE_URL": "https://user:pw@proj.supabase.co"})
+    for text in (repr(s), str(s), str(s.public_view())):
+        assert TOKEN not in text and ANON not in text and "SECRETPATH" not in text
+        assert "pw" not in text.replace("public_view", "")
+    assert s.public_view()["agent_token"] == "***"
+    assert set(s.secrets()) == {TOKEN, ANON, "https://hooks.example/T0/SECRETPATH", "pw"}
+
+
+def test_redact_url() -> None:
+    assert redact_url("https://a:b@h.example:8443/p?q=1") == "https://***@h.example:8443/p?q=1"
+    assert redact_url("https://h.example/p") == "https://h.example/p"
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
+    assert not is_loopback_host("10.0.0.1") and not is_loopback_host("example.com")
+
+
+def test_env_file_real_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("QUEUE_PUMP_CONCURRENCY=3\nQUEUE_PUMP_QUEUE=from-file\n"
+                        "export ORGANIZATION_ID='quoted org'\n")
+    merged = load_env(str(env_file), {"QUEUE_PUMP_QUEUE": "from-env"})
+    assert merged["QUEUE_PUMP_CONCURRENCY"] == "3"
+    assert merged["QUEUE_PUMP_QUEUE"] == "from-env"
+    assert merged["ORGANIZATION_ID"] == "quoted org"
+    monkeypatch.chdir(tmp_path)
+    assert load_env(None, {})["QUEUE_PUMP_CONCURRENCY"] == "3"  # ./.env by default
+
+
+def test_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_env(str(tmp_path / "nope.env"), {})
+
+
+def test_env_example_is_current_and_lists_every_variable() -> None:
+    committed = (ROOT / ".env.example").read_text()
+    assert committed == env_example(), "regenerate: queue-pump config --env-example > .env.example"
+    for knob in KNOBS:
+        assert knob.env in committed
