@@ -1,0 +1,74 @@
+"""How long to wait: pure functions over tenacity's wait strategies. No clock, no network."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from tenacity import RetryCallState
+from tenacity.wait import wait_base, wait_random_exponential
+
+# A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
+RETRY_AFTER_CEILING_S = 3600.0
+IDLE_JITTER = 0.1
+
+
+def full_jitter(base_s: float, max_s: float) -> wait_base:
+    """AWS "full jitter": uniform(0, min(max, base * 2**(failures-1)))."""
+    return wait_random_exponential(multiplier=base_s, max=max_s)
+
+
+def _state(attempt: int) -> RetryCallState:
+    # tenacity strategies read only attempt_number; a real RetryCallState keeps us on its API.
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return state
+
+
+def retry_delay(strategy: wait_base, failures: int) -> float:
+    """The wait after the ``failures``-th consecutive failure (1-based)."""
+    return float(strategy(_state(max(1, failures))))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None.
+
+    Garbage is ignored rather than trusted: a bad header must not make the pump hammer or stall.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CEILING_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    return min(max(0.0, (when - now).total_seconds()), RETRY_AFTER_CEILING_S)
+
+
+def idle_delay(idle_s: float, rng: random.Random | None = None) -> float:
+    """The idle sleep, +-10 % so replicas started together drift apart."""
+    r = rng or random
+    return idle_s * (1 + r.uniform(-IDLE_JITTER, IDLE_JITTER))
+
+
+def next_delay(
+    strategy: wait_base, failures: int, cap_s: float, *, retry_after_s: float | None,
+    at_cap: bool,
+) -> float:
+    """The one rule for the wait after a failed call.
+
+    The runner's own Retry-After wins, even above the cap: it knows its load better than we do.
+    A configuration problem (wrong token, wrong URL) will not fix itself quickly, so it waits the
+    cap; anything else follows the jittered exponential.
+    """
+    if retry_after_s is not None:
+        return retry_after_s
+    if at_cap:
+        return cap_s
+    return retry_delay(strategy, failures)

@@ -1,0 +1,63 @@
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from queue_pump.backoff import (
+    RETRY_AFTER_CEILING_S,
+    full_jitter,
+    idle_delay,
+    next_delay,
+    parse_retry_after,
+    retry_delay,
+)
+
+
+@pytest.mark.parametrize("failures", range(1, 12))
+def test_full_jitter_stays_within_its_exponential_bound(failures: int) -> None:
+    strategy = full_jitter(1.0, 60.0)
+    bound = min(60.0, 1.0 * 2 ** (failures - 1))
+    delays = [retry_delay(strategy, failures) for _ in range(300)]
+    assert all(0 <= d <= bound for d in delays)
+    # Full jitter spreads over the whole range, not a narrow band near the bound.
+    assert min(delays) < bound * 0.2 and max(delays) > bound * 0.8
+
+
+def test_full_jitter_grows_then_caps() -> None:
+    random.seed(7)
+    strategy = full_jitter(0.5, 8.0)
+    means = [sum(retry_delay(strategy, n) for _ in range(2000)) / 2000 for n in (1, 3, 5, 9)]
+    assert means[0] < means[1] < means[2]
+    assert means[3] == pytest.approx(4.0, rel=0.1)  # uniform(0, cap) averages cap / 2
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) \
+        == pytest.approx(90)
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0
+    assert parse_retry_after("999999", now) == RETRY_AFTER_CEILING_S
+
+
+@pytest.mark.parametrize("garbage", ["", None, "soon", "-5", "1.5e9x", "Mon, 99 Foo"])
+def test_retry_after_garbage_is_ignored(garbage: str | None) -> None:
+    assert parse_retry_after(garbage) is None
+
+
+def test_next_delay_rules() -> None:
+    strategy = full_jitter(1.0, 60.0)
+    # The runner's Retry-After wins, even above the cap.
+    assert next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=False) == 120.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=0.0, at_cap=True) == 0.0
+    # Configuration problems wait the cap from the first failure.
+    assert next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=True) == 60.0
+    assert 0 <= next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=False) <= 1.0
+
+
+def test_idle_delay_jitters_ten_percent() -> None:
+    rng = random.Random(1)
+    delays = [idle_delay(10.0, rng) for _ in range(500)]
+    assert all(9.0 <= d <= 11.0 for d in delays)
+    assert max(delays) - min(delays) > 1.5
