@@ -1,0 +1,231 @@
+"""The runner client with respx: the request on the wire, and every answer's classification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from queue_pump.client import (
+    IDLE,
+    CallError,
+    ErrorKind,
+    Outcome,
+    Processed,
+    RunnerClient,
+    build_http_client,
+)
+from queue_pump.config import from_mapping
+
+from .conftest import ANON, BASE_ENV, TOKEN
+
+URL = "https://proj.supabase.co/functions/v1/ai-job-runner"
+
+
+def call(env: dict[str, str] | None = None) -> Outcome:
+    settings = from_mapping({**BASE_ENV, **(env or {})}, hostname="box-1")
+
+    async def go() -> Outcome:
+        async with build_http_client(settings) as http:
+            return await RunnerClient(http, settings).call()
+
+    return asyncio.run(go())
+
+
+def failure(**env: str) -> CallError:
+    with pytest.raises(CallError) as info:
+        call(env)
+    return info.value
+
+
+@respx.mock
+def test_the_request_is_the_node_pumps_exactly() -> None:
+    route = respx.post(URL, params={"worker": "1", "queue": "agent"}).respond(
+        json={"processed": False})
+    assert call() is IDLE
+    request = route.calls.last.request
+    assert str(request.url) == URL + "?worker=1&queue=agent"
+    assert request.headers["X-Agent-Token"] == TOKEN
+    assert request.headers["X-Organization-Id"] == "org-1"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["X-Worker-Id"] == "box-1"
+    assert "authorization" not in request.headers and "apikey" not in request.headers
+    assert json.loads(request.content) == {"worker": True, "queue": "agent"}
+
+
+@respx.mock
+def test_queue_endpoint_and_anon_key() -> None:
+    route = respx.post("https://runner.example/run").respond(json={})
+    call({"QUEUE_PUMP_ENDPOINT": "https://runner.example/run?x=1", "QUEUE_PUMP_QUEUE": "render",
+          "SUPABASE_ANON_KEY": ANON})
+    request = route.calls.last.request
+    assert request.url.params["queue"] == "render" and request.url.params["x"] == "1"
+    assert json.loads(request.content)["queue"] == "render"
+    assert request.headers["Authorization"] == f"Bearer {ANON}"
+    assert request.headers["apikey"] == ANON
+
+
+@respx.mock
+def test_trailing_slash_on_supabase_url() -> None:
+    route = respx.post(URL).respond(json={})
+    call({"SUPABASE_URL": "https://proj.supabase.co/"})
+    assert route.called
+
+
+@respx.mock
+@pytest.mark.parametrize("body,expected", [
+    ({"processed": True, "jobId": "7", "jobType": "embed", "status": "done", "yielded": True},
+     Processed("7", "embed", "done", True)),
+    ({"processed": True}, Processed()),
+    ({"processed": False}, IDLE),
+    ({"processed": "yes"}, IDLE),
+    ({}, IDLE),
+    ({"ok": True, "message": "queue empty"}, IDLE),
+])
+def test_2xx_json_objects(body: dict[str, Any], expected: Outcome) -> None:
+    respx.post(URL).respond(200, json=body)
+    assert call() == expected
+
+
+@respx.mock
+@pytest.mark.parametrize("status,kind,retry_after", [
+    (500, ErrorKind.RETRYABLE, None),
+    (502, ErrorKind.RETRYABLE, None),
+    (503, ErrorKind.RETRYABLE, 5.0),
+    (429, ErrorKind.RETRYABLE, 5.0),
+    (408, ErrorKind.RETRYABLE, None),
+    (401, ErrorKind.CONFIGURATION, None),
+    (403, ErrorKind.CONFIGURATION, None),
+    (404, ErrorKind.CONFIGURATION, None),
+    (400, ErrorKind.CONFIGURATION, None),
+])
+def test_statuses_are_classified(status: int, kind: ErrorKind, retry_after: float | None) -> None:
+    respx.post(URL).respond(status, headers={"Retry-After": "5"}, json={"error": "nope"})
+    error = failure()
+    assert (error.kind, error.status, error.retry_after_s) == (kind, status, retry_after)
+    assert error.detail == "nope"
+    if status in (401, 403, 404):
+        assert error.hint
+
+
+@respx.mock
+def test_retry_after_as_http_date() -> None:
+    respx.post(URL).respond(429, headers={"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    assert failure().retry_after_s == 3600.0  # capped at the ceiling
+
+
+@respx.mock
+def test_html_error_pages_are_not_logged_as_messages() -> None:
+    respx.post(URL).respond(502, html="<html><body>Bad gateway</body></html>")
+    error = failure()
+    assert (error.reason, error.detail) == ("http_status", "")
+
+
+@respx.mock
+def test_redirects_are_not_followed() -> None:
+    respx.post(URL).respond(302, headers={"Location": "https://u:p@elsewhere.example/x"})
+    other = respx.post("https://elsewhere.example/x").respond(json={})
+    error = failure()
+    assert error.kind is ErrorKind.CONFIGURATION and error.reason == "redirect"
+    assert "u:p" not in error.hint and "elsewhere.example" in error.hint
+    assert not other.called
+
+
+@respx.mock
+@pytest.mark.parametrize("content,reason", [
+    (b"not json", "bad_json"),
+    (b"<html>hi</html>", "bad_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"processed"', "not_object"),
+    (b"null", "not_object"),
+    (b"\xff\xfe", "bad_json"),
+])
+def test_2xx_that_is_not_a_json_object(content: bytes, reason: str) -> None:
+    respx.post(URL).respond(200, content=content)
+    error = failure()
+    assert (error.kind, error.reason) == (ErrorKind.RETRYABLE, reason)
+
+
+@respx.mock
+@pytest.mark.parametrize("exc,reason", [
+    (httpx.ConnectError("refused"), "connect"),
+    (httpx.ConnectTimeout("slow"), "timeout"),
+    (httpx.ReadTimeout("slow"), "timeout"),
+    (httpx.ReadError("reset"), "network"),
+    (httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+     "network"),
+    (httpx.WriteError("broken pipe"), "network"),
+])
+def test_transport_failures(exc: Exception, reason: str) -> None:
+    respx.post(URL).mock(side_effect=exc)
+    error = failure()
+    assert (error.kind, error.reason) == (ErrorKind.RETRYABLE, reason)
+
+
+def test_dns_failure_is_named() -> None:
+    # A real lookup: the .invalid TLD never resolves (RFC 6761), so this fails fast, offline.
+    error = failure(SUPABASE_URL="https://queue-pump-test.invalid")
+    assert (error.kind, error.reason) == (ErrorKind.RETRYABLE, "dns")
+
+
+def test_connection_refused_for_real() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = failure(SUPABASE_URL=f"http://127.0.0.1:{port}")
+    assert (error.kind, error.reason) == (ErrorKind.RETRYABLE, "connect")
+
+
+@respx.mock
+def test_body_over_the_cap_by_content_length() -> None:
+    respx.post(URL).respond(200, content=b"x" * 5000)
+    error = failure(QUEUE_PUMP_MAX_RESPONSE_BYTES="1024")
+    assert error.reason == "too_large"
+
+
+@respx.mock
+def test_streamed_body_over_the_cap_stops_reading() -> None:
+    served = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal served
+        for _ in range(10_000):  # 640 MB if anyone read it all
+            served += 1
+            yield b"x" * 65536
+
+    respx.post(URL).respond(200, stream=_Stream(endless()))
+    error = failure(QUEUE_PUMP_MAX_RESPONSE_BYTES="100000")
+    assert error.reason == "too_large"
+    assert served <= 3
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, gen: AsyncIterator[bytes]) -> None:
+        self._gen = gen
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._gen:
+            yield chunk
+
+
+@respx.mock
+def test_total_deadline_covers_a_slow_trickle() -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"{"
+        await asyncio.sleep(5)
+        yield b"}"
+
+    respx.post(URL).respond(200, stream=_Stream(trickle()))
+    started = datetime.now(UTC)
+    error = failure(QUEUE_PUMP_HTTP_TIMEOUT_MS="1000")
+    assert error.reason == "timeout"
+    assert (datetime.now(UTC) - started).total_seconds() < 3
