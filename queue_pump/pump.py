@@ -1,0 +1,246 @@
+"""The loops: call -> outcome -> record -> sleep or back off -> call, until told to stop.
+
+The pump builds nothing: it is handed the calls, the pause (a wait that ends early on stop), the
+clock, the stop event, the stats and the logger, so tests drive it in fake time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from .backoff import full_jitter, idle_delay, next_delay
+from .client import CallError, ErrorKind, Outcome, Processed
+from .config import Settings
+from .stats import LoopRecord, LoopState, Stats
+
+Pause = Callable[[float], Awaitable[None]]
+CallFn = Callable[[], Awaitable[Outcome]]
+
+IDLE_LOG_INTERVAL_S = 60.0
+# A --drain pass run from cron must end even when the runner is down, or passes pile up.
+DRAIN_MAX_FAILURES = 5
+
+
+class Mode(StrEnum):
+    FOREVER = "forever"
+    ONCE = "once"
+    DRAIN = "drain"
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CALL_FAILED = 1  # --once or --drain could not finish its calls
+    CONFIG = 2
+    GRACE_EXPIRED = 3  # calls in flight were cancelled when the shutdown grace ran out
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One queue and the loops that pump it."""
+
+    queue: str
+    concurrency: int
+    call: CallFn
+
+
+@dataclass(frozen=True)
+class Policy:
+    idle_s: float
+    tick_s: float
+    backoff_base_s: float
+    backoff_max_s: float
+    call_timeout_s: float
+    shutdown_grace_s: float
+    log_every: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Policy:
+        return cls(idle_s=s.idle_sleep_s, tick_s=s.tick_sleep_s, backoff_base_s=s.backoff_base_s,
+                   backoff_max_s=s.backoff_max_s, call_timeout_s=s.http_timeout_s,
+                   shutdown_grace_s=s.shutdown_grace_s, log_every=s.log_every)
+
+
+def stop_or_timeout(stop: asyncio.Event) -> Pause:
+    """The only way the pump waits: until ``seconds`` pass or ``stop`` is set, whichever first."""
+
+    async def pause(seconds: float) -> None:
+        if seconds <= 0 or stop.is_set():
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+    return pause
+
+
+class Pump:
+    def __init__(self, lanes: Sequence[Lane], policy: Policy, stats: Stats, log: Any, *,
+                 stop: asyncio.Event, pause: Pause | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self._lanes = list(lanes)
+        self._policy = policy
+        self._stats = stats
+        self._log = log
+        self._stop = stop
+        self._pause = pause or stop_or_timeout(stop)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._strategy = full_jitter(policy.backoff_base_s, policy.backoff_max_s)
+        self._drained: set[str] = set()
+        self._processed = 0
+        self._started = clock()
+        self._last_idle_log: float | None = None
+        self._idle_since_log = 0
+        self._worked_since_idle_log = True
+        self.cancelled_calls = 0
+
+    async def run(self, mode: Mode = Mode.FOREVER) -> ExitCode:
+        if mode is Mode.ONCE:
+            lanes = [Lane(self._lanes[0].queue, 1, self._lanes[0].call)]
+        else:
+            lanes = self._lanes
+        tasks = [asyncio.create_task(self._loop(lane, i, mode), name=f"{lane.queue}-{i}")
+                 for lane in lanes for i in range(lane.concurrency)]
+        all_done: asyncio.Future[Any] = asyncio.gather(*tasks)
+        stop_wait: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({all_done, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not all_done.done():
+                await self._drain_in_flight(tasks)
+        finally:
+            stop_wait.cancel()
+        results = [t.result() for t in tasks if t.done() and not t.cancelled()]
+        if self.cancelled_calls:
+            return ExitCode.GRACE_EXPIRED
+        if mode is not Mode.FOREVER and not all(results):
+            return ExitCode.CALL_FAILED
+        return ExitCode.OK
+
+    async def _drain_in_flight(self, tasks: list[asyncio.Task[bool]]) -> None:
+        """After the stop: sleeping loops are already awake and leaving; calls get the grace."""
+        in_flight = self._stats.snapshot()["in_flight"]
+        self._log.info("shutdown_started", in_flight=in_flight,
+                       grace_s=self._policy.shutdown_grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=self._policy.shutdown_grace_s)
+        if pending:
+            self.cancelled_calls = len(pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self, lane: Lane, index: int, mode: Mode) -> bool:
+        record = self._stats.add_loop(f"{lane.queue}-{index}", lane.queue)
+        failures = 0
+        try:
+            while not self._stop.is_set() and lane.queue not in self._drained:
+                self._stats.call_started(record, self._policy.call_timeout_s)
+                started = self._clock()
+                error: CallError | None = None
+                try:
+                    outcome = await lane.call()
+                except CallError as exc:
+                    error = exc
+                except asyncio.CancelledError:
+                    self._log.warning("call_cancelled", queue=lane.queue, loop=record.name,
+                                      reason="shutdown grace expired")
+                    raise
+                except Exception as exc:  # a bug in one call must not kill the loop for good
+                    error = CallError(ErrorKind.RETRYABLE, "internal",
+                                      detail=f"{type(exc).__name__}: {exc}"[:300])
+                duration = self._clock() - started
+
+                if error is not None:
+                    failures += 1
+                    self._stats.call_ended(record, duration, "error",
+                                           error=(error.kind.value, error.reason))
+                    gives_up = mode is Mode.ONCE or (mode is Mode.DRAIN and (
+                        error.kind is ErrorKind.CONFIGURATION or failures >= DRAIN_MAX_FAILURES))
+                    delay = next_delay(self._strategy, failures, self._policy.backoff_max_s,
+                                       retry_after_s=error.retry_after_s,
+                                       at_cap=error.kind is ErrorKind.CONFIGURATION)
+                    self._log_failure(lane, record, error, failures, None if gives_up else delay)
+                    if gives_up:
+                        return False
+                    self._stats.sleeping(record, LoopState.BACKING_OFF, delay)
+                    await self._pause(delay)
+                    continue
+
+                if failures:
+                    self._log.info("recovered", queue=lane.queue, loop=record.name,
+                                   after_failures=failures)
+                    failures = 0
+                if isinstance(outcome, Processed):
+                    self._stats.call_ended(record, duration, "processed",
+                                           job_status=str(outcome.status))
+                    self._note_processed(lane, outcome)
+                    if mode is Mode.ONCE:
+                        return True
+                    self._stats.sleeping(record, LoopState.WORKING, self._policy.tick_s)
+                    await self._pause(self._policy.tick_s)
+                else:
+                    self._stats.call_ended(record, duration, "idle")
+                    if mode is not Mode.FOREVER:
+                        self._drained.add(lane.queue)
+                        self._log.info("queue_drained", queue=lane.queue,
+                                       processed=self._processed)
+                        return True
+                    delay = idle_delay(self._policy.idle_s, self._rng)
+                    self._note_idle(lane, delay)
+                    self._stats.sleeping(record, LoopState.IDLE, delay)
+                    await self._pause(delay)
+            return True
+        finally:
+            self._stats.set_state(record, LoopState.STOPPED)
+
+    # --- log policy ------------------------------------------------------------------------
+    def _note_processed(self, lane: Lane, outcome: Processed) -> None:
+        self._processed += 1
+        self._worked_since_idle_log = True
+        every = self._policy.log_every
+        if outcome.yielded or (every and self._processed % every == 0):
+            elapsed = max(self._clock() - self._started, 1e-9)
+            self._log.info("progress", queue=lane.queue, processed=self._processed,
+                           job_id=outcome.job_id, job_type=outcome.job_type,
+                           job_status=outcome.status, yielded=outcome.yielded,
+                           rate_per_s=round(self._processed / elapsed, 2))
+
+    def _note_idle(self, lane: Lane, next_sleep_s: float) -> None:
+        """First idle after work, then about once a minute: idle polling is not news."""
+        self._idle_since_log += 1
+        now = self._clock()
+        due = self._last_idle_log is None or now - self._last_idle_log >= IDLE_LOG_INTERVAL_S
+        if self._worked_since_idle_log or due:
+            self._log.info("idle", queue=lane.queue, idle_calls=self._idle_since_log,
+                           processed=self._processed, next_sleep_s=round(next_sleep_s, 3))
+            self._last_idle_log = now
+            self._idle_since_log = 0
+            self._worked_since_idle_log = False
+
+    def _log_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
+                     next_delay_s: float | None) -> None:
+        fields: dict[str, Any] = {
+            "queue": lane.queue, "loop": record.name, "kind": error.kind.value,
+            "reason": error.reason, "attempt": failures,
+            "next_delay_s": None if next_delay_s is None else round(next_delay_s, 3),
+        }
+        if error.status is not None:
+            fields["status"] = error.status
+        if error.retry_after_s is not None:
+            fields["retry_after_s"] = error.retry_after_s
+        if error.detail:
+            fields["detail"] = error.detail
+        if error.hint:
+            fields["hint"] = error.hint
+        if error.kind is ErrorKind.CONFIGURATION:
+            self._log.error("call_failed", **fields)
+        else:
+            self._log.warning("call_failed", **fields)

@@ -1,0 +1,209 @@
+"""What the loops did, for whoever reads it: /healthz, /metrics, the watchdog, alerts.
+
+Loops write from the event loop; the health server reads from its own thread, so every read
+and write of shared state holds one small lock. Stats records; it never decides.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+# How far past its planned end a call or sleep may run before the loop counts as stuck: event
+# loop hiccups and GC pauses must not flap the health check.
+STUCK_SLACK_S = 30.0
+# Runner statuses are free text; only these become metric labels, the rest count as "other".
+KNOWN_JOB_STATUSES = frozenset({"done", "completed", "succeeded", "retry", "failed", "yielded"})
+
+
+class LoopState(StrEnum):
+    STARTING = "starting"
+    WORKING = "working"
+    IDLE = "idle"
+    BACKING_OFF = "backing-off"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass
+class LoopRecord:
+    name: str
+    queue: str
+    state: LoopState = LoopState.STARTING
+    in_flight: bool = False
+    deadline: float = float("inf")  # monotonic time by which the current step must end
+    consecutive_failures: int = 0
+
+
+StreakListener = Callable[[int, int], None]
+
+
+class Stats:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._loops: list[LoopRecord] = []
+        self.started_at = clock()
+        self.streak = 0  # consecutive failed calls, all loops together
+        self.ever_succeeded = False
+        self.last_success_wall: float | None = None
+        self.last_success_mono: float | None = None
+        self.counts: dict[str, int] = {"calls": 0, "processed": 0, "idle": 0, "errors": 0}
+        self.errors_by_kind: dict[str, int] = {}
+        self._listeners: list[StreakListener] = []
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.m_calls = Counter("queue_pump_calls", "Runner calls by outcome.",
+                               ["queue", "outcome"], registry=r)
+        self.m_errors = Counter("queue_pump_call_errors",
+                                "Failed runner calls by error kind and reason.",
+                                ["queue", "kind", "reason"], registry=r)
+        self.m_jobs = Counter("queue_pump_jobs", "Processed jobs by the status the runner gave.",
+                              ["queue", "status"], registry=r)
+        self.m_duration = Histogram(
+            "queue_pump_call_duration_seconds", "Runner call duration.", ["queue"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
+        self.m_streak = Gauge("queue_pump_consecutive_failures",
+                              "Failed calls in a row, all loops together.", registry=r)
+        self.m_last_success = Gauge("queue_pump_last_success_timestamp_seconds",
+                                    "Unix time of the last call that did not fail.", registry=r)
+        self.m_in_flight = Gauge("queue_pump_in_flight", "Calls in flight.", ["queue"],
+                                 registry=r)
+        self.m_loops = Gauge("queue_pump_loops", "Loops by state.", ["state"], registry=r)
+        Info("queue_pump_build", "Version of the pump.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+
+    # --- writers (event loop) -------------------------------------------------------------
+    def add_loop(self, name: str, queue: str) -> LoopRecord:
+        record = LoopRecord(name=name, queue=queue)
+        with self._lock:
+            self._loops.append(record)
+        self._count_states()
+        return record
+
+    def subscribe(self, listener: StreakListener) -> None:
+        """``listener(old_streak, new_streak)`` on every change of the failure streak."""
+        self._listeners.append(listener)
+
+    def call_started(self, loop: LoopRecord, timeout_s: float) -> None:
+        with self._lock:
+            loop.state = LoopState.WORKING
+            loop.in_flight = True
+            loop.deadline = self._clock() + timeout_s + STUCK_SLACK_S
+        self.m_in_flight.labels(loop.queue).inc()
+        self._count_states()
+
+    def call_ended(self, loop: LoopRecord, duration_s: float, outcome: str,
+                   job_status: str | None = None, error: tuple[str, str] | None = None) -> None:
+        """``outcome`` is processed, idle or error; ``error`` is (kind, reason)."""
+        with self._lock:
+            loop.in_flight = False
+            self.counts["calls"] += 1
+            if error is None:
+                self.counts[outcome] += 1
+                old = self.streak
+                self.streak = 0
+                loop.consecutive_failures = 0
+                self.ever_succeeded = True
+                self.last_success_wall = self._wall()
+                self.last_success_mono = self._clock()
+            else:
+                self.counts["errors"] += 1
+                key = f"{error[0]}:{error[1]}"
+                self.errors_by_kind[key] = self.errors_by_kind.get(key, 0) + 1
+                old = self.streak
+                self.streak += 1
+                loop.consecutive_failures += 1
+            new = self.streak
+        self.m_in_flight.labels(loop.queue).dec()
+        self.m_duration.labels(loop.queue).observe(duration_s)
+        self.m_calls.labels(loop.queue, outcome).inc()
+        if error is not None:
+            self.m_errors.labels(loop.queue, error[0], error[1]).inc()
+        else:
+            self.m_last_success.set(self.last_success_wall or 0)
+        if outcome == "processed":
+            status = job_status if job_status in KNOWN_JOB_STATUSES else "other"
+            self.m_jobs.labels(loop.queue, status).inc()
+        self.m_streak.set(new)
+        if new != old:
+            for listener in self._listeners:
+                listener(old, new)
+
+    def sleeping(self, record: LoopRecord, state: LoopState, seconds: float) -> None:
+        with self._lock:
+            record.state = state
+            record.deadline = self._clock() + seconds + STUCK_SLACK_S
+        self._count_states()
+
+    def set_state(self, record: LoopRecord, state: LoopState) -> None:
+        with self._lock:
+            record.state = state
+            if state in (LoopState.STOPPING, LoopState.STOPPED):
+                record.deadline = float("inf")
+        self._count_states()
+
+    def _count_states(self) -> None:
+        with self._lock:
+            states = [loop.state for loop in self._loops]
+        for state in LoopState:
+            self.m_loops.labels(state.value).set(sum(1 for s in states if s is state))
+
+    # --- readers (any thread) -------------------------------------------------------------
+    def stuck_loops(self) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            return [loop.name for loop in self._loops if now > loop.deadline]
+
+    def healthy(self) -> bool:
+        return not self.stuck_loops()
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self.ever_succeeded and self.streak == 0
+
+    def overall_state(self) -> str:
+        with self._lock:
+            states = {loop.state for loop in self._loops}
+        for state in (LoopState.STOPPING, LoopState.STOPPED, LoopState.WORKING,
+                      LoopState.BACKING_OFF, LoopState.IDLE):
+            if state in states:
+                return state.value
+        return LoopState.STARTING.value
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON body of /healthz. Counters and states only: nothing secret lives here."""
+        now = self._clock()
+        stuck = self.stuck_loops()
+        state = self.overall_state()
+        with self._lock:
+            since = None if self.last_success_mono is None else round(
+                now - self.last_success_mono, 3)
+            return {
+                "status": "ok" if not stuck else "stuck",
+                "state": state,
+                "ready": self.ever_succeeded and self.streak == 0,
+                "seconds_since_last_success": since,
+                "consecutive_failures": self.streak,
+                "in_flight": sum(1 for loop in self._loops if loop.in_flight),
+                "uptime_s": round(now - self.started_at, 3),
+                "counters": dict(self.counts),
+                "errors": dict(self.errors_by_kind),
+                "loops": [{"name": loop.name, "queue": loop.queue, "state": loop.state.value,
+                           "in_flight": loop.in_flight,
+                           "consecutive_failures": loop.consecutive_failures,
+                           "stuck": loop.name in stuck} for loop in self._loops],
+                "version": __version__,
+            }
