@@ -1,0 +1,87 @@
+"""Alerts: one webhook POST when a failure streak becomes an outage, one when it recovers.
+
+Never one per failure, and a failing webhook never touches the pump: posts run as their own
+tasks with a short timeout, and their failures are logged, not raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .config import Settings
+from .stats import Stats
+
+WEBHOOK_TIMEOUT_S = 10.0
+
+
+class Alerter:
+    def __init__(self, url: str, after: int, worker_id: str, queue: str, log: Any,
+                 http: httpx.AsyncClient) -> None:
+        self._url = url
+        self._after = after
+        self._worker_id = worker_id
+        self._queue = queue
+        self._log = log
+        self._http = http
+        self._in_outage = False
+        self._outage_started: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent: list[str] = []
+
+    @classmethod
+    def start(cls, settings: Settings, stats: Stats, log: Any,
+              transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
+        http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
+                                 transport=transport)
+        alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id,
+                      settings.queue, log, http)
+        stats.subscribe(alerter.on_streak)
+        return alerter
+
+    def on_streak(self, old: int, new: int) -> None:
+        """Called by Stats on every change of the failure streak (from the event loop)."""
+        if not self._in_outage and new >= self._after:
+            self._in_outage = True
+            self._outage_started = time.time()
+            self._post("outage", consecutive_failures=new)
+        elif self._in_outage and new == 0:
+            self._in_outage = False
+            started = self._outage_started or time.time()
+            self._post("recovered", failures=old, outage_s=round(time.time() - started, 1))
+
+    def _post(self, event: str, **fields: Any) -> None:
+        payload = {"event": event, "service": "queue-pump", "version": __version__,
+                   "worker_id": self._worker_id, "queue": self._queue,
+                   "text": _text(event, self._worker_id, fields), **fields}
+        self.sent.append(event)
+        task = asyncio.get_running_loop().create_task(self._send(event, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, event: str, payload: dict[str, Any]) -> None:
+        try:
+            response = await self._http.post(self._url, json=payload)
+            if response.status_code >= 300:
+                self._log.warning("alert_failed", alert=event, status=response.status_code)
+            else:
+                self._log.info("alert_sent", alert=event)
+        except Exception as exc:
+            self._log.warning("alert_failed", alert=event, error=type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=WEBHOOK_TIMEOUT_S)
+        await self._http.aclose()
+
+
+def _text(event: str, worker_id: str, fields: dict[str, Any]) -> str:
+    # Slack and most chat webhooks show a "text" field; the rest is for machines.
+    if event == "outage":
+        return (f"queue-pump on {worker_id}: {fields['consecutive_failures']} calls in a row "
+                "failed; backing off")
+    return f"queue-pump on {worker_id}: recovered after {fields['failures']} failed calls"

@@ -1,0 +1,88 @@
+"""The running process: wire settings to client, pump, stats, health, systemd and alerts; signals.
+
+Data flows one way: the pump writes Stats; health, the watchdog and alerts only read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from . import __version__
+from .alerts import Alerter
+from .client import RunnerClient, build_http_client
+from .config import Settings
+from .health import HealthServer
+from .logs import configure, get_logger
+from .notify import Notifier, watchdog
+from .pump import ExitCode, Lane, Mode, Policy, Pump
+from .stats import Stats
+
+
+def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            # The operator asked twice: they want out now, whatever is in flight.
+            log.warning("second_signal", signal=sig.name, exit_code=128 + sig.value)
+            sys.stdout.flush()
+            import os
+
+            os._exit(128 + sig.value)
+        log.info("shutdown_requested", signal=sig.name, grace_s=grace_s)
+        notifier.send("STOPPING=1")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # Windows: fall back to the plain handler
+            signal.signal(sig, lambda signum, _frame: loop.call_soon_threadsafe(
+                on_signal, signal.Signals(signum)))
+
+
+async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> int:
+    configure(fmt=settings.log_format, level=settings.log_level, secrets=settings.secrets())
+    log = get_logger()
+    stop = asyncio.Event()
+    notifier = Notifier.from_environ(environ)
+    _install_signals(stop, log, notifier, settings.shutdown_grace_s)
+    stats = Stats()
+
+    health: HealthServer | None = None
+    # One-shot runs (cron) need no endpoint, and must not collide with a resident pump's port.
+    if mode is Mode.FOREVER and settings.health_port:
+        health = HealthServer(stats, settings.health_host, settings.health_port)
+        try:
+            health.start()
+        except OSError as exc:
+            print(f"queue-pump: config: QUEUE_PUMP_HEALTH_PORT={settings.health_port} cannot be "
+                  f"bound on {settings.health_host} ({exc.strerror or exc}); choose a free port, "
+                  "or 0 to turn the health endpoint off", file=sys.stderr)
+            return int(ExitCode.CONFIG)
+
+    alerter = Alerter.start(settings, stats, log) if settings.alert_webhook_url else None
+    http = build_http_client(settings)
+    client = RunnerClient(http, settings)
+    log.info("pump_started", version=__version__, mode=mode.value, runner=client.url_for_logs,
+             health=health.url if health else None, config=settings.public_view())
+    pump = Pump([Lane(settings.queue, settings.concurrency, client.call)],
+                Policy.from_settings(settings), stats, log, stop=stop)
+    notifier.send("READY=1")
+    dog = asyncio.create_task(watchdog(notifier, stats, environ))
+    try:
+        async with http:
+            code = await pump.run(mode)
+    finally:
+        dog.cancel()
+        if alerter:
+            await alerter.close()
+        if health:
+            health.close()
+    log.info("pump_stopped", exit_code=int(code), cancelled_calls=pump.cancelled_calls,
+             **stats.snapshot()["counters"])
+    return int(code)

@@ -1,0 +1,155 @@
+"""The command line: parse, wire the parts together, map outcomes to exit codes. No policy here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import (
+    KNOBS,
+    ConfigError,
+    Settings,
+    describe_knobs,
+    env_example,
+    from_mapping,
+    load_env,
+)
+from .pump import ExitCode, Mode
+
+COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
+
+EXIT_CODES = """exit codes:
+  0    clean stop, or --once/--drain finished
+  1    --once/--drain: a call failed (or --drain gave up after repeated failures)
+  2    bad configuration or bad arguments (one line per problem on stderr)
+  3    the shutdown grace ran out and calls in flight were cancelled
+  130  a second SIGINT; 143 a second SIGTERM: exit at once"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one clear line and exit code 2, never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _flag(env: str) -> str:
+    name = env.removeprefix("QUEUE_PUMP_").lower().replace("_", "-")
+    return f"--{name}"
+
+
+def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
+    parser = OneLineParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Keep calling a job runner endpoint: fast while there is work, slow while "
+                    "idle, patient when it fails.\n\nother commands: queue-pump "
+                    "{runner,demo,status,healthcheck,config} --help",
+        epilog="environment variables (also read from .env; the real environment wins; a flag "
+               "wins over both):\n" + describe_knobs() + "\n\nflags: every variable but the "
+               "secrets is also a flag: QUEUE_PUMP_IDLE_SLEEP_MS as --idle-sleep-ms,\n"
+               "SUPABASE_URL as --supabase-url, and so on (e.g. --concurrency 4).\n\n"
+               + EXIT_CODES,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="make exactly one call and exit")
+    mode.add_argument("--drain", action="store_true",
+                      help="call until the first idle answer, then exit 0 (for a cron pass)")
+    parser.add_argument("--env-file", metavar="PATH", help="read this file instead of ./.env")
+    parser.add_argument("--version", action="version", version=f"queue-pump {__version__}")
+    knobs = parser.add_argument_group("settings (each overrides its environment variable)")
+    for knob in KNOBS:
+        if knob.secret:
+            continue  # secrets on a command line show up in ps and shell history
+        knobs.add_argument(_flag(knob.env), dest=knob.env, metavar="VALUE", default=None,
+                           help=argparse.SUPPRESS)
+    return parser
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    merged = load_env(args.env_file, environ)
+    for knob in KNOBS:
+        value = getattr(args, knob.env, None)
+        if value is not None:
+            merged[knob.env] = value
+    return from_mapping(merged)
+
+
+def fail_config(err: ConfigError) -> int:
+    for problem in err.problems:
+        print(f"queue-pump: config: {problem}", file=sys.stderr)
+    return int(ExitCode.CONFIG)
+
+
+def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = build_run_parser().parse_args(argv)
+    try:
+        settings = load_settings(args, environ)
+    except ConfigError as err:
+        return fail_config(err)
+    mode = Mode.ONCE if args.once else Mode.DRAIN if args.drain else Mode.FOREVER
+    from .app import serve  # the wiring pulls in httpx & co; --help should stay instant
+
+    return asyncio.run(serve(settings, mode, environ))
+
+
+def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    parser = OneLineParser(prog="queue-pump config",
+                           description="Check the configuration and print it, secrets masked.")
+    parser.add_argument("--env-file", metavar="PATH")
+    parser.add_argument("--env-example", action="store_true",
+                        help="print a .env.example listing every variable with its default")
+    args = parser.parse_args(argv)
+    if args.env_example:
+        print(env_example(), end="")
+        return 0
+    try:
+        settings = load_settings(args, environ)
+    except ConfigError as err:
+        return fail_config(err)
+    import json
+
+    print(json.dumps(settings.public_view(), indent=2))
+    return 0
+
+
+def _lazy(module: str, func: str) -> Callable[[Sequence[str], Mapping[str, str]], int]:
+    def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+        import importlib
+
+        fn: Any = getattr(importlib.import_module(module, __package__), func)
+        return int(fn(argv, environ))
+
+    return run
+
+
+HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
+    "run": cmd_run,
+    "config": cmd_config,
+    "runner": _lazy(".commands", "cmd_runner"),
+    "demo": _lazy(".commands", "cmd_demo"),
+    "status": _lazy(".commands", "cmd_status"),
+    "healthcheck": _lazy(".commands", "cmd_healthcheck"),
+}
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    command = argv[0] if argv and argv[0] in COMMANDS else "run"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    try:
+        return HANDLERS[command](rest, environ)
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers are installed (during start-up): no traceback.
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

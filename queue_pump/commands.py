@@ -1,0 +1,127 @@
+"""The small subcommands: status, healthcheck, runner, demo. Imported only when asked for."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .cli import OneLineParser
+
+
+def _health_url(environ: Mapping[str, str]) -> str:
+    host = environ.get("QUEUE_PUMP_HEALTH_HOST", "127.0.0.1") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard bind is reached through loopback
+    host = f"[{host}]" if ":" in host else host
+    port = environ.get("QUEUE_PUMP_HEALTH_PORT", "8080") or "8080"
+    return f"http://{host}:{port}"
+
+
+def _fetch_health(base: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
+    """GET /healthz with the standard library: no curl in the image, no event loop needed."""
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + "/healthz", timeout=timeout_s) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read())
+        except ValueError:
+            return err.code, {}
+
+
+def _url_parser(prog: str, description: str, environ: Mapping[str, str]) -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--url", default=_health_url(environ),
+                        help="the pump's health endpoint (default from QUEUE_PUMP_HEALTH_HOST/"
+                             "QUEUE_PUMP_HEALTH_PORT: %(default)s)")
+    parser.add_argument("--timeout-s", type=float, default=3.0, help="default %(default)s")
+    return parser
+
+
+def cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = _url_parser("queue-pump healthcheck",
+                       "Exit 0 when the pump at --url is healthy, 1 otherwise (for HEALTHCHECK).",
+                       environ).parse_args(argv)
+    try:
+        status, body = _fetch_health(args.url, args.timeout_s)
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: {args.url} did not answer ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    if status == 200:
+        print(f"healthy: {body.get('state', '?')}")
+        return 0
+    stuck = [loop["name"] for loop in body.get("loops", []) if loop.get("stuck")]
+    print(f"unhealthy: HTTP {status}" + (f", stuck loops: {', '.join(stuck)}" if stuck else ""),
+          file=sys.stderr)
+    return 1
+
+
+def format_status(body: dict[str, Any], url: str) -> str:
+    counters = body.get("counters", {})
+    since = body.get("seconds_since_last_success")
+    lines = [
+        f"queue-pump {body.get('version', '?')} at {url}: {body.get('status', '?')}, "
+        f"{body.get('state', '?')}, {'ready' if body.get('ready') else 'not ready'}",
+        f"  uptime {_ago(body.get('uptime_s'))}, last success "
+        + ("never" if since is None else f"{_ago(since)} ago")
+        + f", {body.get('consecutive_failures', 0)} failures in a row, "
+          f"{body.get('in_flight', 0)} in flight",
+        f"  calls {counters.get('calls', 0)}: processed {counters.get('processed', 0)}, "
+        f"idle {counters.get('idle', 0)}, errors {counters.get('errors', 0)}",
+    ]
+    errors = body.get("errors") or {}
+    if errors:
+        lines.append("  errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            errors.items())))
+    for loop in body.get("loops", []):
+        flag = "  STUCK" if loop.get("stuck") else ""
+        lines.append(f"  loop {loop['name']}: {loop['state']}"
+                     f"{', in flight' if loop.get('in_flight') else ''}{flag}")
+    return "\n".join(lines)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = _url_parser("queue-pump status", "Show a running pump's health in a few lines.",
+                       environ).parse_args(argv)
+    try:
+        status, body = _fetch_health(args.url, args.timeout_s)
+    except (OSError, ValueError) as exc:
+        print(f"queue-pump status: no pump answers at {args.url} ({type(exc).__name__}); is it "
+              "running, and is QUEUE_PUMP_HEALTH_PORT the same?", file=sys.stderr)
+        return 1
+    print(format_status(body, args.url))
+    return 0 if status == 200 else 1
+
+
+def cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    import argparse
+
+    from .reference_runner import cli as runner_cli
+
+    parser = OneLineParser(prog="queue-pump runner",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           description="The reference job runner: the runner contract over real "
+                                       "HTTP, jobs in SQLite. Needs AGENT_TOKEN and "
+                                       "ORGANIZATION_ID.")
+    runner_cli.add_arguments(parser)
+    return runner_cli.main(parser.parse_args(argv), environ)
+
+
+def cmd_demo(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv, environ)

@@ -1,0 +1,66 @@
+"""systemd's notify protocol: READY=1, WATCHDOG=1, STOPPING=1 as datagrams to $NOTIFY_SOCKET.
+
+The protocol is a few lines over a unix datagram socket, so no library is pulled in for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping
+
+from .stats import Stats
+
+
+class Notifier:
+    def __init__(self, address: str | None) -> None:
+        self._address = address
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Notifier:
+        path = environ.get("NOTIFY_SOCKET", "")
+        if not path or not path.startswith(("/", "@")):
+            return cls(None)
+        # A leading @ names a socket in the abstract namespace.
+        return cls("\0" + path[1:] if path.startswith("@") else path)
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def send(self, message: str) -> bool:
+        if self._address is None:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(self._address)
+                sock.sendall(message.encode())
+            return True
+        except OSError:
+            # systemd gone or socket unreachable: the pump's work matters more than the ping.
+            return False
+
+
+def watchdog_interval_s(environ: Mapping[str, str]) -> float | None:
+    """Half of WATCHDOG_USEC, as systemd recommends; None when no watchdog is asked for."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None  # meant for another process
+    return int(usec) / 2_000_000
+
+
+async def watchdog(notifier: Notifier, stats: Stats, environ: Mapping[str, str]) -> None:
+    """Ping while every loop is healthy. A stuck loop (or a wedged event loop, which stops this
+    task too) stops the pings, and systemd restarts the service."""
+    interval = watchdog_interval_s(environ)
+    if interval is None or not notifier.enabled:
+        return
+    # Keeps pinging through the shutdown grace too: calls finishing are not a wedge.
+    while True:
+        if stats.healthy():
+            notifier.send("WATCHDOG=1")
+        await asyncio.sleep(interval)
