@@ -1,0 +1,118 @@
+"""A programmable runner double: real HTTP on loopback, in a thread of the test process.
+
+The reference runner is the contract; this double exists for what a runner should never do on
+purpose (drop connections, send half a body, stall) and for exact per-request scripting.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = field(default_factory=lambda: {"processed": False})  # dict/list -> JSON
+    raw: bytes | None = None  # sent as-is instead of body
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering
+    partial: bool = False  # promise more bytes than are sent, then close
+
+
+JOB = Reply(body={"processed": True, "jobId": "j", "jobType": "t", "status": "done"})
+IDLE = Reply()
+
+
+@dataclass
+class Seen:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: bool = False
+
+
+class RunnerDouble:
+    def __init__(self, script: Callable[[int], Reply]) -> None:
+        self.script = script
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                seen = Seen(time.monotonic(), self.path, dict(self.headers.items()),
+                            self.rfile.read(length))
+                with double._lock:
+                    double.seen.append(seen)
+                    index = len(double.seen) - 1
+                reply = double.script(index)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.drop:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload) * (3 if reply.partial else 1)))
+                self.end_headers()
+                self.wfile.write(payload)
+                self.wfile.flush()
+                if reply.partial:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                seen.answered = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"saw {len(self.seen)} calls, wanted {count}")
+            time.sleep(0.01)
+
+    @contextmanager
+    def running(self) -> Iterator[RunnerDouble]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@contextmanager
+def runner_double(script: Callable[[int], Reply]) -> Iterator[RunnerDouble]:
+    with RunnerDouble(script).running() as double:
+        yield double
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
