@@ -1,0 +1,301 @@
+"""Health, metrics, status, the systemd notify protocol and alerts, each against the real thing:
+a real HTTP endpoint, prometheus_client's own parser, a real datagram socket, a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from queue_pump.alerts import Alerter
+from queue_pump.commands import cmd_healthcheck, cmd_status
+from queue_pump.config import from_mapping
+from queue_pump.health import HealthServer
+from queue_pump.notify import Notifier, watchdog, watchdog_interval_s
+from queue_pump.stats import STUCK_SLACK_S, Stats
+
+from .conftest import BASE_ENV, TOKEN, FakeTime
+from .proc import finish, pump_env, start
+from .runner_double import IDLE, JOB, Reply, free_port, runner_double
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = get(base + "/metrics")
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+@pytest.mark.e2e
+def test_metrics_and_health_of_a_running_pump_follow_its_calls() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    script = [JOB, JOB, JOB, Reply(status=503), Reply(status=500)]
+    with runner_double(lambda i: script[i] if i < len(script) else IDLE) as double:
+        proc = start(pump_env(double.url, QUEUE_PUMP_HEALTH_PORT=str(port),
+                              QUEUE_PUMP_TICK_SLEEP_MS="0", QUEUE_PUMP_BACKOFF_BASE_MS="1",
+                              QUEUE_PUMP_IDLE_SLEEP_MS="60000"))
+        try:
+            double.wait_for(6)
+            wait_until(lambda: get(base + "/healthz")[0] == 200
+                       and json.loads(get(base + "/healthz")[1])["counters"]["calls"] == 6)
+            m = metrics(base)
+            q = (("queue", "agent"),)
+            assert m[("queue_pump_calls_total", (("outcome", "processed"), *q))] == 3
+            assert m[("queue_pump_calls_total", (("outcome", "idle"), *q))] == 1
+            assert m[("queue_pump_calls_total", (("outcome", "error"), *q))] == 2
+            assert m[("queue_pump_call_errors_total",
+                      (("kind", "retryable"), *q, ("reason", "http_status")))] == 2
+            assert m[("queue_pump_jobs_total", (*q, ("status", "done")))] == 3
+            assert m[("queue_pump_call_duration_seconds_count", q)] == 6
+            assert m[("queue_pump_consecutive_failures", ())] == 0
+            assert m[("queue_pump_last_success_timestamp_seconds", ())] > time.time() - 60
+            assert m[("queue_pump_in_flight", q)] == 0
+            assert ("queue_pump_build_info", (("python", os.sys.version.split()[0]),
+                                              ("version", "0.1.0"))) in m
+            status, body = get(base + "/healthz")
+            health = json.loads(body)
+            assert health["state"] == "idle" and health["ready"] is True
+            assert health["counters"] == {"calls": 6, "processed": 3, "idle": 1, "errors": 2}
+            assert get(base + "/readyz")[0] == 200
+            assert get(base + "/nope")[0] == 404
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert TOKEN not in get(base + path)[1]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            done = finish(proc, time.monotonic())
+    assert done.code == 0
+    done.assert_no_secret()
+
+
+@pytest.mark.e2e
+def test_readyz_is_503_until_the_runner_answers() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(pump_env(f"http://127.0.0.1:{free_port()}", QUEUE_PUMP_HEALTH_PORT=str(port)))
+    try:
+        wait_until(lambda: _answers(base + "/readyz"))
+        wait_until(lambda: json.loads(get(base + "/healthz")[1])["counters"]["errors"] >= 1)
+        status, body = get(base + "/readyz")
+        assert status == 503 and json.loads(body)["ready"] is False
+        assert get(base + "/healthz")[0] == 200  # alive and backing off is healthy
+        assert json.loads(get(base + "/healthz")[1])["state"] == "backing-off"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, time.monotonic())
+
+
+def _answers(url: str) -> bool:
+    try:
+        get(url)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def served_stats() -> Iterator[tuple[Stats, FakeTime, str]]:
+    fake = FakeTime()
+    stats = Stats(clock=fake.clock)
+    server = HealthServer(stats, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield stats, fake, server.url
+    finally:
+        server.close()
+
+
+def test_a_stuck_loop_turns_healthz_503(served_stats: tuple[Stats, FakeTime, str]) -> None:
+    stats, fake, base = served_stats
+    loop = stats.add_loop("agent-0", "agent")
+    stats.call_started(loop, timeout_s=10.0)
+    fake.now += 10.0 + STUCK_SLACK_S - 1
+    assert get(base + "/healthz")[0] == 200
+    fake.now += 2
+    status, body = get(base + "/healthz")
+    assert status == 503
+    data = json.loads(body)
+    assert data["status"] == "stuck" and data["loops"][0]["stuck"] is True
+    # a sleep that overruns its plan is stuck too
+    stats.call_ended(loop, 1.0, "idle")
+    stats.sleeping(loop, loop.state, 5.0)
+    assert get(base + "/healthz")[0] == 200
+    fake.now += 5.0 + STUCK_SLACK_S + 1
+    assert get(base + "/healthz")[0] == 503
+
+
+def test_status_and_healthcheck_commands(served_stats: tuple[Stats, FakeTime, str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    stats, fake, base = served_stats
+    loop = stats.add_loop("agent-0", "agent")
+    stats.call_started(loop, 10.0)
+    stats.call_ended(loop, 0.1, "processed", job_status="done")
+    stats.call_started(loop, 10.0)
+    stats.call_ended(loop, 0.1, "error", error=("retryable", "connect"))
+    assert cmd_status(["--url", base], {}) == 0
+    out = capsys.readouterr().out
+    assert "calls 2: processed 1, idle 0, errors 1" in out
+    assert "1 failures in a row" in out and "retryable:connect 1" in out
+    assert cmd_healthcheck(["--url", base], {}) == 0
+    fake.now += 1000
+    assert cmd_healthcheck(["--url", base], {}) == 1
+    assert "stuck loops: agent-0" in capsys.readouterr().err
+    assert cmd_healthcheck(["--url", f"http://127.0.0.1:{free_port()}"], {}) == 1
+    assert cmd_status(["--url", f"http://127.0.0.1:{free_port()}"], {}) == 1
+    assert "no pump answers" in capsys.readouterr().err
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    path = os.path.join(tempfile.mkdtemp(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+
+
+def test_notifier_speaks_the_datagram_protocol(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    assert Notifier.from_environ({"NOTIFY_SOCKET": path}).send("READY=1")
+    assert sock.recv(100) == b"READY=1"
+    assert not Notifier.from_environ({}).send("READY=1")
+    assert not Notifier.from_environ({"NOTIFY_SOCKET": path + ".gone"}).send("READY=1")
+
+
+def test_watchdog_pings_at_half_the_interval_only_while_healthy(
+        notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    assert watchdog_interval_s(env) == 0.1
+    assert watchdog_interval_s({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}) is None
+    fake = FakeTime()
+    stats = Stats(clock=fake.clock)
+    loop = stats.add_loop("agent-0", "agent")
+
+    async def go() -> int:
+        task = asyncio.create_task(watchdog(Notifier.from_environ(env), stats, env))
+        await asyncio.sleep(0.35)
+        stats.call_started(loop, 1.0)
+        fake.now += 1000  # the loop is now stuck: pings must stop
+        sock.setblocking(False)
+        pings = 0
+        while True:
+            try:
+                assert sock.recv(100) == b"WATCHDOG=1"
+                pings += 1
+            except BlockingIOError:
+                break
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(BlockingIOError):
+            sock.recv(100)
+        return pings
+
+    assert 3 <= asyncio.run(go()) <= 5
+
+
+@pytest.mark.e2e
+def test_the_process_reports_ready_and_stopping(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    with runner_double(lambda i: IDLE) as double:
+        proc = start(pump_env(double.url, NOTIFY_SOCKET=path))
+        assert sock.recv(100) == b"READY=1"
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(100) == b"STOPPING=1"
+        assert finish(proc, time.monotonic()).code == 0
+
+
+class Receiver:
+    def __init__(self, status: int = 200) -> None:
+        self.posts: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.posts.append(json.loads(self.rfile.read(length)))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def run_alerts(url: str, streak: list[tuple[str, str | None]]) -> list[str]:
+    settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_ALERT_WEBHOOK_URL": url,
+                             "QUEUE_PUMP_ALERT_AFTER": "3"})
+
+    async def go() -> list[str]:
+        stats = Stats()
+        alerter = Alerter.start(settings, stats, structlog.get_logger())
+        loop = stats.add_loop("agent-0", "agent")
+        for outcome, reason in streak:
+            stats.call_started(loop, 1.0)
+            stats.call_ended(loop, 0.01, outcome,
+                             error=("retryable", reason) if reason else None)
+        await alerter.close()
+        return alerter.sent
+
+    return asyncio.run(go())
+
+
+def test_one_alert_per_outage_and_one_on_recovery() -> None:
+    receiver = Receiver()
+    fail, ok = ("error", "connect"), ("idle", None)
+    sent = run_alerts(receiver.url, [ok, fail, fail, ok, *[fail] * 7, ok, ok, fail])
+    assert sent == ["outage", "recovered"]
+    assert [p["event"] for p in receiver.posts] == ["outage", "recovered"]
+    assert receiver.posts[0]["consecutive_failures"] == 3
+    assert receiver.posts[1]["failures"] == 7
+    assert "text" in receiver.posts[0]
+    receiver.server.shutdown()
+
+
+@pytest.mark.parametrize("status", [500, None])
+def test_a_failing_webhook_never_disturbs_the_pump(status: int | None,
+                                                   logs: list[dict[str, Any]]) -> None:
+    url = Receiver(status).url if status else f"http://127.0.0.1:{free_port()}/hook"
+    fail = ("error", "connect")
+    assert run_alerts(url, [fail] * 4 + [("idle", None)]) == ["outage", "recovered"]
+    assert [e["alert"] for e in logs if e["event"] == "alert_failed"] == ["outage", "recovered"]
