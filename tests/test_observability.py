@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import signal
 import socket
 import tempfile
@@ -84,9 +85,10 @@ def test_metrics_and_health_of_a_running_pump_follow_its_calls() -> None:
             assert m[("queue_pump_consecutive_failures", ())] == 0
             assert m[("queue_pump_last_success_timestamp_seconds", ())] > time.time() - 60
             assert m[("queue_pump_in_flight", q)] == 0
-            assert ("queue_pump_build_info", (("python", os.sys.version.split()[0]),
+            assert ("queue_pump_build_info", (("python", platform.python_version()),
                                               ("version", "0.1.0"))) in m
             status, body = get(base + "/healthz")
+            assert status == 200
             health = json.loads(body)
             assert health["state"] == "idle" and health["ready"] is True
             assert health["counters"] == {"calls": 6, "processed": 3, "idle": 1, "errors": 2}
