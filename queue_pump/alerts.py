@@ -31,6 +31,8 @@ class Alerter:
         self._in_outage = False
         self._outage_started: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # One post at a time, in order: a "recovered" must never overtake its "outage".
+        self._order = asyncio.Lock()
         self.sent: list[str] = []
 
     @classmethod
@@ -64,6 +66,10 @@ class Alerter:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, event: str, payload: dict[str, Any]) -> None:
+        async with self._order:
+            await self._post_now(event, payload)
+
+    async def _post_now(self, event: str, payload: dict[str, Any]) -> None:
         try:
             response = await self._http.post(self._url, json=payload)
             if response.status_code >= 300:
