@@ -435,11 +435,14 @@ def test_rate_limit_fault_answers_429_with_retry_after() -> None:
             await enqueue(client, {"type": "t"})
             resp = await call(client)
             assert resp.status_code == 429 and resp.headers["Retry-After"] == "1"
-            r.faults.retry_after_s = 0.5
+            r.faults.retry_after_s = 0
             resp = await call(client)
-            assert resp.status_code == 429 and resp.headers["Retry-After"] == "0.5"
+            assert resp.status_code == 429 and resp.headers["Retry-After"] == "0"
+            r.faults.retry_after_s = 1.2  # HTTP has whole seconds only: rounded up, never down
+            resp = await call(client)
+            assert resp.status_code == 429 and resp.headers["Retry-After"] == "2"
             s = await stats(client)
-            assert s["queued"] == 1 and s["calls"]["faultedByKind"]["rateLimit"] == 2
+            assert s["queued"] == 1 and s["calls"]["faultedByKind"]["rateLimit"] == 3
 
     run(body)
 

@@ -100,7 +100,8 @@ OPTIONS: tuple[_Option, ...] = (
             "P"),
     _Option("--error-status", "503", _integer(400, 599), "Status of injected errors.", "CODE"),
     _Option("--retry-after-s", None, _number(0.0, 86_400.0),
-            "Retry-After sent with injected errors (and 429s, which default to 1).", "S"),
+            "Retry-After sent with injected errors and 429s (429s default to 1); rounded up "
+            "to whole seconds.", "S"),
     _Option("--rate-limit-rate", "0", _RATE, "Share of runner calls answered 429.", "P"),
     _Option("--stall-rate", "0", _RATE,
             "Share of runner calls that hang --stall-s then answer 504.", "P"),

@@ -33,7 +33,8 @@ class Faults:
 
     error_rate: float = 0.0
     error_status: int = 503
-    # Sent as Retry-After on error answers when set; 429 answers always carry one (1 s if unset).
+    # Sent as Retry-After (rounded up to whole seconds) on error answers when set; 429 answers
+    # always carry one (1 s if unset).
     retry_after_s: float | None = None
     rate_limit_rate: float = 0.0
     stall_rate: float = 0.0
@@ -118,8 +119,6 @@ def _check_number(name: str, value: object) -> None:
 
 
 def format_seconds(value: float) -> str:
-    """Retry-After text: whole seconds as HTTP says; a fraction is kept (non-standard) so fast
-    tests can ask for sub-second waits from clients that accept it."""
-    if value == int(value):
-        return str(int(value))
-    return f"{value:g}"
+    """Retry-After text: HTTP allows only whole seconds, so a fraction is rounded up (a client
+    must never be told to come back sooner than the knob says)."""
+    return str(math.ceil(value))
