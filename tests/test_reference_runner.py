@@ -626,3 +626,16 @@ def test_error_bodies_are_one_line_json() -> None:
                 assert set(json.loads(resp.text)) == {"error"}
 
     run(body)
+
+
+def test_a_store_failure_is_a_json_500_the_pump_can_retry() -> None:
+    async def body() -> None:
+        store = JobStore()
+        async with runner(db=store) as (r, client):
+            store.close()  # every claim now raises inside the runner
+            resp = await call(client)
+            assert resp.status_code == 500
+            assert resp.json()["error"].startswith("internal error: ProgrammingError")
+            assert r.counters.internal_error == 1 and r.counters.processed == 0
+
+    run(body)

@@ -43,6 +43,7 @@ class CallCounters:
     bad_request: int = 0
     # Refused (503) because a graceful shutdown had begun, or cut short by it.
     shutting_down: int = 0
+    internal_error: int = 0
     faulted_by_kind: dict[FaultKind, int] = field(
         default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0)
     )
@@ -56,6 +57,7 @@ class CallCounters:
             "unauthorized": self.unauthorized,
             "badRequest": self.bad_request,
             "shuttingDown": self.shutting_down,
+            "internalError": self.internal_error,
             "inFlight": in_flight,
             "faultedByKind": {
                 "error": self.faulted_by_kind["error"],
@@ -272,7 +274,14 @@ async def _runner_call(request: web.Request) -> web.StreamResponse:
     task = asyncio.create_task(st.claim_and_run(queue, worker_id))
     st.tasks.add(task)
     task.add_done_callback(st.tasks.discard)
-    outcome = await asyncio.shield(task)
+    try:
+        outcome = await asyncio.shield(task)
+    except Exception as exc:
+        # E.g. "database is locked" past the busy timeout. A JSON 500 keeps the error shape
+        # uniform, and the pump retries it with backoff.
+        st.counters.internal_error += 1
+        log.exception("runner call failed")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}"[:300])
     return web.json_response(outcome.body, status=outcome.status, headers=outcome.headers)
 
 
@@ -376,7 +385,8 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     # Unauthenticated on purpose: lets a test or an orchestrator wait for readiness without the
     # token. It reveals nothing but liveness.
     st = request.app[STATE]
-    return web.json_response({"ok": not st.shutting_down.is_set()})
+    ok = not st.shutting_down.is_set()
+    return web.json_response({"ok": ok}, status=200 if ok else 503)
 
 
 def build_app(
