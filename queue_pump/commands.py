@@ -108,12 +108,9 @@ def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 def cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    import argparse
-
     from .reference_runner import cli as runner_cli
 
     parser = OneLineParser(prog="queue-pump runner",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                            description="The reference job runner: the runner contract over real "
                                        "HTTP, jobs in SQLite. Needs AGENT_TOKEN and "
                                        "ORGANIZATION_ID.")

@@ -157,6 +157,9 @@ class Pump:
                     error = CallError(ErrorKind.RETRYABLE, "internal",
                                       detail=f"{type(exc).__name__}: {exc}"[:300])
                 duration = self._clock() - started
+                self._log.debug("call", queue=lane.queue, loop=record.name,
+                                outcome="error" if error else type(outcome).__name__.lower(),
+                                duration_ms=round(duration * 1000, 2))
 
                 if error is not None:
                     failures += 1

@@ -163,3 +163,9 @@ def test_env_example_is_current_and_lists_every_variable() -> None:
     assert committed == env_example(), "regenerate: queue-pump config --env-example > .env.example"
     for knob in KNOBS:
         assert knob.env in committed
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [knob.env for knob in KNOBS if f"`{knob.env}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
