@@ -602,6 +602,19 @@ def test_stale_processing_jobs_are_requeued_at_start_and_before_claims(tmp_path:
     run(body)
 
 
+def test_enqueue_refuses_runs_longer_than_the_lease() -> None:
+    async def body() -> None:
+        async with runner(lease_s=2) as (_, client):
+            jobs = [{"type": "ok", "payload": {"duration_ms": 1999}},
+                    {"type": "t", "payload": {"duration_ms": 2000}}]
+            resp = await client.post("/jobs", json=jobs)
+            assert resp.status_code == 400
+            assert "body[1].payload.duration_ms must be shorter than the runner's lease (2 s" in (
+                resp.json()["error"])
+
+    run(body)
+
+
 def test_runner_on_a_file_keeps_jobs_across_restarts(tmp_path: Path) -> None:
     db = str(tmp_path / "jobs.sqlite3")
 

@@ -79,6 +79,7 @@ def test_missing_credentials_is_one_line_and_exit_2(
         (["--host", " "], {}, "--host must not be empty"),
         ([], {"QUEUE_PUMP_RUNNER_DROP_RATE": "2"}, "QUEUE_PUMP_RUNNER_DROP_RATE must be between"),
         (["--error-rate", "0.6", "--stall-rate", "0.6"], {}, "must not exceed 1"),
+        (["--lease-s", "1", "--seed-duration-ms", "1000"], {}, "shorter than --lease-s"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

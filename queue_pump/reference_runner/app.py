@@ -315,7 +315,7 @@ async def _enqueue(request: web.Request) -> web.StreamResponse:
     if denied is not None:
         return _error(401, denied)
     try:
-        specs = parse_jobs(await _read_json(request, empty=_REQUIRED))
+        specs = parse_jobs(await _read_json(request, empty=_REQUIRED), st.store.lease_s)
     except BadRequest as exc:
         return _error(400, str(exc))
     results = await asyncio.to_thread(st.store.enqueue_many, specs)

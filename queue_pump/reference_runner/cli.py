@@ -158,6 +158,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         if raw is None:
             raw = opt.default
         values[opt.dest] = None if raw is None else opt.parse(name, str(raw))
+    if values["seed_duration_ms"] >= values["lease_s"] * 1000:
+        raise UsageError("--seed-duration-ms must be shorter than --lease-s")
     try:
         faults = Faults(
             error_rate=values["error_rate"],

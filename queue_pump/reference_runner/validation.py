@@ -58,13 +58,20 @@ def _is_number(value: object) -> bool:
     )
 
 
-def check_run_knobs(payload: dict[str, Any], where: str) -> None:
-    """Reject payload knobs the runner would otherwise silently ignore."""
+def check_run_knobs(payload: dict[str, Any], where: str, lease_s: float | None = None) -> None:
+    """Reject payload knobs the runner would otherwise silently ignore or clamp."""
     if "duration_ms" in payload:
         v = payload["duration_ms"]
         if not _is_number(v) or not 0 <= v <= MAX_DURATION_MS:
             raise BadRequest(
                 f"{where}.duration_ms must be a number between 0 and {MAX_DURATION_MS}, got {v!r}"
+            )
+        # A run longer than the lease would be presumed dead and claimed again while it still
+        # runs: two runs of one job, the first ending "lost". Refuse it up front.
+        if lease_s is not None and v >= lease_s * 1000:
+            raise BadRequest(
+                f"{where}.duration_ms must be shorter than the runner's lease"
+                f" ({lease_s:g} s, --lease-s), got {v!r}"
             )
     if "fail_rate" in payload:
         v = payload["fail_rate"]
@@ -86,7 +93,7 @@ def check_name(value: object, where: str, max_len: int = MAX_NAME_LEN) -> str:
     return value
 
 
-def parse_job(obj: object, where: str) -> JobSpec:
+def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
     if not isinstance(obj, dict):
         raise BadRequest(f"{where} must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(k for k in obj if k not in _JOB_KEYS)
@@ -102,7 +109,7 @@ def parse_job(obj: object, where: str) -> JobSpec:
         payload = {}
     if not isinstance(payload, dict):
         raise BadRequest(f"{where}.payload must be a JSON object, got {type(payload).__name__}")
-    check_run_knobs(payload, f"{where}.payload")
+    check_run_knobs(payload, f"{where}.payload", lease_s)
     queue = obj.get("queue", DEFAULT_QUEUE)
     queue = DEFAULT_QUEUE if queue is None else check_name(queue, f"{where}.queue")
     dedupe_key = obj.get("dedupeKey")
@@ -123,8 +130,9 @@ def parse_job(obj: object, where: str) -> JobSpec:
     return JobSpec(job_type, payload, queue, dedupe_key, max_attempts)
 
 
-def parse_jobs(body: object) -> list[JobSpec]:
-    """``POST /jobs`` body: one job object, ``{"jobs": [...]}``, or a JSON list of jobs."""
+def parse_jobs(body: object, lease_s: float | None = None) -> list[JobSpec]:
+    """``POST /jobs`` body: one job object, ``{"jobs": [...]}``, or a JSON list of jobs.
+    With ``lease_s``, payload ``duration_ms`` must stay below it."""
     if isinstance(body, dict) and "jobs" in body:
         extra = sorted(k for k in body if k != "jobs")
         if extra:
@@ -135,14 +143,14 @@ def parse_jobs(body: object) -> list[JobSpec]:
     elif isinstance(body, list):
         items, prefix = body, "body"
     elif isinstance(body, dict):
-        return [parse_job(body, "job")]
+        return [parse_job(body, "job", lease_s)]
     else:
         raise BadRequest(f"body must be a job object or a list of jobs, got {type(body).__name__}")
     if not items:
         raise BadRequest(f"{prefix} is empty: nothing to enqueue")
     if len(items) > MAX_BATCH:
         raise BadRequest(f"{prefix} has {len(items)} jobs, at most {MAX_BATCH} per request")
-    return [parse_job(item, f"{prefix}[{i}]") for i, item in enumerate(items)]
+    return [parse_job(item, f"{prefix}[{i}]", lease_s) for i, item in enumerate(items)]
 
 
 def parse_queue(query_value: str | None, body: object) -> str:
