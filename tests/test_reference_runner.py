@@ -400,6 +400,7 @@ def test_get_job_and_json_errors_for_unknown_things() -> None:
         async with runner() as (_, client):
             missing = await client.get("/jobs/999")
             assert missing.status_code == 404 and "999" in missing.json()["error"]
+            assert (await client.get("/jobs/" + "9" * 30)).status_code == 404
             nowhere = await client.get("/no/such/path")
             assert nowhere.status_code == 404 and "error" in nowhere.json()
             wrong_method = await client.get(RUNNER_PATH)

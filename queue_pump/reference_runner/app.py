@@ -351,7 +351,8 @@ async def _get_job(request: web.Request) -> web.StreamResponse:
     if denied is not None:
         return _error(401, denied)
     job_id = int(request.match_info["id"])
-    job = await asyncio.to_thread(st.store.get, job_id)
+    # Past SQLite's 64-bit range no job can exist (and binding it would raise).
+    job = await asyncio.to_thread(st.store.get, job_id) if job_id < 2**63 else None
     if job is None:
         return _error(404, f"no job with id {job_id}")
     return web.json_response(job.to_json())
