@@ -91,6 +91,11 @@ def build_http_client(
         max_connections=settings.concurrency + 2,
         max_keepalive_connections=settings.concurrency,
     )
+    if transport is None and settings.http_transport == "aiohttp":
+        # Imported only when chosen, so the default pays nothing for it at start-up.
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(verify=_ssl_context(), limits=limits, trust_env=True)
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,

@@ -90,6 +90,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("QUEUE_PUMP_MAX_RESPONSE_BYTES", "max_response_bytes", "int", str(MIB),
          "Largest runner answer read; a larger one is an error (never buffered).",
          low=1024, high=256 * MIB),
+    Knob("QUEUE_PUMP_HTTP_TRANSPORT", "http_transport", "choice", "httpx",
+         "What carries the calls under the httpx API: httpx (its own pool) or aiohttp "
+         "(httpx-aiohttp).", choices=("httpx", "aiohttp")),
     Knob("QUEUE_PUMP_LOG_FORMAT", "log_format", "choice", "",
          "json or console; default json when stdout is not a terminal.",
          choices=("json", "console")),
@@ -157,6 +160,7 @@ class Settings:
     backoff_max_ms: int
     shutdown_grace_ms: int
     max_response_bytes: int
+    http_transport: str
     log_format: str
     log_level: str
     worker_id: str

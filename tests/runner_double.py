@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+
 
 @dataclass
 class Reply:
@@ -35,7 +37,7 @@ IDLE = Reply()
 class Seen:
     at: float
     path: str
-    headers: dict[str, str]
+    headers: httpx.Headers  # case-insensitive, as HTTP headers are
     body: bytes
     answered: bool = False
 
@@ -55,7 +57,7 @@ class RunnerDouble:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                seen = Seen(time.monotonic(), self.path, dict(self.headers.items()),
+                seen = Seen(time.monotonic(), self.path, httpx.Headers(list(self.headers.items())),
                             self.rfile.read(length))
                 with double._lock:
                     double.seen.append(seen)

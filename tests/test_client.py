@@ -229,3 +229,18 @@ def test_total_deadline_covers_a_slow_trickle() -> None:
     error = failure(QUEUE_PUMP_HTTP_TIMEOUT_MS="1000")
     assert error.reason == "timeout"
     assert (datetime.now(UTC) - started).total_seconds() < 3
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_both_transports_speak_the_contract_over_real_loopback(transport: str) -> None:
+    from .runner_double import JOB, Reply, runner_double
+
+    replies = [JOB, Reply(status=503, headers={"Retry-After": "2"}), Reply(drop=True)]
+    with runner_double(lambda i: replies[i]) as double:
+        env = {"SUPABASE_URL": double.url, "QUEUE_PUMP_HTTP_TRANSPORT": transport}
+        assert isinstance(call(env), Processed)
+        assert failure(**env).retry_after_s == 2.0
+        assert failure(**env).kind is ErrorKind.RETRYABLE
+    seen = double.seen[0]
+    assert seen.headers["X-Agent-Token"] == TOKEN
+    assert json.loads(seen.body) == {"worker": True, "queue": "agent"}
