@@ -75,6 +75,12 @@ say "installed $("$venv/bin/queue-pump" --version)"
 
 # 3. The env file: created once, never overwritten, root-only (it holds AGENT_TOKEN).
 install -d -m 0755 "$ETC_DIR"
+example=$build/env.example
+if [ -f "$src/.env.example" ]; then
+  cp "$src/.env.example" "$example"
+else
+  "$venv/bin/queue-pump" config --env-example > "$example"
+fi
 if [ -e "$ENV_FILE" ]; then
   say "keeping existing $ENV_FILE"
   if [ -n "$(find "$ENV_FILE" -perm /077)" ]; then
@@ -83,11 +89,7 @@ if [ -e "$ENV_FILE" ]; then
   fi
 else
   tmp_env=$(mktemp "$ETC_DIR/.queue-pump.env.XXXXXX")
-  if [ -f "$src/.env.example" ]; then
-    cat "$src/.env.example" > "$tmp_env"
-  else
-    "$venv/bin/queue-pump" config --env-example > "$tmp_env"
-  fi
+  cat "$example" > "$tmp_env"
   chmod 0600 "$tmp_env"
   mv "$tmp_env" "$ENV_FILE"
   say "created $ENV_FILE (mode 600) from the example: fill in SUPABASE_URL, AGENT_TOKEN, ORGANIZATION_ID"
@@ -107,6 +109,11 @@ say "enabled $UNIT"
 # 5. Start, unless the settings are incomplete (the pump would exit 2, and stay down).
 if [ "$start" = 0 ]; then
   say "not starting (--no-start); later: systemctl start $UNIT"
+  exit 0
+fi
+# The example's placeholders pass validation but point nowhere: wait for real values.
+if cmp -s "$ENV_FILE" "$example"; then
+  say "not starting: $ENV_FILE is still the example; fill it in, then: systemctl start $UNIT"
   exit 0
 fi
 # Check the env file alone (env -i: the caller's environment must not fill gaps). Only the
