@@ -1,0 +1,135 @@
+"""End to end: real pump processes against the reference runner process, over loopback."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from queue_pump.reference_runner import JobStore
+
+from .proc import finish, pump_env, start
+from .reference_process import reference_runner
+from .runner_double import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.05)
+
+
+def jobs_in(db: Path) -> list[dict[str, object]]:
+    store = JobStore(str(db))
+    try:
+        total = store.stats()["total"]
+        return [store.get(i).to_json() for i in range(1, total + 1)]  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_three_pumps_drain_500_jobs_exactly_once(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    with reference_runner(free_port(), str(db)) as runner:
+        runner.enqueue([{"type": "t", "payload": {"duration_ms": i % 3}} for i in range(500)])
+        pumps = [start(pump_env(runner.url, QUEUE_PUMP_CONCURRENCY="4",
+                                QUEUE_PUMP_TICK_SLEEP_MS="0", QUEUE_PUMP_WORKER_ID=f"pump-{n}"),
+                       "--drain") for n in range(3)]
+        t0 = time.monotonic()
+        results = [finish(p, t0, timeout_s=60) for p in pumps]
+        assert runner.stats()["done"] == 500
+    assert [r.code for r in results] == [0, 0, 0]
+    jobs = jobs_in(db)
+    assert len(jobs) == 500
+    assert {j["status"] for j in jobs} == {"done"}
+    assert {j["attempts"] for j in jobs} == {1}  # no job ran twice
+    by_pump = Counter(j["workerId"] for j in jobs)
+    assert set(by_pump) == {"pump-0", "pump-1", "pump-2"}  # every pump took its share
+    reported = sum(r.named("pump_stopped")[0]["processed"] for r in results)
+    assert reported == 500  # and each one's own count agrees with the runner
+
+
+def test_sigterm_in_the_middle_of_a_long_job_lets_it_complete(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    with reference_runner(free_port(), str(db)) as runner:
+        runner.enqueue([{"type": "long", "payload": {"duration_ms": 1500}},
+                        {"type": "next", "payload": {"duration_ms": 0}}])
+        pump = start(pump_env(runner.url, QUEUE_PUMP_TICK_SLEEP_MS="0"))
+        wait_until(lambda: runner.stats()["processing"] == 1)
+        t0 = time.monotonic()
+        pump.send_signal(signal.SIGTERM)
+        done = finish(pump, t0)
+        stats = runner.stats()
+    assert done.code == 0
+    assert 0.5 < done.elapsed_s < 10
+    assert stats["processing"] == 0
+    assert (stats["done"], stats["queued"]) == (1, 1)  # finished the long one, took no other
+    assert jobs_in(db)[0]["status"] == "done" and jobs_in(db)[0]["type"] == "long"
+
+
+def test_runner_killed_and_restarted_pumps_back_off_then_drain(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    port = free_port()
+    # A short lease: jobs the killed runner was running are handed out again after restart.
+    with reference_runner(port, str(db), "--lease-s", "1") as runner:
+        runner.enqueue([{"type": "t", "payload": {"duration_ms": 20}} for _ in range(120)])
+        env = pump_env(runner.url, QUEUE_PUMP_CONCURRENCY="2", QUEUE_PUMP_TICK_SLEEP_MS="0",
+                       QUEUE_PUMP_BACKOFF_BASE_MS="50", QUEUE_PUMP_BACKOFF_MAX_MS="500",
+                       QUEUE_PUMP_IDLE_SLEEP_MS="200")
+        pumps = [start(env) for _ in range(2)]
+        wait_until(lambda: runner.stats()["done"] >= 30)
+        runner.kill()
+        time.sleep(1.0)  # the outage: pumps must back off, not spin
+        runner.start()
+        wait_until(lambda: runner.stats()["done"] == 120, timeout_s=60)
+        stats = runner.stats()
+        for pump in pumps:
+            pump.send_signal(signal.SIGTERM)
+        results = [finish(p, time.monotonic()) for p in pumps]
+    assert (stats["done"], stats["queued"], stats["processing"], stats["failed"]) == (120, 0, 0, 0)
+    assert [r.code for r in results] == [0, 0]
+    failures = [e for r in results for e in r.named("call_failed")]
+    assert failures and {e["reason"] for e in failures} <= {"connect", "network", "timeout"}
+    # bounded: at 50 ms base and 500 ms cap, 4 loops cannot make more than ~40 failed calls
+    # in a one-second outage; a tight loop would make thousands.
+    assert len(failures) < 60
+    assert all(r.named("recovered") for r in results)
+
+
+def test_wrong_token_is_reported_and_not_hammered(tmp_path: Path) -> None:
+    with reference_runner(free_port(), str(tmp_path / "jobs.sqlite3")) as runner:
+        runner.enqueue([{"type": "t"}])
+        env = pump_env(runner.url, AGENT_TOKEN="wrong-token-123", QUEUE_PUMP_CONCURRENCY="2")
+        pump = start(env)
+        wait_until(lambda: runner.stats()["calls"]["unauthorized"] >= 2)
+        time.sleep(1.0)
+        calls = runner.stats()["calls"]
+        pump.send_signal(signal.SIGTERM)
+        done = finish(pump, time.monotonic())
+        assert runner.stats()["queued"] == 1
+    assert calls["unauthorized"] == 2  # one per loop, then they wait the 60 s cap
+    failed = done.named("call_failed")
+    assert failed[0]["status"] == 401 and failed[0]["level"] == "error"
+    assert "AGENT_TOKEN" in failed[0]["hint"]
+    assert failed[0]["next_delay_s"] == 60.0
+    assert "wrong-token-123" not in done.stdout + done.stderr
+
+
+def test_dedupe_key_enqueued_twice_yields_one_job(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    with reference_runner(free_port(), str(db)) as runner:
+        first = runner.enqueue([{"type": "nightly", "dedupeKey": "nightly:2026-11-24"}])
+        second = runner.enqueue([{"type": "nightly", "dedupeKey": "nightly:2026-11-24"}])
+        assert first["jobs"][0]["id"] == second["jobs"][0]["id"]
+        assert (first["jobs"][0]["created"], second["jobs"][0]["created"]) == (True, False)
+        done = finish(start(pump_env(runner.url), "--drain"), time.monotonic())
+        assert done.code == 0
+        assert done.named("queue_drained")[0]["processed"] == 1
+        assert runner.stats()["total"] == 1
