@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -12,6 +13,7 @@ from tenacity.wait import wait_base, wait_random_exponential
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
 IDLE_JITTER = 0.1
+_DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
 
 
 def full_jitter(base_s: float, max_s: float) -> wait_base:
@@ -39,7 +41,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # HTTP says whole seconds; some servers send "1.5", which is meant kindly, so take it.
+    if _DELTA.fullmatch(value):
         return min(float(value), RETRY_AFTER_CEILING_S)
     try:
         when = parsedate_to_datetime(value)

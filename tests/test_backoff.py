@@ -35,13 +35,14 @@ def test_full_jitter_grows_then_caps() -> None:
 def test_retry_after_seconds_and_http_date() -> None:
     now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(" 1.5 ", now) == 1.5
     assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) \
         == pytest.approx(90)
     assert parse_retry_after(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0
     assert parse_retry_after("999999", now) == RETRY_AFTER_CEILING_S
 
 
-@pytest.mark.parametrize("garbage", ["", None, "soon", "-5", "1.5e9x", "Mon, 99 Foo"])
+@pytest.mark.parametrize("garbage", ["", None, "soon", "-5", "1.5e9", "1.", "nan", "Mon, 99 Foo"])
 def test_retry_after_garbage_is_ignored(garbage: str | None) -> None:
     assert parse_retry_after(garbage) is None
 
