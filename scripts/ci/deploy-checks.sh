@@ -446,6 +446,7 @@ check_compose_down() {
   jobs_py wait --done 21 --timeout 5                     # finished, not cut or requeued
   grep -q '"event": "pump_stopped"' "$STATE/compose-logs.txt"
   grep '"event": "pump_stopped"' "$STATE/compose-logs.txt" | grep -q '"exit_code": 0'
+  docker image prune -f >/dev/null     # builder-stage leftovers: keep the data root bounded
 }
 
 # ---- the reference runner on the host's loopback ------------------------------------------------
