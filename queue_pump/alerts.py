@@ -40,8 +40,9 @@ class Alerter:
               transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
         http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
                                  transport=transport)
+        queues = ",".join(queue for queue, _ in settings.lanes)
         alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id,
-                      settings.queue, log, http)
+                      queues, log, http)
         stats.subscribe(alerter.on_streak)
         return alerter
 

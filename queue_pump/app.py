@@ -13,16 +13,18 @@ from typing import Any
 
 from . import __version__
 from .alerts import Alerter
+from .budget import TokenBucket
 from .client import RunnerClient, build_http_client
 from .config import Settings
 from .health import HealthServer
 from .logs import configure, get_logger
 from .notify import Notifier, watchdog
-from .pump import ExitCode, Lane, Mode, Policy, Pump
+from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker
 from .stats import Stats
 
 
-def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float) -> None:
+def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float,
+                     wake: Any) -> None:
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -43,6 +45,8 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
         except (NotImplementedError, RuntimeError):  # Windows: fall back to the plain handler
             signal.signal(sig, lambda signum, _frame: loop.call_soon_threadsafe(
                 on_signal, signal.Signals(signum)))
+    if hasattr(signal, "SIGUSR1"):  # not on Windows
+        loop.add_signal_handler(signal.SIGUSR1, wake, "signal")
 
 
 async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> int:
@@ -50,13 +54,26 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
     log = get_logger()
     stop = asyncio.Event()
     notifier = Notifier.from_environ(environ)
-    _install_signals(stop, log, notifier, settings.shutdown_grace_s)
     stats = Stats()
+    waker = Waker()
+
+    def wake(source: str) -> None:
+        waker.wake()
+        stats.woken(source)
+        log.debug("woken", source=source)
+
+    _install_signals(stop, log, notifier, settings.shutdown_grace_s, wake)
+    loop = asyncio.get_running_loop()
+
+    def wake_from_thread() -> None:
+        loop.call_soon_threadsafe(wake, "http")
 
     health: HealthServer | None = None
     # One-shot runs (cron) need no endpoint, and must not collide with a resident pump's port.
     if mode is Mode.FOREVER and settings.health_port:
-        health = HealthServer(stats, settings.health_host, settings.health_port)
+        health = HealthServer(stats, settings.health_host, settings.health_port,
+                              wake=wake_from_thread,
+                              wake_token=settings.wake_token)
         try:
             health.start()
         except OSError as exc:
@@ -66,12 +83,19 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
             return int(ExitCode.CONFIG)
 
     alerter = Alerter.start(settings, stats, log) if settings.alert_webhook_url else None
+    budget = None
+    if settings.max_calls_per_hour:
+        budget = TokenBucket(settings.max_calls_per_hour, capacity=settings.total_concurrency)
+        stats.m_budget.set(settings.max_calls_per_hour)
     http = build_http_client(settings)
-    client = RunnerClient(http, settings)
-    log.info("pump_started", version=__version__, mode=mode.value, runner=client.url_for_logs,
-             health=health.url if health else None, config=settings.public_view())
-    pump = Pump([Lane(settings.queue, settings.concurrency, client.call)],
-                Policy.from_settings(settings), stats, log, stop=stop)
+    clients = [RunnerClient(http, settings, queue=queue) for queue, _ in settings.lanes]
+    log.info("pump_started", version=__version__, mode=mode.value,
+             runner=clients[0].url_for_logs, health=health.url if health else None,
+             config=settings.public_view())
+    lanes = [Lane(queue, concurrency, client.call)
+             for (queue, concurrency), client in zip(settings.lanes, clients, strict=True)]
+    pump = Pump(lanes, Policy.from_settings(settings), stats, log, stop=stop, budget=budget,
+                waker=waker)
     notifier.send("READY=1")
     dog = asyncio.create_task(watchdog(notifier, stats, environ))
     try:

@@ -87,10 +87,8 @@ def build_http_client(
 ) -> httpx.AsyncClient:
     """The one AsyncClient of the process, its pool sized to the loops that share it."""
     timeout = httpx.Timeout(settings.http_timeout_s, connect=settings.connect_timeout_s)
-    limits = httpx.Limits(
-        max_connections=settings.concurrency + 2,
-        max_keepalive_connections=settings.concurrency,
-    )
+    loops = settings.total_concurrency
+    limits = httpx.Limits(max_connections=loops + 2, max_keepalive_connections=loops)
     if transport is None and settings.http_transport == "aiohttp":
         # Imported only when chosen, so the default pays nothing for it at start-up.
         from httpx_aiohttp import AiohttpTransport

@@ -40,6 +40,7 @@ class Knob:
     high: int | None = None
     choices: tuple[str, ...] = ()
     required: bool = False
+    optional: bool = False  # empty means "not set" (None), resolved after parsing
 
     @property
     def secret(self) -> bool:
@@ -48,7 +49,9 @@ class Knob:
 
 # Values that must never reach any output: the webhook URL is in the list because Slack-style
 # webhook URLs carry their credential in the path.
-SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url"})
+SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url", "wake_token"})
+MAX_TOTAL_CONCURRENCY = 256
+MIN_WAKE_TOKEN = 16
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -69,8 +72,15 @@ KNOBS: tuple[Knob, ...] = (
          "Queue name, sent in the query (queue=) and the body."),
     Knob("QUEUE_PUMP_CONCURRENCY", "concurrency", "int", "1",
          "Loops calling the runner at once, sharing one connection pool.", low=1, high=256),
+    Knob("QUEUE_PUMP_QUEUES", "queues", "str", "",
+         "Several queues from one process: name:concurrency,... (e.g. agent:2,render:1). "
+         "Replaces QUEUE_PUMP_QUEUE and QUEUE_PUMP_CONCURRENCY."),
     Knob("QUEUE_PUMP_IDLE_SLEEP_MS", "idle_sleep_ms", "ms", "10000",
          "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS),
+    Knob("QUEUE_PUMP_IDLE_MAX_SLEEP_MS", "idle_max_sleep_ms", "ms", "",
+         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "
+         "processed job snaps back. Default: the idle sleep (off).", low=100, high=DAY_MS,
+         optional=True),
     Knob("QUEUE_PUMP_TICK_SLEEP_MS", "tick_sleep_ms", "ms", "250",
          "Sleep after a processed job.", low=0, high=HOUR_MS),
     Knob("QUEUE_PUMP_HTTP_TIMEOUT_MS", "http_timeout_ms", "ms", "1800000",
@@ -106,6 +116,14 @@ KNOBS: tuple[Knob, ...] = (
          "Address of the health endpoint (/healthz /readyz /metrics); 0.0.0.0 in a container."),
     Knob("QUEUE_PUMP_HEALTH_PORT", "health_port", "int", "8080",
          "Port of the health endpoint; 0 turns it off.", low=0, high=65535),
+    Knob("QUEUE_PUMP_WAKE_TOKEN", "wake_token", "secret", "",
+         "Enables POST /wake on the health endpoint for callers sending it as a bearer token "
+         f"(at least {MIN_WAKE_TOKEN} characters); wakes idle loops at once. SIGUSR1 too."),
+    Knob("QUEUE_PUMP_MAX_CALLS_PER_HOUR", "max_calls_per_hour", "int", "0",
+         "Cap on all runner calls (a token bucket shared by every loop; work is paced, never "
+         "dropped). 0: no cap.", low=0, high=100_000_000),
+    Knob("QUEUE_PUMP_SCHEDULES", "schedules", "str", "",
+         "A TOML file of cron entries to enqueue (see docs/SCHEDULES.md)."),
     Knob("QUEUE_PUMP_ALERT_WEBHOOK_URL", "alert_webhook_url", "url", "",
          "Receives one JSON POST when a failure streak reaches ALERT_AFTER, one on recovery."),
     Knob("QUEUE_PUMP_ALERT_AFTER", "alert_after", "int", "10",
@@ -151,7 +169,9 @@ class Settings:
     endpoint_override: str
     queue: str
     concurrency: int
+    queues: str
     idle_sleep_ms: int
+    idle_max_sleep_ms: int
     tick_sleep_ms: int
     http_timeout_ms: int
     connect_timeout_ms: int
@@ -167,13 +187,26 @@ class Settings:
     allow_insecure_http: bool
     health_host: str
     health_port: int
+    wake_token: str = field(repr=False)
+    max_calls_per_hour: int
+    schedules: str
     alert_webhook_url: str = field(repr=False)
     alert_after: int
+    # Derived at construction: (queue, concurrency) for every queue pumped.
+    lanes: tuple[tuple[str, int], ...] = ()
 
     # Seconds are what the loop works in; milliseconds are what the environment speaks.
     @property
     def idle_sleep_s(self) -> float:
         return self.idle_sleep_ms / 1000
+
+    @property
+    def idle_max_sleep_s(self) -> float:
+        return self.idle_max_sleep_ms / 1000
+
+    @property
+    def total_concurrency(self) -> int:
+        return sum(n for _, n in self.lanes)
 
     @property
     def tick_sleep_s(self) -> float:
@@ -227,12 +260,15 @@ class Settings:
                 value = redact_url(value)
             view[knob.attr] = value
         view["endpoint"] = redact_url(self.endpoint)
+        view["lanes"] = {queue: n for queue, n in self.lanes}
         return view
 
 
 def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
     shown = "(hidden)" if knob.secret else repr(raw)
     value = raw.strip()
+    if knob.optional and not value:
+        return None
     if knob.kind in ("int", "ms"):
         unit = " ms" if knob.kind == "ms" else ""
         rng = f"a whole number from {knob.low} to {knob.high}{unit}"
@@ -289,6 +325,43 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
     return value
 
 
+def _queue_name_ok(name: str) -> bool:
+    return bool(name) and not any(ch.isspace() or ch in ":,/?&#" for ch in name)
+
+
+def _lanes(env: Mapping[str, str], values: dict[str, Any],
+           problems: list[str]) -> tuple[tuple[str, int], ...]:
+    """QUEUE_PUMP_QUEUES=agent:2,render:1, or the single QUEUE/CONCURRENCY pair."""
+    spec = values.get("queues") or ""
+    if not spec:
+        queue, concurrency = values.get("queue"), values.get("concurrency")
+        return ((queue, concurrency),) if queue and isinstance(concurrency, int) else ()
+    both = [name for name in ("QUEUE_PUMP_QUEUE", "QUEUE_PUMP_CONCURRENCY") if name in env]
+    if both:
+        problems.append(f"QUEUE_PUMP_QUEUES is set together with {' and '.join(both)}; expected "
+                        "one form: QUEUE_PUMP_QUEUES=name:concurrency,... alone, or the single "
+                        "queue variables")
+    lanes: list[tuple[str, int]] = []
+    for part in spec.split(","):
+        name, _, count = part.strip().partition(":")
+        name = name.strip()
+        count = count.strip() or "1"
+        if not _queue_name_ok(name) or not count.isdigit() or not 1 <= int(count) <= 256:
+            problems.append(f"QUEUE_PUMP_QUEUES has {part.strip()!r}; expected name:concurrency "
+                            "with a name without spaces and a concurrency from 1 to 256, e.g. "
+                            "agent:2,render:1")
+            continue
+        if any(name == known for known, _ in lanes):
+            problems.append(f"QUEUE_PUMP_QUEUES names {name!r} twice; expected each queue once")
+            continue
+        lanes.append((name, int(count)))
+    total = sum(n for _, n in lanes)
+    if total > MAX_TOTAL_CONCURRENCY:
+        problems.append(f"QUEUE_PUMP_QUEUES adds up to {total} loops; expected at most "
+                        f"{MAX_TOTAL_CONCURRENCY} in all")
+    return tuple(lanes)
+
+
 def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Settings:
     """Build Settings from an environment-like mapping, listing every problem at once."""
     problems: list[str] = []
@@ -307,11 +380,20 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
             continue
         problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
 
-    if (values.get("queue") is not None and not values["queue"]) or any(
-        ch.isspace() for ch in values.get("queue") or ""
-    ):
-        problems.append(f"QUEUE_PUMP_QUEUE={values.get('queue')!r} is not a queue name; expected "
-                        "a non-empty name without spaces")
+    if values.get("queue") is not None and not _queue_name_ok(values["queue"]):
+        problems.append(f"QUEUE_PUMP_QUEUE={values['queue']!r} is not a queue name; expected "
+                        "a non-empty name without spaces, ':' or ','")
+    values["lanes"] = _lanes(env, values, problems)
+    idle, idle_max = values.get("idle_sleep_ms"), values.get("idle_max_sleep_ms")
+    if idle_max is None:
+        values["idle_max_sleep_ms"] = idle
+    elif isinstance(idle, int) and idle_max < idle:
+        problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={idle_max} is below QUEUE_PUMP_IDLE_SLEEP_MS"
+                        f"={idle}; expected max >= the idle sleep (or unset: adaptive idle off)")
+    wake = values.get("wake_token")
+    if wake and len(wake) < MIN_WAKE_TOKEN:
+        problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "
+                        f"{MIN_WAKE_TOKEN} (anyone who guesses it can wake the pump)")
     base, cap = values.get("backoff_base_ms"), values.get("backoff_max_ms")
     if isinstance(base, int) and isinstance(cap, int) and cap < base:
         problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={cap} is below QUEUE_PUMP_BACKOFF_BASE_MS="

@@ -6,6 +6,7 @@ answers 503 because the loops' deadlines pass. It reads Stats and never touches 
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import threading
@@ -37,12 +38,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class HealthApp:
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, *, wake: Callable[[], None] | None = None,
+                 wake_token: str = "") -> None:
         self._stats = stats
+        # /wake exists only with a token: an open wake endpoint would let anyone raise the bill.
+        self._wake = wake if wake_token else None
+        self._expected = f"Bearer {wake_token}".encode()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/wake" and self._wake is not None:
+            return self._wake_up(environ, method, start_response)
         if path not in ("/healthz", "/readyz", "/metrics"):
             return _reply(start_response, "404 Not Found", {"error": "not found",
                           "paths": ["/healthz", "/readyz", "/metrics"]})
@@ -63,6 +70,19 @@ class HealthApp:
         return _reply(start_response, "200 OK" if ok else "503 Service Unavailable", snapshot)
 
 
+    def _wake_up(self, environ: dict[str, Any], method: str,
+                 start_response: StartResponse) -> list[bytes]:
+        if method != "POST":
+            return _reply(start_response, "405 Method Not Allowed", {"error": "use POST"})
+        sent = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(sent, self._expected):
+            return _reply(start_response, "401 Unauthorized",
+                          {"error": "send the wake token as 'Authorization: Bearer <token>'"})
+        assert self._wake is not None
+        self._wake()
+        return _reply(start_response, "202 Accepted", {"woken": True})
+
+
 def _reply(start_response: StartResponse, status: str, data: dict[str, Any]) -> list[bytes]:
     body = json.dumps(data).encode()
     start_response(status, [("Content-Type", JSON), ("Content-Length", str(len(body))),
@@ -71,8 +91,9 @@ def _reply(start_response: StartResponse, status: str, data: dict[str, Any]) -> 
 
 
 class HealthServer:
-    def __init__(self, stats: Stats, host: str, port: int) -> None:
-        self._app = HealthApp(stats)
+    def __init__(self, stats: Stats, host: str, port: int, *,
+                 wake: Callable[[], None] | None = None, wake_token: str = "") -> None:
+        self._app = HealthApp(stats, wake=wake, wake_token=wake_token)
         self._host = host
         self._port = port
         self._server: WSGIServer | None = None

@@ -12,15 +12,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from .backoff import full_jitter, idle_delay, next_delay
+from .budget import TokenBucket
 from .client import CallError, ErrorKind, Outcome, Processed
 from .config import Settings
 from .stats import LoopRecord, LoopState, Stats
 
-Pause = Callable[[float], Awaitable[None]]
 CallFn = Callable[[], Awaitable[Outcome]]
+
+
+class Pause(Protocol):
+    """Wait ``seconds``, or less: a stop always ends it; a wake ends it when ``wakeable``."""
+
+    def __call__(self, seconds: float, wakeable: bool = False) -> Awaitable[None]: ...
 
 IDLE_LOG_INTERVAL_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
@@ -52,6 +58,7 @@ class Lane:
 @dataclass(frozen=True)
 class Policy:
     idle_s: float
+    idle_max_s: float
     tick_s: float
     backoff_base_s: float
     backoff_max_s: float
@@ -61,22 +68,54 @@ class Policy:
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
-        return cls(idle_s=s.idle_sleep_s, tick_s=s.tick_sleep_s, backoff_base_s=s.backoff_base_s,
+        return cls(idle_s=s.idle_sleep_s, idle_max_s=s.idle_max_sleep_s, tick_s=s.tick_sleep_s,
+                   backoff_base_s=s.backoff_base_s,
                    backoff_max_s=s.backoff_max_s, call_timeout_s=s.http_timeout_s,
                    shutdown_grace_s=s.shutdown_grace_s, log_every=s.log_every)
 
+    def idle_sleep_s(self, idle_streak: int) -> float:
+        """Adaptive idle: the n-th idle answer in a row waits idle * 2^(n-1), up to the max."""
+        if idle_streak <= 1 or self.idle_max_s <= self.idle_s:
+            return self.idle_s
+        return min(self.idle_max_s, self.idle_s * 2.0 ** min(idle_streak - 1, 60))
 
-def stop_or_timeout(stop: asyncio.Event) -> Pause:
-    """The only way the pump waits: until ``seconds`` pass or ``stop`` is set, whichever first."""
 
-    async def pause(seconds: float) -> None:
+class Waker:
+    """Ends every wakeable pause at once (POST /wake, SIGUSR1); later pauses are not affected."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.count = 0
+
+    def wake(self) -> None:
+        self.count += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+
+def stop_or_timeout(stop: asyncio.Event, waker: Waker | None = None) -> Pause:
+    """The only way the pump waits: until ``seconds`` pass or ``stop`` is set, whichever first;
+    with ``wakeable``, a wake ends it too."""
+
+    async def pause(seconds: float, wakeable: bool = False) -> None:
         if seconds <= 0 or stop.is_set():
             return
+        if not (wakeable and waker):
+            try:
+                async with asyncio.timeout(seconds):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            return
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(waker.current().wait())}
         try:
-            async with asyncio.timeout(seconds):
-                await stop.wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     return pause
 
@@ -85,13 +124,17 @@ class Pump:
     def __init__(self, lanes: Sequence[Lane], policy: Policy, stats: Stats, log: Any, *,
                  stop: asyncio.Event, pause: Pause | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, budget: TokenBucket | None = None,
+                 waker: Waker | None = None) -> None:
         self._lanes = list(lanes)
         self._policy = policy
         self._stats = stats
         self._log = log
         self._stop = stop
-        self._pause = pause or stop_or_timeout(stop)
+        self._pause = pause or stop_or_timeout(stop, waker)
+        self._budget = budget
+        self._budget_biting = False
+        self._idle_streak: dict[str, int] = {lane.queue: 0 for lane in lanes}
         self._clock = clock
         self._rng = rng or random.Random()
         self._strategy = full_jitter(policy.backoff_base_s, policy.backoff_max_s)
@@ -142,6 +185,10 @@ class Pump:
         failures = 0
         try:
             while not self._stop.is_set() and lane.queue not in self._drained:
+                if self._budget is not None:
+                    await self._wait_for_budget(lane, record)
+                    if self._stop.is_set():
+                        break
                 self._stats.call_started(record, self._policy.call_timeout_s)
                 started = self._clock()
                 error: CallError | None = None
@@ -182,6 +229,7 @@ class Pump:
                                    after_failures=failures)
                     failures = 0
                 if isinstance(outcome, Processed):
+                    self._idle_streak[lane.queue] = 0
                     self._stats.call_ended(record, duration, "processed",
                                            job_status=str(outcome.status))
                     self._note_processed(lane, outcome)
@@ -196,13 +244,32 @@ class Pump:
                         self._log.info("queue_drained", queue=lane.queue,
                                        processed=self._processed)
                         return True
-                    delay = idle_delay(self._policy.idle_s, self._rng)
+                    self._idle_streak[lane.queue] += 1
+                    base = self._policy.idle_sleep_s(self._idle_streak[lane.queue])
+                    delay = idle_delay(base, self._rng)
                     self._note_idle(lane, delay)
+                    self._stats.idle_sleep(lane.queue, base)
                     self._stats.sleeping(record, LoopState.IDLE, delay)
-                    await self._pause(delay)
+                    await self._pause(delay, wakeable=True)
             return True
         finally:
             self._stats.set_state(record, LoopState.STOPPED)
+
+    async def _wait_for_budget(self, lane: Lane, record: LoopRecord) -> None:
+        assert self._budget is not None
+        wait = self._budget.reserve()
+        if wait <= 0:
+            self._budget_biting = False
+            return
+        if not self._budget_biting:
+            # Once per stretch of pacing, not once per call: the metric has the detail.
+            self._budget_biting = True
+            self._log.warning("budget_limiting", queue=lane.queue,
+                              max_calls_per_hour=self._budget.per_hour,
+                              wait_s=round(wait, 3))
+        self._stats.budget_wait(wait)
+        self._stats.sleeping(record, LoopState.PACED, wait)
+        await self._pause(wait)
 
     # --- log policy ------------------------------------------------------------------------
     def _note_processed(self, lane: Lane, outcome: Processed) -> None:

@@ -30,6 +30,7 @@ class LoopState(StrEnum):
     WORKING = "working"
     IDLE = "idle"
     BACKING_OFF = "backing-off"
+    PACED = "paced"  # waiting for the call budget
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -82,6 +83,20 @@ class Stats:
         self.m_in_flight = Gauge("queue_pump_in_flight", "Calls in flight.", ["queue"],
                                  registry=r)
         self.m_loops = Gauge("queue_pump_loops", "Loops by state.", ["state"], registry=r)
+        self.m_idle_sleep = Gauge("queue_pump_idle_sleep_seconds",
+                                  "Current idle sleep (before jitter); grows with adaptive idle.",
+                                  ["queue"], registry=r)
+        self.m_wakeups = Counter("queue_pump_wakeups", "Wake-ups of idle loops by source.",
+                                 ["source"], registry=r)
+        self.m_budget_waits = Counter("queue_pump_budget_waits",
+                                      "Calls that waited for the call budget.", registry=r)
+        self.m_budget_wait_s = Counter("queue_pump_budget_wait_seconds",
+                                       "Seconds loops waited for the call budget.", registry=r)
+        self.m_budget = Gauge("queue_pump_call_budget_per_hour",
+                              "QUEUE_PUMP_MAX_CALLS_PER_HOUR (0: no cap).", registry=r)
+        self.idle_sleep_by_queue: dict[str, float] = {}
+        self.wakeups = 0
+        self.budget_waits = 0
         Info("queue_pump_build", "Version of the pump.", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
 
@@ -148,6 +163,22 @@ class Stats:
             record.deadline = self._clock() + seconds + STUCK_SLACK_S
         self._count_states()
 
+    def idle_sleep(self, queue: str, seconds: float) -> None:
+        with self._lock:
+            self.idle_sleep_by_queue[queue] = seconds
+        self.m_idle_sleep.labels(queue).set(seconds)
+
+    def woken(self, source: str) -> None:
+        with self._lock:
+            self.wakeups += 1
+        self.m_wakeups.labels(source).inc()
+
+    def budget_wait(self, seconds: float) -> None:
+        with self._lock:
+            self.budget_waits += 1
+        self.m_budget_waits.inc()
+        self.m_budget_wait_s.inc(seconds)
+
     def set_state(self, record: LoopRecord, state: LoopState) -> None:
         with self._lock:
             record.state = state
@@ -178,7 +209,7 @@ class Stats:
         with self._lock:
             states = {loop.state for loop in self._loops}
         for state in (LoopState.STOPPING, LoopState.STOPPED, LoopState.WORKING,
-                      LoopState.BACKING_OFF, LoopState.IDLE):
+                      LoopState.BACKING_OFF, LoopState.PACED, LoopState.IDLE):
             if state in states:
                 return state.value
         return LoopState.STARTING.value
@@ -201,6 +232,9 @@ class Stats:
                 "uptime_s": round(now - self.started_at, 3),
                 "counters": dict(self.counts),
                 "errors": dict(self.errors_by_kind),
+                "idle_sleep_s": dict(self.idle_sleep_by_queue),
+                "wakeups": self.wakeups,
+                "budget_waits": self.budget_waits,
                 "loops": [{"name": loop.name, "queue": loop.queue, "state": loop.state.value,
                            "in_flight": loop.in_flight,
                            "consecutive_failures": loop.consecutive_failures,

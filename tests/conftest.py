@@ -25,12 +25,14 @@ class FakeTime:
     def __init__(self) -> None:
         self.now = 1000.0
         self.pauses: list[float] = []
+        self.wakeable: list[bool] = []
 
     def clock(self) -> float:
         return self.now
 
-    async def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float, wakeable: bool = False) -> None:
         self.pauses.append(seconds)
+        self.wakeable.append(wakeable)
         self.now += seconds
         await asyncio.sleep(0)
 

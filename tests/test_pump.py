@@ -16,7 +16,7 @@ from queue_pump.stats import Stats
 
 from .conftest import FakeTime
 
-POLICY = Policy(idle_s=10.0, tick_s=0.25, backoff_base_s=1.0, backoff_max_s=60.0,
+POLICY = Policy(idle_s=10.0, idle_max_s=10.0, tick_s=0.25, backoff_base_s=1.0, backoff_max_s=60.0,
                 call_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
 JOB = Processed(job_id="j1", job_type="t", status="done")
 
@@ -184,7 +184,7 @@ def test_concurrency_runs_loops_side_by_side() -> None:
             return JOB
 
         pump = Pump([Lane("agent", 8, call)], POLICY, Stats(), structlog.get_logger(),
-                    stop=stop, pause=lambda s: asyncio.sleep(0))
+                    stop=stop, pause=lambda s, wakeable=False: asyncio.sleep(0))
         await pump.run()
         return peak, calls
 
