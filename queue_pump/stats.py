@@ -94,6 +94,10 @@ class Stats:
                                        "Seconds loops waited for the call budget.", registry=r)
         self.m_budget = Gauge("queue_pump_call_budget_per_hour",
                               "QUEUE_PUMP_MAX_CALLS_PER_HOUR (0: no cap).", registry=r)
+        # Label children are looked up once, not per call: labels() takes a lock and a dict
+        # lookup every time, and the per-call path should cost next to nothing.
+        self._state_gauges = {state: self.m_loops.labels(state.value) for state in LoopState}
+        self._per_queue: dict[str, dict[str, Any]] = {}
         self.idle_sleep_by_queue: dict[str, float] = {}
         self.wakeups = 0
         self.budget_waits = 0
@@ -105,8 +109,24 @@ class Stats:
         record = LoopRecord(name=name, queue=queue)
         with self._lock:
             self._loops.append(record)
-        self._count_states()
+        if queue not in self._per_queue:
+            self._per_queue[queue] = {
+                "in_flight": self.m_in_flight.labels(queue),
+                "duration": self.m_duration.labels(queue),
+                "processed": self.m_calls.labels(queue, "processed"),
+                "idle": self.m_calls.labels(queue, "idle"),
+                "error": self.m_calls.labels(queue, "error"),
+            }
+        self._state_gauges[record.state].inc()
         return record
+
+    def _move(self, record: LoopRecord, state: LoopState) -> None:
+        """Change a loop's state; the caller holds the lock."""
+        old = record.state
+        if old is not state:
+            record.state = state
+            self._state_gauges[old].dec()
+            self._state_gauges[state].inc()
 
     def subscribe(self, listener: StreakListener) -> None:
         """``listener(old_streak, new_streak)`` on every change of the failure streak."""
@@ -114,11 +134,10 @@ class Stats:
 
     def call_started(self, loop: LoopRecord, timeout_s: float) -> None:
         with self._lock:
-            loop.state = LoopState.WORKING
+            self._move(loop, LoopState.WORKING)
             loop.in_flight = True
             loop.deadline = self._clock() + timeout_s + STUCK_SLACK_S
-        self.m_in_flight.labels(loop.queue).inc()
-        self._count_states()
+        self._per_queue[loop.queue]["in_flight"].inc()
 
     def call_ended(self, loop: LoopRecord, duration_s: float, outcome: str,
                    job_status: str | None = None, error: tuple[str, str] | None = None) -> None:
@@ -142,9 +161,10 @@ class Stats:
                 self.streak += 1
                 loop.consecutive_failures += 1
             new = self.streak
-        self.m_in_flight.labels(loop.queue).dec()
-        self.m_duration.labels(loop.queue).observe(duration_s)
-        self.m_calls.labels(loop.queue, outcome).inc()
+        metrics = self._per_queue[loop.queue]
+        metrics["in_flight"].dec()
+        metrics["duration"].observe(duration_s)
+        metrics[outcome].inc()
         if error is not None:
             self.m_errors.labels(loop.queue, error[0], error[1]).inc()
         else:
@@ -159,9 +179,8 @@ class Stats:
 
     def sleeping(self, record: LoopRecord, state: LoopState, seconds: float) -> None:
         with self._lock:
-            record.state = state
+            self._move(record, state)
             record.deadline = self._clock() + seconds + STUCK_SLACK_S
-        self._count_states()
 
     def idle_sleep(self, queue: str, seconds: float) -> None:
         with self._lock:
@@ -181,16 +200,9 @@ class Stats:
 
     def set_state(self, record: LoopRecord, state: LoopState) -> None:
         with self._lock:
-            record.state = state
+            self._move(record, state)
             if state in (LoopState.STOPPING, LoopState.STOPPED):
                 record.deadline = float("inf")
-        self._count_states()
-
-    def _count_states(self) -> None:
-        with self._lock:
-            states = [loop.state for loop in self._loops]
-        for state in LoopState:
-            self.m_loops.labels(state.value).set(sum(1 for s in states if s is state))
 
     # --- readers (any thread) -------------------------------------------------------------
     def stuck_loops(self) -> list[str]:

@@ -85,6 +85,9 @@ def test_metrics_and_health_of_a_running_pump_follow_its_calls() -> None:
             assert m[("queue_pump_consecutive_failures", ())] == 0
             assert m[("queue_pump_last_success_timestamp_seconds", ())] > time.time() - 60
             assert m[("queue_pump_in_flight", q)] == 0
+            loops = {labels[0][1]: v for (name, labels), v in m.items()
+                     if name == "queue_pump_loops"}
+            assert loops["idle"] == 1 and sum(loops.values()) == 1
             assert ("queue_pump_build_info", (("python", platform.python_version()),
                                               ("version", "0.1.0"))) in m
             status, body = get(base + "/healthz")
