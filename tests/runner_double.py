@@ -27,6 +27,7 @@ class Reply:
     delay_s: float = 0.0
     drop: bool = False  # close the connection without answering
     partial: bool = False  # promise more bytes than are sent, then close
+    stream_bytes: int = 0  # send this many bytes, chunked, generated as they go (never in memory)
 
 
 JOB = Reply(body={"processed": True, "jobId": "j", "jobType": "t", "status": "done"})
@@ -43,7 +44,13 @@ class Seen:
 
 
 class RunnerDouble:
-    def __init__(self, script: Callable[[int], Reply]) -> None:
+    """``script(i)`` answers the i-th call; assign ``double.script`` to change it mid-run.
+
+    With ``listen=False`` the port is bound but not listening, so connecting is refused until
+    ``listen()`` is called (a runner that comes back on the same address).
+    """
+
+    def __init__(self, script: Callable[[int], Reply], *, listen: bool = True) -> None:
         self.script = script
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -51,6 +58,9 @@ class RunnerDouble:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle on, each answer would wait
+            # ~40 ms for the client's delayed ACK and hide how fast the pump really calls.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -63,6 +73,13 @@ class RunnerDouble:
                     double.seen.append(seen)
                     index = len(double.seen) - 1
                 reply = double.script(index)
+                try:
+                    self._answer(reply, seen)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The pump hung up first (its timeout, or a body over its cap): expected.
+                    self.close_connection = True
+
+            def _answer(self, reply: Reply, seen: Seen) -> None:
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.drop:
@@ -73,7 +90,21 @@ class RunnerDouble:
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
+                if "content-type" not in {k.lower() for k in reply.headers}:
+                    self.send_header("Content-Type", "application/json")
+                if reply.stream_bytes:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    chunk = b"x" * 65536
+                    left = reply.stream_bytes
+                    while left > 0:
+                        piece = chunk[:left]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        left -= len(piece)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    seen.answered = True
+                    return
                 self.send_header("Content-Length", str(len(payload) * (3 if reply.partial else 1)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -84,10 +115,18 @@ class RunnerDouble:
                     return
                 seen.answered = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        self.server.server_bind()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._listen_now = listen
+
+    def listen(self) -> None:
+        """Start accepting connections (and serving) on the bound port."""
+        if not self._thread.is_alive():
+            self.server.server_activate()
+            self._thread.start()
 
     def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -98,11 +137,13 @@ class RunnerDouble:
 
     @contextmanager
     def running(self) -> Iterator[RunnerDouble]:
-        self._thread.start()
+        if self._listen_now:
+            self.listen()
         try:
             yield self
         finally:
-            self.server.shutdown()
+            if self._thread.is_alive():
+                self.server.shutdown()
             self.server.server_close()
 
 
