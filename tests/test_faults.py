@@ -1,0 +1,65 @@
+"""Fault injection against the real pump process over loopback: it stays up, backs off as it
+promises, recovers within one max-backoff, logs each failure streak without a traceback, keeps
+its memory bounded and never shows the token. The scenarios and checks are in fault_scenarios.py
+(bench/fault_matrix.py prints the same figures for docs/RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from .fault_scenarios import (
+    BASE_S,
+    FAULTS,
+    FAULTS_BY_NAME,
+    MAX_S,
+    WINDOW_S,
+    Result,
+    backoff_bound,
+    check,
+    run_fault,
+    run_matrix,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def matrix(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[Result]]]:
+    """Start only the scenarios this session selected, four pumps at a time."""
+    module = sys.modules[__name__]
+    wanted = [f for f in FAULTS if any(
+        getattr(item, "module", None) is module and getattr(item, "callspec", None)
+        and item.callspec.params.get("fault") == f.name for item in request.session.items)]
+    yield run_matrix(wanted, jobs=4)
+
+
+@pytest.mark.parametrize("fault", [f.name for f in FAULTS])
+def test_fault(fault: str, matrix: dict[str, Future[Result]]) -> None:
+    result = matrix[fault].result(timeout=120)
+    assert check(result) == [], result.stdout[-2000:]
+    assert result.fault is FAULTS_BY_NAME[fault]
+
+
+def test_the_backoff_bound_is_far_below_a_tight_loop() -> None:
+    bound = backoff_bound(WINDOW_S, BASE_S, MAX_S)
+    # Expected calls are ~13 (mean wait 0.25 s at the cap); a tight loop makes thousands.
+    assert 13 < bound <= 30
+    # and it grows with the window and shrinks with a larger cap, as a bound should
+    assert backoff_bound(2 * WINDOW_S, BASE_S, MAX_S) > bound
+    assert backoff_bound(WINDOW_S, BASE_S, 2 * MAX_S) < bound
+
+
+def test_the_checks_catch_a_pump_that_hammers(matrix: dict[str, Future[Result]]) -> None:
+    """The negative control: a pump whose backoff is 1 ms breaks the bound, and check() says so.
+    (It runs after the matrix, so its busy loop does not disturb the measured scenarios.)"""
+    for future in matrix.values():
+        future.result(timeout=120)
+    result = run_fault(FAULTS_BY_NAME["500"], QUEUE_PUMP_BACKOFF_BASE_MS="1",
+                       QUEUE_PUMP_BACKOFF_MAX_MS="1")
+    assert result.calls_in_window > 5 * result.bound
+    problems = check(result)
+    assert any(f"bound {result.bound}" in p for p in problems), problems
