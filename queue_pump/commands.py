@@ -12,12 +12,14 @@ from typing import Any
 from .cli import OneLineParser
 
 
-def _health_url(environ: Mapping[str, str]) -> str:
+def _health_url(environ: Mapping[str, str]) -> str | None:
     host = environ.get("QUEUE_PUMP_HEALTH_HOST", "127.0.0.1") or "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"  # a wildcard bind is reached through loopback
     host = f"[{host}]" if ":" in host else host
     port = environ.get("QUEUE_PUMP_HEALTH_PORT", "8080") or "8080"
+    if port.strip() == "0":
+        return None  # the endpoint is off: there is nothing to ask
     return f"http://{host}:{port}"
 
 
@@ -42,10 +44,18 @@ def _url_parser(prog: str, description: str, environ: Mapping[str, str]) -> OneL
     return parser
 
 
+def _no_endpoint(command: str) -> int:
+    print(f"{command}: the health endpoint is off (QUEUE_PUMP_HEALTH_PORT=0); turn it on or "
+          "pass --url", file=sys.stderr)
+    return 1
+
+
 def cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = _url_parser("queue-pump healthcheck",
                        "Exit 0 when the pump at --url is healthy, 1 otherwise (for HEALTHCHECK).",
                        environ).parse_args(argv)
+    if args.url is None:
+        return _no_endpoint("queue-pump healthcheck")
     try:
         status, body = _fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
@@ -97,6 +107,8 @@ def _ago(seconds: float | None) -> str:
 def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = _url_parser("queue-pump status", "Show a running pump's health in a few lines.",
                        environ).parse_args(argv)
+    if args.url is None:
+        return _no_endpoint("queue-pump status")
     try:
         status, body = _fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:

@@ -132,6 +132,10 @@ KNOBS: tuple[Knob, ...] = (
 
 KNOBS_BY_ENV = {k.env: k for k in KNOBS}
 
+# What .env.example ships with: a pump started on these would call nobody's runner.
+PLACEHOLDERS = {"SUPABASE_URL": "https://your-project.supabase.co", "AGENT_TOKEN": "change-me",
+                "ORGANIZATION_ID": "your-organization-id"}
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -379,6 +383,9 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
         if knob.attr == "supabase_url" and values.get("endpoint_override"):
             continue
         problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
+    for name, placeholder in PLACEHOLDERS.items():
+        if (env.get(name) or "").strip() == placeholder:
+            problems.append(f"{name} is still the placeholder from .env.example; set your own")
 
     if values.get("queue") is not None and not _queue_name_ok(values["queue"]):
         problems.append(f"QUEUE_PUMP_QUEUE={values['queue']!r} is not a queue name; expected "
@@ -456,10 +463,7 @@ def env_example() -> str:
     for knob in KNOBS:
         out.append(f"# {knob.help}")
         if knob.required:
-            example = {"SUPABASE_URL": "https://your-project.supabase.co",
-                       "AGENT_TOKEN": "change-me",
-                       "ORGANIZATION_ID": "your-organization-id"}[knob.env]
-            out.append(f"{knob.env}={example}")
+            out.append(f"{knob.env}={PLACEHOLDERS[knob.env]}")
         else:
             out.append(f"# {knob.env}={knob.default or ''}")
         out.append("")

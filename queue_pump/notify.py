@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 from .stats import Stats
 
@@ -53,14 +54,32 @@ def watchdog_interval_s(environ: Mapping[str, str]) -> float | None:
     return int(usec) / 2_000_000
 
 
+STATUS_INTERVAL_S = 10.0
+
+
+def status_line(snapshot: Mapping[str, Any]) -> str:
+    """What `systemctl status` shows next to the unit."""
+    counters = snapshot["counters"]
+    line = (f"{snapshot['state']}: {counters['processed']} processed, {counters['idle']} idle, "
+            f"{counters['errors']} errors")
+    if snapshot["consecutive_failures"]:
+        line += f", {snapshot['consecutive_failures']} failing in a row"
+    if snapshot["status"] != "ok":
+        line += ", STUCK"
+    return line
+
+
 async def watchdog(notifier: Notifier, stats: Stats, environ: Mapping[str, str]) -> None:
-    """Ping while every loop is healthy. A stuck loop (or a wedged event loop, which stops this
-    task too) stops the pings, and systemd restarts the service."""
-    interval = watchdog_interval_s(environ)
-    if interval is None or not notifier.enabled:
+    """Ping while every loop is healthy, with a STATUS= line. A stuck loop (or a wedged event
+    loop, which stops this task too) stops the pings, and systemd restarts the service."""
+    if not notifier.enabled:
         return
+    interval = watchdog_interval_s(environ)
     # Keeps pinging through the shutdown grace too: calls finishing are not a wedge.
     while True:
-        if stats.healthy():
-            notifier.send("WATCHDOG=1")
-        await asyncio.sleep(interval)
+        snapshot = stats.snapshot()
+        message = f"STATUS={status_line(snapshot)}"
+        if interval is not None and snapshot["status"] == "ok":
+            message = "WATCHDOG=1\n" + message
+        notifier.send(message)
+        await asyncio.sleep(min(interval or STATUS_INTERVAL_S, STATUS_INTERVAL_S))

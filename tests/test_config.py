@@ -76,6 +76,8 @@ def test_test_friendly_minimums_are_accepted() -> None:
      "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below QUEUE_PUMP_BACKOFF_BASE_MS=5000"),
     ({"ORGANIZATION_ID": "org\r\nX-Evil: 1"}, "ORGANIZATION_ID contains a line break"),
     ({"AGENT_TOKEN": ""}, "AGENT_TOKEN is not set; it is required"),
+    ({"AGENT_TOKEN": "change-me"}, "AGENT_TOKEN is still the placeholder from .env.example"),
+    ({"SUPABASE_URL": "https://your-project.supabase.co"}, "SUPABASE_URL is still the placeholder"),
     ({"AGENT_TOKEN": "   "}, "AGENT_TOKEN is not set"),
 ])
 def test_bad_values_give_one_line_each(env: dict[str, str], needle: str) -> None:

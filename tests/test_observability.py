@@ -213,26 +213,38 @@ def test_watchdog_pings_at_half_the_interval_only_while_healthy(
     stats = Stats(clock=fake.clock)
     loop = stats.add_loop("agent-0", "agent")
 
-    async def go() -> int:
+    async def go() -> tuple[list[bytes], list[bytes]]:
         task = asyncio.create_task(watchdog(Notifier.from_environ(env), stats, env))
         await asyncio.sleep(0.35)
-        stats.call_started(loop, 1.0)
-        fake.now += 1000  # the loop is now stuck: pings must stop
         sock.setblocking(False)
-        pings = 0
-        while True:
-            try:
-                assert sock.recv(100) == b"WATCHDOG=1"
-                pings += 1
-            except BlockingIOError:
-                break
+        healthy = _drain(sock)
+        stats.call_started(loop, 1.0)
+        fake.now += 1000  # the loop is now stuck: pings must stop, the status says so
         await asyncio.sleep(0.3)
         task.cancel()
-        with pytest.raises(BlockingIOError):
-            sock.recv(100)
-        return pings
+        return healthy, _drain(sock)
 
-    assert 3 <= asyncio.run(go()) <= 5
+    healthy, stuck = asyncio.run(go())
+    assert 3 <= len(healthy) <= 5
+    assert all(m.startswith(b"WATCHDOG=1\nSTATUS=") for m in healthy)
+    assert b"0 processed, 0 idle, 0 errors" in healthy[0]
+    assert stuck and not any(b"WATCHDOG=1" in m for m in stuck)
+    assert all(m.startswith(b"STATUS=") and m.endswith(b"STUCK") for m in stuck)
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(200))
+        except BlockingIOError:
+            return got
+
+
+def test_healthcheck_says_when_the_endpoint_is_off(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cmd_healthcheck([], {"QUEUE_PUMP_HEALTH_PORT": "0"}) == 1
+    assert "the health endpoint is off" in capsys.readouterr().err
+    assert cmd_status([], {"QUEUE_PUMP_HEALTH_PORT": "0"}) == 1
 
 
 @pytest.mark.e2e
@@ -241,6 +253,7 @@ def test_the_process_reports_ready_and_stopping(notify_socket: tuple[socket.sock
     with runner_double(lambda i: IDLE) as double:
         proc = start(pump_env(double.url, NOTIFY_SOCKET=path))
         assert sock.recv(100) == b"READY=1"
+        assert sock.recv(200).startswith(b"STATUS=")
         proc.send_signal(signal.SIGTERM)
         assert sock.recv(100) == b"STOPPING=1"
         assert finish(proc, time.monotonic()).code == 0
