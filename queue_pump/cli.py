@@ -26,7 +26,7 @@ COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
 
 EXIT_CODES = """exit codes:
   0    clean stop, or --once/--drain finished
-  1    --once/--drain: a call failed (or --drain gave up after repeated failures)
+  1    --once/--drain: a call failed (or --drain gave up); or a loop died of a bug
   2    bad configuration or bad arguments (one line per problem on stderr)
   3    the shutdown grace ran out and calls in flight were cancelled
   130  a second SIGINT; 143 a second SIGTERM: exit at once"""

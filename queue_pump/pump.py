@@ -41,7 +41,7 @@ class Mode(StrEnum):
 
 class ExitCode(IntEnum):
     OK = 0
-    CALL_FAILED = 1  # --once or --drain could not finish its calls
+    CALL_FAILED = 1  # --once or --drain could not finish its calls, or a loop crashed
     CONFIG = 2
     GRACE_EXPIRED = 3  # calls in flight were cancelled when the shutdown grace ran out
 
@@ -145,6 +145,7 @@ class Pump:
         self._idle_since_log = 0
         self._worked_since_idle_log = True
         self.cancelled_calls = 0
+        self.crashed = 0  # loops that died of a bug: the process must exit non-zero
 
     async def run(self, mode: Mode = Mode.FOREVER) -> ExitCode:
         if mode is Mode.ONCE:
@@ -153,20 +154,32 @@ class Pump:
             lanes = self._lanes
         tasks = [asyncio.create_task(self._loop(lane, i, mode), name=f"{lane.queue}-{i}")
                  for lane in lanes for i in range(lane.concurrency)]
-        all_done: asyncio.Future[Any] = asyncio.gather(*tasks)
-        stop_wait: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
+        # asyncio.wait, not gather: it never raises, so a call cancelled at the end of the grace
+        # leaves no "exception was never retrieved" traceback behind.
+        all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.wait(tasks))
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({all_done, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not all_done.done():
                 await self._drain_in_flight(tasks)
         finally:
             stop_wait.cancel()
-        results = [t.result() for t in tasks if t.done() and not t.cancelled()]
+            all_done.cancel()
+        results = [self._result(t) for t in tasks if t.done() and not t.cancelled()]
         if self.cancelled_calls:
             return ExitCode.GRACE_EXPIRED
-        if mode is not Mode.FOREVER and not all(results):
+        if self.crashed or (mode is not Mode.FOREVER and not all(results)):
             return ExitCode.CALL_FAILED
         return ExitCode.OK
+
+    def _result(self, task: asyncio.Task[bool]) -> bool:
+        error = task.exception()
+        if error is not None:  # a bug outside the call itself; say so, once, without a trace
+            self.crashed += 1
+            self._log.error("loop_crashed", loop=task.get_name(),
+                            error=f"{type(error).__name__}: {error}"[:300])
+            return False
+        return task.result()
 
     async def _drain_in_flight(self, tasks: list[asyncio.Task[bool]]) -> None:
         """After the stop: sleeping loops are already awake and leaving; calls get the grace."""

@@ -259,3 +259,15 @@ def test_stats_follow_the_calls(fake_time: FakeTime) -> None:
     assert snap["consecutive_failures"] == 1
     assert snap["errors"] == {"retryable:http_status": 3}
     assert snap["loops"][0]["state"] == "stopped"
+
+
+def test_a_loop_that_dies_of_a_bug_makes_the_exit_code_say_so(
+        fake_time: FakeTime, logs: list[dict[str, Any]]) -> None:
+    class BrokenStats(Stats):
+        def sleeping(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+    code, _, _ = run([JOB, JOB], fake_time, stats=BrokenStats(clock=fake_time.clock))
+    assert code is ExitCode.CALL_FAILED
+    crashed = [e for e in logs if e["event"] == "loop_crashed"]
+    assert crashed and crashed[0]["error"] == "RuntimeError: boom"

@@ -134,9 +134,6 @@ def test_sigint_past_the_grace_cancels_the_call_with_exit_code_3() -> None:
     assert pump.events("pump_stopped")[0]["exit_code"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="pump.py: Pump.run's gather() of the loops is left holding "
-                   "the CancelledError of a cancelled call; asyncio prints '_GatheringFuture "
-                   "exception was never retrieved' and a traceback on stderr at exit")
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_past_the_grace_the_exit_prints_no_traceback(sig: signal.Signals) -> None:
     _, code, _ = past_the_grace(sig, clean=True)
