@@ -165,21 +165,12 @@ class Pump:
         finally:
             stop_wait.cancel()
             all_done.cancel()
-        results = [self._result(t) for t in tasks if t.done() and not t.cancelled()]
+        results = [t.result() for t in tasks if t.done() and not t.cancelled()]
         if self.cancelled_calls:
             return ExitCode.GRACE_EXPIRED
         if self.crashed or (mode is not Mode.FOREVER and not all(results)):
             return ExitCode.CALL_FAILED
         return ExitCode.OK
-
-    def _result(self, task: asyncio.Task[bool]) -> bool:
-        error = task.exception()
-        if error is not None:  # a bug outside the call itself; say so, once, without a trace
-            self.crashed += 1
-            self._log.error("loop_crashed", loop=task.get_name(),
-                            error=f"{type(error).__name__}: {error}"[:300])
-            return False
-        return task.result()
 
     async def _drain_in_flight(self, tasks: list[asyncio.Task[bool]]) -> None:
         """After the stop: sleeping loops are already awake and leaving; calls get the grace."""
@@ -265,6 +256,15 @@ class Pump:
                     self._stats.sleeping(record, LoopState.IDLE, delay)
                     await self._pause(delay, wakeable=True)
             return True
+        except Exception as exc:
+            # A bug outside the call. Crash-only: stop the whole pump (the other loops finish
+            # their calls) and exit non-zero, so the supervisor restarts a clean process
+            # instead of leaving a pump that quietly runs with fewer loops.
+            self.crashed += 1
+            self._log.error("loop_crashed", loop=record.name,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+            self._stop.set()
+            return False
         finally:
             self._stats.set_state(record, LoopState.STOPPED)
 

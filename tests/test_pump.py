@@ -261,13 +261,15 @@ def test_stats_follow_the_calls(fake_time: FakeTime) -> None:
     assert snap["loops"][0]["state"] == "stopped"
 
 
-def test_a_loop_that_dies_of_a_bug_makes_the_exit_code_say_so(
+def test_a_loop_that_dies_of_a_bug_stops_the_pump_with_exit_1(
         fake_time: FakeTime, logs: list[dict[str, Any]]) -> None:
     class BrokenStats(Stats):
         def sleeping(self, *args: Any, **kwargs: Any) -> None:
             raise RuntimeError("boom")
 
-    code, _, _ = run([JOB, JOB], fake_time, stats=BrokenStats(clock=fake_time.clock))
+    code, script, _ = run([JOB] * 10, fake_time, stats=BrokenStats(clock=fake_time.clock),
+                          concurrency=3)
     assert code is ExitCode.CALL_FAILED
+    assert script.calls == 1  # the crash stopped the pump: no other loop started a call
     crashed = [e for e in logs if e["event"] == "loop_crashed"]
     assert crashed and crashed[0]["error"] == "RuntimeError: boom"
