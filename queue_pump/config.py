@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -268,8 +269,31 @@ class Settings:
         return view
 
 
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
+_SHOWN_MAX = 60
+
+
+def host_ok(host: str) -> bool:
+    """A DNS name (underscores allowed, as in Compose service names) or an IP literal."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(host))
+
+
+def _show(knob: Knob, raw: str) -> str:
+    """The bad value as the problem line shows it: never a secret's, never a page long."""
+    if knob.secret:
+        return "(hidden)"
+    if len(raw) > _SHOWN_MAX:
+        return f"{raw[:_SHOWN_MAX]!r}... ({len(raw)} characters)"
+    return repr(raw)
+
+
 def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
-    shown = "(hidden)" if knob.secret else repr(raw)
+    shown = _show(knob, raw)
     value = raw.strip()
     if knob.optional and not value:
         return None
@@ -312,7 +336,12 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
             return None
         return low
     if knob.kind == "url" and value:
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            problems.append(f"{knob.env}={shown} is not a valid URL; expected e.g. "
+                            "https://xyz.supabase.co")
+            return None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(f"{knob.env}={shown if not parts.password else '(hidden)'} is not an "
                             "http(s) URL; expected e.g. https://xyz.supabase.co")
@@ -321,6 +350,11 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
             problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
+            return None
+        if not host_ok(parts.hostname):
+            # Caught here, it is one line at start-up; later, a DNS error retried forever.
+            problems.append(f"{knob.env} has host {_show(knob, parts.hostname)}, which is not a "
+                            "valid host name or IP address")
             return None
     if any(ch in value for ch in "\r\n\x00"):
         # A header value with a newline would be a request-smuggling vector.
@@ -397,6 +431,11 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
     elif isinstance(idle, int) and idle_max < idle:
         problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={idle_max} is below QUEUE_PUMP_IDLE_SLEEP_MS"
                         f"={idle}; expected max >= the idle sleep (or unset: adaptive idle off)")
+    health_host = values.get("health_host")
+    if health_host is not None and not host_ok(health_host):
+        # An empty host would bind every interface: the opposite of the safe default.
+        problems.append(f"QUEUE_PUMP_HEALTH_HOST={health_host!r} is not an address; expected "
+                        "an IP address or host name, e.g. 127.0.0.1 (default) or 0.0.0.0")
     wake = values.get("wake_token")
     if wake and len(wake) < MIN_WAKE_TOKEN:
         problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "
