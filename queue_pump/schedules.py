@@ -451,6 +451,10 @@ class Scheduler:
             return _Failure(True, "internal", detail=f"{type(exc).__name__}: {exc}"[:300])
         if 200 <= status < 300:
             return status, _created(status, answer)
+        if status == 409:
+            # An enqueue endpoint that answers 409 Conflict for a known dedupe key has the job
+            # already: that is this window done, not a failure to retry or to shout about.
+            return status, False
         detail = runner_message(answer)
         if 300 <= status < 400:
             location = redact_url(answer_headers.get("location", "")) or "(no Location)"

@@ -275,7 +275,7 @@ def test_retryable_statuses(status: int) -> None:
 
 @pytest.mark.parametrize(("status", "hint"), [
     (400, "body"), (401, "AGENT_TOKEN"), (403, "ORGANIZATION_ID"), (404, "url"),
-    (409, "body"), (422, "body"), (301, "redirects"),
+    (422, "body"), (301, "redirects"),
 ])
 def test_other_4xx_and_3xx_are_not_retried(logs: Logs, status: int, hint: str) -> None:
     wall = Wall(at(5, 30), until=at(6, 30))
@@ -349,6 +349,15 @@ def test_created_is_read_from_the_answer(logs: Logs) -> None:
     run_scheduler([sched()], wall, endpoint)
     assert [(e["status"], e["created"]) for e in events(logs, "schedule_fired")] == [
         (201, True), (200, False), (200, None), (200, True)]
+
+
+def test_a_409_for_a_known_key_counts_as_fired_not_failed(logs: Logs) -> None:
+    wall = Wall(at(5), until=at(5, 30))
+    endpoint = Endpoint(wall, (409, {}, {"error": "duplicate dedupeKey"}))
+    run_scheduler([sched()], wall, endpoint)
+    assert [(e["status"], e["created"]) for e in events(logs, "schedule_fired")] == [
+        (409, False)]
+    assert not events(logs, "schedule_failed") and len(endpoint.seen) == 1
 
 
 def test_headers_carry_the_contract_and_extras_but_logs_never_do(logs: Logs) -> None:
