@@ -7,14 +7,17 @@ raises ``CallError`` with a kind the loop acts on.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import ssl
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -87,23 +90,65 @@ def build_http_client(
 ) -> httpx.AsyncClient:
     """The one AsyncClient of the process, its pool sized to the loops that share it."""
     timeout = httpx.Timeout(settings.http_timeout_s, connect=settings.connect_timeout_s)
-    loops = settings.total_concurrency
+    loops = max(settings.total_concurrency, settings.concurrency)
     limits = httpx.Limits(max_connections=loops + 2, max_keepalive_connections=loops)
+    # One context for whichever transport carries the calls: building one costs ~20 ms.
+    context = _ssl_context()
     if transport is None and settings.http_transport == "aiohttp":
-        # Imported only when chosen, so the default pays nothing for it at start-up.
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(verify=_ssl_context(), limits=limits, trust_env=True)
+        transport = _aiohttp_transport(settings.endpoint, limits, context)
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,
-        verify=_ssl_context(),
+        verify=context,
         # Redirects would resend the token to wherever the Location points: never follow.
         follow_redirects=False,
         # Proxy env vars are honoured (corporate networks); .netrc auth is not wanted.
         trust_env=True,
         transport=transport,
     )
+
+
+def _aiohttp_transport(
+    endpoint: str, limits: httpx.Limits, context: ssl.SSLContext
+) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport over a session configured here, not by its defaults.
+
+    - the pool: at most ``max_connections`` (aiohttp has no separate keep-alive count);
+    - no cookie jar: like the Node pump's fetch, nothing a runner sets is sent back;
+    - proxies from the environment, resolved once here for the one endpoint, because httpx
+      ignores them when handed a transport, and aiohttp's own ``trust_env`` would also read
+      ~/.netrc for credentials and look the proxy up again on every call.
+    """
+    # Imported only when chosen, so the default pays nothing for it at start-up.
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    def session() -> aiohttp.ClientSession:
+        # Called by the transport on its first request, inside the running event loop.
+        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0,
+                                         keepalive_timeout=limits.keepalive_expiry,
+                                         ssl=context)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=False)
+
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        verify=context, limits=limits, proxy=_env_proxy(endpoint), client=session)
+    return transport
+
+
+def _env_proxy(url: str) -> httpx.Proxy | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+    NO_PROXY, either case), as httpx itself would pick it for its own transport."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    chosen = proxies.get(parts.scheme) or proxies.get("all")
+    if not chosen or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    if "://" not in chosen:
+        chosen = "http://" + chosen
+    return httpx.Proxy(chosen)
 
 
 def contract_headers(settings: Settings) -> dict[str, str]:
@@ -122,7 +167,14 @@ def contract_headers(settings: Settings) -> dict[str, str]:
 
 
 class RunnerClient:
-    """Calls the runner for one queue. Everything per call is precomputed here, once."""
+    """Calls the runner for one queue. Everything per call is precomputed here, once.
+
+    A call is one fixed POST: no auth flow, no redirects, no cookies, no hooks. So it goes
+    straight to the transport that httpx would pick for the URL (the pool, or the proxy the
+    environment names), with the client's own headers and timeouts: the same bytes on the wire
+    as ``http.stream(...)``, without the per-call work of the client layer (request building,
+    header merging, cookie extraction), which costs as much as the transport itself.
+    """
 
     def __init__(self, http: httpx.AsyncClient, settings: Settings, queue: str | None = None):
         self._http = http
@@ -132,9 +184,20 @@ class RunnerClient:
         self._url = httpx.URL(settings.endpoint).copy_merge_params(
             {"worker": "1", "queue": self.queue})
         self.url_for_logs = redact_url(str(self._url))
-        self._headers = contract_headers(settings)
+        headers = httpx.Headers(http.headers)  # the client's defaults: Accept-Encoding, ...
+        headers.update(contract_headers(settings))
+        if self._url.userinfo:
+            # What httpx does for credentials in the URL (BasicAuth), done once; the URL sent
+            # goes without them (aiohttp refuses both an Authorization header and URL ones).
+            pair = f"{self._url.username}:{self._url.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            self._url = self._url.copy_with(userinfo=b"")
+        self._headers = headers
         self._body = json.dumps({"worker": True, "queue": self.queue},
                                 separators=(",", ":")).encode()
+        self._extensions = {"timeout": http.timeout.as_dict()}
+        pick = getattr(http, "_transport_for_url", None)
+        self._transport: httpx.AsyncBaseTransport | None = pick(self._url) if pick else None
 
     async def call(self, now: datetime | None = None) -> Outcome:
         try:
@@ -146,21 +209,26 @@ class RunnerClient:
         except _TooLarge:
             raise CallError(ErrorKind.RETRYABLE, "too_large",
                             detail=f"answer larger than {self._max_bytes} bytes") from None
-        except httpx.TimeoutException as exc:
-            raise CallError(ErrorKind.RETRYABLE, "timeout", detail=type(exc).__name__) from None
-        except httpx.ConnectError as exc:
-            reason = "dns" if _caused_by(exc, socket.gaierror) else "connect"
-            raise CallError(ErrorKind.RETRYABLE, reason, detail=_short(exc)) from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        except httpx.InvalidURL as exc:
             raise CallError(ErrorKind.CONFIGURATION, "bad_url", detail=_short(exc),
                             hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise CallError(ErrorKind.RETRYABLE, "network", detail=_short(exc)) from None
+            raise _transport_failure(exc) from None
+        except Exception as exc:
+            # httpx-aiohttp lets through the aiohttp errors its map does not name.
+            if _aiohttp_error(exc) is None:
+                raise
+            raise _transport_failure(exc) from None
         return classify(status, headers, body, now=now)
 
     async def _post(self) -> tuple[int, httpx.Headers, bytes]:
-        async with self._http.stream("POST", self._url, content=self._body,
-                                     headers=self._headers) as response:
+        request = httpx.Request("POST", self._url, headers=self._headers, content=self._body,
+                                extensions=self._extensions)
+        if self._transport is None:  # an AsyncClient without the transport lookup
+            response = await self._http.send(request, stream=True)
+        else:
+            response = await self._transport.handle_async_request(request)
+        try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self._max_bytes:
                 raise _TooLarge
@@ -172,6 +240,60 @@ class RunnerClient:
                     raise _TooLarge  # stop reading: never buffer an unbounded body
                 chunks.append(chunk)
             return response.status_code, response.headers, b"".join(chunks)
+        finally:
+            await response.aclose()
+
+
+def _transport_failure(exc: BaseException) -> CallError:
+    """A failure below HTTP (connect, DNS, reset, timeout, cut body) as one CallError.
+
+    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``, so
+    a refused connection, a failed DNS lookup or a connection dropped after the request all
+    read "timeout" there; the aiohttp error it chains as the cause says what really happened.
+    """
+    native = _aiohttp_error(exc)
+    if native is not None:
+        return _from_aiohttp(native)
+    if isinstance(exc, httpx.TimeoutException):
+        return CallError(ErrorKind.RETRYABLE, "timeout", detail=type(exc).__name__)
+    if isinstance(exc, httpx.ConnectError):
+        reason = "dns" if _caused_by(exc, socket.gaierror) else "connect"
+        return CallError(ErrorKind.RETRYABLE, reason, detail=_short(exc))
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return CallError(ErrorKind.CONFIGURATION, "bad_url", detail=_short(exc),
+                         hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT")
+    return CallError(ErrorKind.RETRYABLE, "network", detail=_short(exc))
+
+
+def _aiohttp_error(exc: BaseException) -> BaseException | None:
+    """The aiohttp exception in ``exc``'s chain, if aiohttp is loaded at all."""
+    if "aiohttp" not in sys.modules:
+        return None
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if type(seen).__module__.partition(".")[0] == "aiohttp":
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _from_aiohttp(native: BaseException) -> CallError:
+    import aiohttp
+
+    detail = _short(native)
+    if isinstance(native, aiohttp.InvalidURL):
+        return CallError(ErrorKind.CONFIGURATION, "bad_url", detail=detail,
+                         hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT")
+    if isinstance(native, aiohttp.ClientConnectorError):  # refused, DNS, TLS, proxy connect
+        dns = isinstance(native, getattr(aiohttp, "ClientConnectorDNSError", ())) or _caused_by(
+            native, socket.gaierror)
+        return CallError(ErrorKind.RETRYABLE, "dns" if dns else "connect", detail=detail)
+    if isinstance(native, aiohttp.ServerTimeoutError | TimeoutError):  # connect or read timeout
+        return CallError(ErrorKind.RETRYABLE, "timeout", detail=type(native).__name__)
+    # Disconnected, reset, cut or malformed answer: the wire failed after the connect.
+    return CallError(ErrorKind.RETRYABLE, "network", detail=detail)
 
 
 def classify(

@@ -244,3 +244,145 @@ def test_both_transports_speak_the_contract_over_real_loopback(transport: str) -
     seen = double.seen[0]
     assert seen.headers["X-Agent-Token"] == TOKEN
     assert json.loads(seen.body) == {"worker": True, "queue": "agent"}
+
+
+# --- both transports: the same classification, pool bound, proxies and headers --------------
+
+TRANSPORTS = ["httpx", "aiohttp"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("reply_kind,reason", [
+    ("drop", "network"),  # connected, request sent, connection closed without an answer
+    ("partial", "network"),  # the body is cut short
+    ("stall", "timeout"),
+])
+def test_failures_after_connect_classify_alike(transport: str, reply_kind: str,
+                                                reason: str) -> None:
+    # httpx-aiohttp maps aiohttp.ClientConnectionError (which a server hang-up is) to
+    # httpx.ConnectTimeout: the classifier must look at the cause, not trust the mapped name.
+    from .runner_double import Reply, runner_double
+
+    reply = {"drop": Reply(drop=True), "partial": Reply(partial=True),
+             "stall": Reply(delay_s=2.5)}[reply_kind]
+    with runner_double(lambda _i: reply) as double:
+        error = failure(SUPABASE_URL=double.url, QUEUE_PUMP_HTTP_TRANSPORT=transport,
+                        QUEUE_PUMP_HTTP_TIMEOUT_MS="1000")
+    assert (error.kind, error.reason) == (ErrorKind.RETRYABLE, reason)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_refused_and_dns_classify_alike(transport: str) -> None:
+    from .runner_double import free_port
+
+    refused = failure(SUPABASE_URL=f"http://127.0.0.1:{free_port()}",
+                      QUEUE_PUMP_HTTP_TRANSPORT=transport)
+    assert (refused.kind, refused.reason) == (ErrorKind.RETRYABLE, "connect")
+    dns = failure(SUPABASE_URL="https://queue-pump-test.invalid",
+                  QUEUE_PUMP_HTTP_TRANSPORT=transport)
+    assert (dns.kind, dns.reason) == (ErrorKind.RETRYABLE, "dns")
+    assert "ConnectTimeout" not in refused.detail + dns.detail
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_pool_is_bounded_by_concurrency_plus_two(transport: str) -> None:
+    concurrency = 2
+    settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_CONCURRENCY": str(concurrency),
+                             "QUEUE_PUMP_HTTP_TRANSPORT": transport}, hostname="box-1")
+    open_now = peak = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                await asyncio.sleep(0.05)
+                body = b'{"processed":true}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now -= 1
+            writer.close()
+
+    async def go() -> list[Outcome]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        local = from_mapping({**BASE_ENV, "SUPABASE_URL": f"http://127.0.0.1:{port}",
+                              "QUEUE_PUMP_CONCURRENCY": str(concurrency),
+                              "QUEUE_PUMP_HTTP_TRANSPORT": transport}, hostname="box-1")
+        async with server, build_http_client(local) as http:
+            client = RunnerClient(http, local)
+            return await asyncio.gather(*(client.call() for _ in range(12)))
+
+    assert settings.concurrency == concurrency
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, Processed) for o in outcomes)
+    assert 1 < peak <= concurrency + 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_proxy_from_the_environment_is_used(transport: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from .runner_double import JOB, runner_double
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    with runner_double(lambda _i: JOB) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        outcome = call({"SUPABASE_URL": "http://runner.invalid", "QUEUE_PUMP_ALLOW_INSECURE_HTTP":
+                        "1", "QUEUE_PUMP_HTTP_TRANSPORT": transport})
+    assert isinstance(outcome, Processed)
+    assert proxy.seen[0].path == ("http://runner.invalid/functions/v1/ai-job-runner"
+                                  "?worker=1&queue=agent")
+    assert proxy.seen[0].headers["X-Agent-Token"] == TOKEN
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cookies_are_not_sent_back_and_url_credentials_are_basic_auth(transport: str) -> None:
+    import base64
+
+    from .runner_double import Reply, runner_double
+
+    reply = Reply(body={"processed": True}, headers={"Set-Cookie": "lb=node-7; Path=/"})
+    with runner_double(lambda _i: reply) as double:
+        url = double.url.replace("http://", "http://us%40er:pa%3Ass@")
+        settings = from_mapping({**BASE_ENV, "SUPABASE_URL": url,
+                                 "QUEUE_PUMP_HTTP_TRANSPORT": transport}, hostname="box-1")
+
+        async def go() -> None:
+            async with build_http_client(settings) as http:
+                client = RunnerClient(http, settings)
+                await client.call()
+                await client.call()
+
+        asyncio.run(go())
+    second = double.seen[1].headers
+    assert "cookie" not in second  # like the Node pump's fetch: no cookie jar
+    expected = base64.b64encode(b"us@er:pa:ss").decode()
+    assert second["Authorization"] == f"Basic {expected}"
+    assert double.seen[1].path == "/functions/v1/ai-job-runner?worker=1&queue=agent"
+
+
+def test_both_transports_send_the_same_headers() -> None:
+    from .runner_double import JOB, runner_double
+
+    seen = {}
+    for transport in TRANSPORTS:
+        with runner_double(lambda _i: JOB) as double:
+            call({"SUPABASE_URL": double.url, "QUEUE_PUMP_HTTP_TRANSPORT": transport})
+        seen[transport] = {k.lower(): v for k, v in double.seen[0].headers.items()
+                           if k.lower() != "host"}  # the ports differ
+    assert seen["httpx"] == seen["aiohttp"]
+    assert seen["httpx"]["accept"] == "application/json"
+    assert seen["httpx"]["content-type"] == "application/json"
