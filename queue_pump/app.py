@@ -9,17 +9,18 @@ import asyncio
 import signal
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
 from .alerts import Alerter
 from .budget import TokenBucket
-from .client import RunnerClient, build_http_client
-from .config import Settings
+from .client import RunnerClient, build_http_client, contract_headers
+from .config import ConfigError, Settings
 from .health import HealthServer
 from .logs import configure, get_logger
 from .notify import Notifier, watchdog
-from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker
+from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker, stop_or_timeout
 from .stats import Stats
 
 
@@ -52,6 +53,18 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
 async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> int:
     configure(fmt=settings.log_format, level=settings.log_level, secrets=settings.secrets())
     log = get_logger()
+    schedules: list[Any] = []
+    if settings.schedules and mode is Mode.FOREVER:
+        # Loaded before anything starts: a bad file is exit 2, like any other bad setting.
+        from .schedules import load_schedules
+
+        try:
+            schedules = load_schedules(settings.schedules,
+                                       allow_insecure_http=settings.allow_insecure_http)
+        except ConfigError as err:
+            for problem in err.problems:
+                print(f"queue-pump: config: {problem}", file=sys.stderr)
+            return int(ExitCode.CONFIG)
     stop = asyncio.Event()
     notifier = Notifier.from_environ(environ)
     stats = Stats()
@@ -96,13 +109,17 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
              for (queue, concurrency), client in zip(settings.lanes, clients, strict=True)]
     pump = Pump(lanes, Policy.from_settings(settings), stats, log, stop=stop, budget=budget,
                 waker=waker)
+    scheduler = asyncio.create_task(_run_schedules(schedules, settings, stats, stop, log))
     notifier.send("READY=1")
     dog = asyncio.create_task(watchdog(notifier, stats, environ))
+    code = ExitCode.CALL_FAILED  # if the pump itself raised, finally must not hide it
     try:
         async with http:
             code = await pump.run(mode)
     finally:
         dog.cancel()
+        if not await _finish(scheduler, settings.shutdown_grace_s) and code == ExitCode.OK:
+            code = ExitCode.CALL_FAILED
         if alerter:
             await alerter.close()
         if health:
@@ -110,3 +127,36 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
     log.info("pump_stopped", exit_code=int(code), cancelled_calls=pump.cancelled_calls,
              **stats.snapshot()["counters"])
     return int(code)
+
+
+async def _run_schedules(schedules: list[Any], settings: Settings, stats: Stats,
+                         stop: asyncio.Event, log: Any) -> bool:
+    """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
+    if not schedules:
+        return True
+    from .schedules import Scheduler, describe
+
+    log.info("schedules_loaded", schedules=describe(schedules, datetime.now(UTC)))
+    try:
+        # Its own client: the loops may hold every pooled connection for a long call.
+        async with build_http_client(settings) as http:
+            await Scheduler(schedules, http, contract_headers(settings), stop=stop,
+                            now=lambda: datetime.now(UTC), pause=stop_or_timeout(stop), log=log,
+                            backoff_base_s=settings.backoff_base_s,
+                            backoff_max_s=settings.backoff_max_s,
+                            on_count=stats.schedule_event).run()
+    except Exception as exc:
+        # Crash-only, as for the loops: a pump whose schedules silently stopped is worse than
+        # one that exits 1 and is restarted (the restart catches the missed window up).
+        log.error("scheduler_crashed", error=f"{type(exc).__name__}: {exc}"[:300])
+        stop.set()
+        return False
+    return True
+
+
+async def _finish(task: asyncio.Task[bool], grace_s: float) -> bool:
+    """Let the scheduler end its POST in flight within the grace; the next start catches up."""
+    try:
+        return await asyncio.wait_for(task, timeout=grace_s)
+    except TimeoutError:
+        return True

@@ -92,6 +92,10 @@ class Stats:
                                       "Calls that waited for the call budget.", registry=r)
         self.m_budget_wait_s = Counter("queue_pump_budget_wait_seconds",
                                        "Seconds loops waited for the call budget.", registry=r)
+        self.m_schedule = Counter("queue_pump_schedule_events",
+                                  "Scheduled enqueues by schedule and event "
+                                  "(fired, retried, failed, skipped).",
+                                  ["schedule", "event"], registry=r)
         self.m_budget = Gauge("queue_pump_call_budget_per_hour",
                               "QUEUE_PUMP_MAX_CALLS_PER_HOUR (0: no cap).", registry=r)
         # Label children are looked up once, not per call: labels() takes a lock and a dict
@@ -191,6 +195,9 @@ class Stats:
         with self._lock:
             self.wakeups += 1
         self.m_wakeups.labels(source).inc()
+
+    def schedule_event(self, name: str, event: str) -> None:
+        self.m_schedule.labels(name, event).inc()
 
     def budget_wait(self, seconds: float) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from queue_pump.reference_runner import JobStore
 from .proc import finish, pump_env, start
 from .reference_process import reference_runner
 from .runner_double import free_port
+from .test_signals import Live
 
 pytestmark = pytest.mark.e2e
 
@@ -133,3 +134,39 @@ def test_dedupe_key_enqueued_twice_yields_one_job(tmp_path: Path) -> None:
         assert done.code == 0
         assert done.named("queue_drained")[0]["processed"] == 1
         assert runner.stats()["total"] == 1
+
+
+def test_a_schedule_fires_once_per_window_across_restarts(tmp_path: Path) -> None:
+    with reference_runner(free_port(), str(tmp_path / "jobs.sqlite3")) as runner:
+        schedules = tmp_path / "schedules.toml"
+        schedules.write_text(f"""
+[[schedule]]
+name = "every-minute"
+cron = "* * * * *"
+url = "{runner.url}/jobs"
+body = {{ type = "tick", payload = {{ duration_ms = 0 }} }}
+""")
+        env = pump_env(runner.url, QUEUE_PUMP_SCHEDULES=str(schedules),
+                       QUEUE_PUMP_IDLE_SLEEP_MS="60000")
+        fired = []
+        for _ in range(2):  # a start, and a restart (inside the same minute, most of the time)
+            pump = Live(start(env))
+            fired.append(pump.wait_event("schedule_fired"))
+            pump.proc.send_signal(signal.SIGTERM)
+            assert pump.finish()[0] == 0
+        windows = {e["window"] for e in fired}
+        # One job per window, however many starts: a restart's POST reuses its window's key.
+        assert runner.stats()["total"] == len(windows)
+        assert fired[0]["created"] is True
+        if len(windows) == 1:
+            assert fired[1]["created"] is False
+
+
+def test_a_bad_schedules_file_is_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "schedules.toml"
+    bad.write_text('[[schedule]]\nname = "x"\ncron = "not cron"\n')
+    done = finish(start(pump_env("http://127.0.0.1:9", QUEUE_PUMP_SCHEDULES=str(bad))),
+                  time.monotonic())
+    assert done.code == 2
+    assert all(line.startswith("queue-pump: config: ") for line in done.stderr.splitlines())
+    assert "cron" in done.stderr
