@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
 MASK = "***"
+# Messages are clipped (e.g. a runner's error at 300 characters), and the clip may fall inside an
+# echoed secret: a string ending with at least this many leading characters of one is masked too.
+PARTIAL_MIN = 6
 
 
 class Redactor:
@@ -20,19 +25,37 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self._plain = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # Each secret also as it looks inside a URL or a JSON string, where it may be echoed.
+        forms = set()
+        for secret in self._plain:
+            forms |= {secret, quote(secret, safe=""), quote_plus(secret),
+                      json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = sorted(forms, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, MASK)
-            return value
+            return self._scrub_cut_tail(value)
         if isinstance(value, dict):
             return {k: self.scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self.scrub(v) for v in value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # Anything else is rendered with repr(): an exception, an object holding a URL.
+        text = repr(value)
+        scrubbed = self.scrub(text)
+        return scrubbed if scrubbed != text else value
+
+    def _scrub_cut_tail(self, value: str) -> str:
+        for secret in self._plain:
+            for keep in range(min(len(secret) - 1, len(value)), PARTIAL_MIN - 1, -1):
+                if value.endswith(secret[:keep]):
+                    return value[:-keep] + MASK
         return value
 
     def __call__(self, _logger: Any, _name: str,
