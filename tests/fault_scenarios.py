@@ -392,7 +392,7 @@ def _delay_ok(f: Fault, attempt: int, delay: Any, retry_after: Any) -> bool:
         return (isinstance(retry_after, int | float)
                 and math.isclose(delay, retry_after, abs_tol=0.001)
                 and f.min_wait_s <= delay <= f.max_wait_s)
-    return 0 <= delay <= min(MAX_S, BASE_S * 2 ** (attempt - 1)) + 0.001
+    return 0 <= delay <= min(MAX_S, BASE_S * 2 ** min(attempt - 1, 60)) + 0.001
 
 
 def table(results: Iterable[Result]) -> str:
