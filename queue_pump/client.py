@@ -24,6 +24,7 @@ import httpx
 from . import __version__
 from .backoff import parse_retry_after
 from .config import Settings, redact_url
+from .logs import Redactor
 
 # Statuses that mean "the runner or something in front of it is busy or down: try again".
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
@@ -198,8 +199,18 @@ class RunnerClient:
         self._extensions = {"timeout": http.timeout.as_dict()}
         pick = getattr(http, "_transport_for_url", None)
         self._transport: httpx.AsyncBaseTransport | None = pick(self._url) if pick else None
+        self._scrub = Redactor(settings.secrets()).scrub
 
     async def call(self, now: datetime | None = None) -> Outcome:
+        try:
+            return await self._call(now)
+        except CallError as exc:
+            # The runner's text or an exception's may echo a secret, even clipped: mask it here,
+            # so that no str(), repr() or log line of the error can show it.
+            exc.detail, exc.hint = self._scrub(exc.detail), self._scrub(exc.hint)
+            raise
+
+    async def _call(self, now: datetime | None) -> Outcome:
         try:
             async with asyncio.timeout(self._deadline_s):
                 status, headers, body = await self._post()

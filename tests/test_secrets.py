@@ -66,9 +66,6 @@ ECHOES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="client.py: CallError.detail/hint carry the runner's text "
-                   "verbatim (masked only later, by the log redactor), so str() and repr() of the "
-                   "exception show an echoed token; mask Settings.secrets() before clipping")
 @pytest.mark.parametrize("echo", list(ECHOES))
 def test_call_errors_never_carry_a_secret(echo: str) -> None:
     error = call_with(ECHOES[echo])
