@@ -127,7 +127,7 @@ def past_the_grace(sig: signal.Signals, *, clean: bool) -> tuple[Live, int, floa
 
 
 def test_sigint_past_the_grace_cancels_the_call_with_exit_code_3() -> None:
-    pump, code, elapsed = past_the_grace(signal.SIGINT, clean=False)
+    pump, code, elapsed = past_the_grace(signal.SIGINT, clean=True)
     assert code == 3
     assert elapsed < 3.0
     assert pump.events("call_cancelled")
