@@ -37,17 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once (1-17)")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this fault (repeatable)")
+    parser.add_argument("--transport", choices=("httpx", "aiohttp"), default="httpx",
+                        help="QUEUE_PUMP_HTTP_TRANSPORT of the pump")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     args = parser.parse_args(argv)
     faults = [f for f in FAULTS if not args.only or f.name in args.only]
     if not faults or not 1 <= args.jobs <= len(FAULTS):
         parser.error("no such fault, or --jobs out of range")
-    futures = run_matrix(faults, jobs=args.jobs)
+    futures = run_matrix(faults, jobs=args.jobs, QUEUE_PUMP_HTTP_TRANSPORT=args.transport)
     results = [futures[f.name].result(timeout=300) for f in faults]
     print(f"Settings: QUEUE_PUMP_BACKOFF_BASE_MS={BASE_MS}, QUEUE_PUMP_BACKOFF_MAX_MS={MAX_MS}, "
-          f"QUEUE_PUMP_HTTP_TIMEOUT_MS={TIMEOUT_MS}, concurrency 1; fault window {WINDOW_S} s "
-          f"from the first failed call; recovery slack {RECOVERY_SLACK_S} s; peak limit "
-          f"{PEAK_LIMIT_KB // 1024} MiB; {args.jobs} scenario(s) at a time.\n")
+          f"QUEUE_PUMP_HTTP_TIMEOUT_MS={TIMEOUT_MS}, transport {args.transport}, concurrency 1; "
+          f"fault window {WINDOW_S} s from the first failed call; recovery slack "
+          f"{RECOVERY_SLACK_S} s; peak limit {PEAK_LIMIT_KB // 1024} MiB; {args.jobs} "
+          "scenario(s) at a time.\n")
     print(table(results))
     if args.json:
         print(json.dumps([{"fault": r.fault.name, "calls_in_window": r.calls_in_window,

@@ -304,10 +304,10 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
         events=events, health=health)
 
 
-def run_matrix(faults: Iterable[Fault], jobs: int = 4) -> dict[str, Future[Result]]:
+def run_matrix(faults: Iterable[Fault], jobs: int = 4, **env: str) -> dict[str, Future[Result]]:
     """Start every scenario on a pool of ``jobs`` threads; each pump is its own process."""
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="fault")
-    futures = {f.name: pool.submit(run_fault, f) for f in faults}
+    futures = {f.name: pool.submit(run_fault, f, **env) for f in faults}
     pool.shutdown(wait=False)
     return futures
 

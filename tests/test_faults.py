@@ -63,3 +63,21 @@ def test_the_checks_catch_a_pump_that_hammers(matrix: dict[str, Future[Result]])
     assert result.calls_in_window > 5 * result.bound
     problems = check(result)
     assert any(f"bound {result.bound}" in p for p in problems), problems
+
+
+@pytest.fixture(scope="module")
+def matrix_aiohttp(request: pytest.FixtureRequest) -> dict[str, Future[Result]]:
+    module = sys.modules[__name__]
+    wanted = [f for f in FAULTS if any(
+        getattr(item, "module", None) is module and getattr(item, "callspec", None)
+        and item.callspec.params.get("aiohttp_fault") == f.name for item in request.session.items)]
+    return run_matrix(wanted, jobs=4, QUEUE_PUMP_HTTP_TRANSPORT="aiohttp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aiohttp_fault", [f.name for f in FAULTS])
+def test_fault_over_the_aiohttp_transport(aiohttp_fault: str,
+                                          matrix_aiohttp: dict[str, Future[Result]]) -> None:
+    """The same matrix with QUEUE_PUMP_HTTP_TRANSPORT=aiohttp (-m slow)."""
+    result = matrix_aiohttp[aiohttp_fault].result(timeout=120)
+    assert check(result) == [], result.stdout[-2000:]
