@@ -101,7 +101,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("QUEUE_PUMP_MAX_RESPONSE_BYTES", "max_response_bytes", "int", str(MIB),
          "Largest runner answer read; a larger one is an error (never buffered).",
          low=1024, high=256 * MIB),
-    Knob("QUEUE_PUMP_HTTP_TRANSPORT", "http_transport", "choice", "httpx",
+    Knob("QUEUE_PUMP_HTTP_TRANSPORT", "http_transport", "choice", "aiohttp",
          "What carries the calls under the httpx API: httpx (its own pool) or aiohttp "
          "(httpx-aiohttp).", choices=("httpx", "aiohttp")),
     Knob("QUEUE_PUMP_LOG_FORMAT", "log_format", "choice", "",

@@ -386,3 +386,10 @@ def test_both_transports_send_the_same_headers() -> None:
     assert seen["httpx"] == seen["aiohttp"]
     assert seen["httpx"]["accept"] == "application/json"
     assert seen["httpx"]["content-type"] == "application/json"
+
+
+@pytest.fixture(autouse=True)
+def _respx_needs_the_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """respx mocks httpx's own transport (httpcore), so the respx tests above pin it; the
+    default transport (aiohttp) is covered by the real-loopback tests, which name theirs."""
+    monkeypatch.setitem(BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT", "httpx")
