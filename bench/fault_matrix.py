@@ -19,11 +19,13 @@ from collections.abc import Sequence
 
 from tests.fault_scenarios import (
     BASE_MS,
+    DEFAULT_TRANSPORT,
     FAULTS,
     MAX_MS,
     PEAK_LIMIT_KB,
     RECOVERY_SLACK_S,
     TIMEOUT_MS,
+    TRANSPORTS,
     WINDOW_S,
     check,
     run_matrix,
@@ -37,8 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at once (1-17)")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this fault (repeatable)")
-    parser.add_argument("--transport", choices=("httpx", "aiohttp"), default="httpx",
-                        help="QUEUE_PUMP_HTTP_TRANSPORT of the pump")
+    parser.add_argument("--transport", choices=TRANSPORTS, default=DEFAULT_TRANSPORT,
+                        help="QUEUE_PUMP_HTTP_TRANSPORT of the pump (default: the pump's own, "
+                             f"{DEFAULT_TRANSPORT})")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     args = parser.parse_args(argv)
     faults = [f for f in FAULTS if not args.only or f.name in args.only]

@@ -188,7 +188,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20)
 
 
 def run(duration_s: float, concurrency: int, warmup_s: float, tick_ms: int, job_ms: int,
-        out_json: str | None) -> int:
+        out_json: str | None, transport: str | None = None) -> int:
     token = "soak-" + secrets.token_urlsafe(16)
     base_env = {k: v for k, v in os.environ.items()
                 if not k.startswith(("QUEUE_PUMP_", "NOTIFY_"))}
@@ -210,6 +210,8 @@ def run(duration_s: float, concurrency: int, warmup_s: float, tick_ms: int, job_
                     "QUEUE_PUMP_HTTP_TIMEOUT_MS": "30000", "QUEUE_PUMP_LOG_EVERY": "1000",
                     "QUEUE_PUMP_LOG_FORMAT": "json", "QUEUE_PUMP_HEALTH_PORT": str(health_port),
                     "QUEUE_PUMP_WORKER_ID": "soak-pump"}
+        if transport:
+            pump_env["QUEUE_PUMP_HTTP_TRANSPORT"] = transport
         health = f"http://127.0.0.1:{health_port}"
         log_path, err_path = Path(tmp) / "pump.log", Path(tmp) / "pump.err"
         started = time.monotonic()
@@ -301,6 +303,7 @@ def run(duration_s: float, concurrency: int, warmup_s: float, tick_ms: int, job_
     summary = {
         "duration_s": duration_s, "warmup_s": warmup_s, "wall_s": round(wall, 1),
         "concurrency": concurrency, "tick_ms": tick_ms, "job_ms": job_ms,
+        "transport": transport or "(the pump's default)",
         "faults": FAULTS, "pump_exit_code": code,
         "pump": calls, "pump_errors_by_kind_at_end": last_metrics["errors_by_kind"],
         "runner_calls": rc, "runner_jobs": {k: runner_stats.get(k) for k in
@@ -329,7 +332,8 @@ def print_table(s: dict[str, Any]) -> None:
     fk = rc["faultedByKind"]
     rows = [
         ("run", f"{s['duration_s']:g} s after {s['warmup_s']:g} s warm-up, concurrency "
-                f"{s['concurrency']}, tick {s['tick_ms']} ms, jobs of {s['job_ms']} ms"),
+                f"{s['concurrency']}, tick {s['tick_ms']} ms, jobs of {s['job_ms']} ms, "
+                f"transport {s['transport']}"),
         ("pump calls", f"{p['calls']} = {p['processed']} processed + {p['idle']} idle + "
                        f"{p['errors']} errors ({s['calls_per_s_after_warmup']} calls/s)"),
         ("runner calls", f"{rc['total']} = {rc['processed']} processed + {rc['idle']} idle + "
@@ -361,13 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--tick-ms", type=int, default=10, help="the pump's tick sleep")
     parser.add_argument("--job-ms", type=int, default=10, help="how long each job runs")
+    parser.add_argument("--transport", choices=("httpx", "aiohttp"),
+                        help="QUEUE_PUMP_HTTP_TRANSPORT of the pump (default: the pump's own)")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
     args = parser.parse_args(argv)
     if not 1 <= args.duration_s <= 86_400 or not 1 <= args.concurrency <= 256:
         parser.error("--duration-s must be 1..86400 and --concurrency 1..256")
     warmup = args.warmup_s if args.warmup_s is not None else max(5.0, min(60.0,
                                                                            args.duration_s / 10))
-    return run(args.duration_s, args.concurrency, warmup, args.tick_ms, args.job_ms, args.json)
+    return run(args.duration_s, args.concurrency, warmup, args.tick_ms, args.job_ms, args.json,
+               args.transport)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from queue_pump.config import KNOBS_BY_ENV
+
 from .conftest import TOKEN
 from .proc import pump_env, start
 from .runner_double import IDLE, Reply, RunnerDouble, free_port
@@ -48,6 +50,10 @@ GAP_TOLERANCE_S = 0.05  # clock/thread jitter allowed when checking gaps against
 ECHO = {"error": f"bad X-Agent-Token {TOKEN}"}  # a runner that echoes the token back
 
 BASE_S, MAX_S, TIMEOUT_S = BASE_MS / 1000, MAX_MS / 1000, TIMEOUT_MS / 1000
+# The default run measures the pump's default transport; -m slow the other one too.
+TRANSPORTS = KNOBS_BY_ENV["QUEUE_PUMP_HTTP_TRANSPORT"].choices
+DEFAULT_TRANSPORT = str(KNOBS_BY_ENV["QUEUE_PUMP_HTTP_TRANSPORT"].default)
+OTHER_TRANSPORT = next(t for t in TRANSPORTS if t != DEFAULT_TRANSPORT)
 
 
 def _http_date(seconds_from_now: int) -> str:
