@@ -66,12 +66,15 @@ def next_delay(
 ) -> float:
     """The one rule for the wait after a failed call.
 
-    The runner's own Retry-After wins, even above the cap: it knows its load better than we do.
-    A configuration problem (wrong token, wrong URL) will not fix itself quickly, so it waits the
-    cap; anything else follows the jittered exponential.
+    The runner's own Retry-After is honoured as the least wait, even above the cap: it knows its
+    load better than we do. A configuration problem (wrong token, wrong URL) will not fix itself
+    quickly, so it waits the cap; anything else follows the jittered exponential.
     """
-    if retry_after_s is not None:
-        return retry_after_s
     if at_cap:
-        return cap_s
-    return retry_delay(strategy, failures)
+        return max(cap_s, retry_after_s or 0.0)
+    jittered = retry_delay(strategy, failures)
+    if retry_after_s is not None:
+        # A floor, not a replacement: "Retry-After: 0" (some proxies send it) or a date in the
+        # past must not turn the loop into a tight one.
+        return max(retry_after_s, jittered)
+    return jittered

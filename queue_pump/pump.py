@@ -81,14 +81,19 @@ class Policy:
 
 
 class Waker:
-    """Ends every wakeable pause at once (POST /wake, SIGUSR1); later pauses are not affected."""
+    """Ends every wakeable pause at once (POST /wake, SIGUSR1).
+
+    ``generation`` counts wakes, so a loop whose call was in flight when the wake came (the
+    likely case for a trigger fired by the very insert that call just missed) can tell, and
+    calls again instead of sleeping through it.
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
-        self.count = 0
+        self.generation = 0
 
     def wake(self) -> None:
-        self.count += 1
+        self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
 
@@ -132,6 +137,7 @@ class Pump:
         self._log = log
         self._stop = stop
         self._pause = pause or stop_or_timeout(stop, waker)
+        self._waker = waker
         self._budget = budget
         self._budget_biting = False
         self._idle_streak: dict[str, int] = {lane.queue: 0 for lane in lanes}
@@ -194,6 +200,7 @@ class Pump:
                     if self._stop.is_set():
                         break
                 self._stats.call_started(record, self._policy.call_timeout_s)
+                woken_before = self._waker.generation if self._waker else 0
                 started = self._clock()
                 error: CallError | None = None
                 try:
@@ -250,6 +257,8 @@ class Pump:
                         return True
                     self._idle_streak[lane.queue] += 1
                     base = self._policy.idle_sleep_s(self._idle_streak[lane.queue])
+                    if self._waker and self._waker.generation != woken_before:
+                        continue  # woken while the call was in flight: the news is newer
                     delay = idle_delay(base, self._rng)
                     self._note_idle(lane, delay)
                     self._stats.idle_sleep(lane.queue, base)

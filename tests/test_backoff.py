@@ -49,9 +49,14 @@ def test_retry_after_garbage_is_ignored(garbage: str | None) -> None:
 
 def test_next_delay_rules() -> None:
     strategy = full_jitter(1.0, 60.0)
-    # The runner's Retry-After wins, even above the cap.
+    # The runner's Retry-After is the least wait, even above the cap.
     assert next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=False) == 120.0
-    assert next_delay(strategy, 1, 60.0, retry_after_s=0.0, at_cap=True) == 0.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=True) == 120.0
+    # ...but never less than the backoff: "Retry-After: 0" must not make a tight loop.
+    random.seed(3)
+    zero = [next_delay(strategy, 5, 60.0, retry_after_s=0.0, at_cap=False) for _ in range(200)]
+    assert max(zero) > 8 and sum(zero) / len(zero) > 4  # uniform(0, 16) averages 8
+    assert next_delay(strategy, 1, 60.0, retry_after_s=0.0, at_cap=True) == 60.0
     # Configuration problems wait the cap from the first failure.
     assert next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=True) == 60.0
     assert 0 <= next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=False) <= 1.0

@@ -129,6 +129,28 @@ def test_a_wake_ends_wakeable_pauses_at_once_and_only_those() -> None:
     assert woken < 1.0 and backoff >= 0.29
 
 
+def test_a_wake_during_a_call_is_not_lost(fake_time: FakeTime) -> None:
+    async def go() -> int:
+        stop, waker, calls = asyncio.Event(), Waker(), 0
+
+        async def call() -> Outcome:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                waker.wake()  # the insert's trigger fires while this call is answering idle
+            if calls == 2:
+                stop.set()
+            return IDLE
+
+        await Pump([Lane("agent", 1, call)], ADAPTIVE, Stats(clock=fake_time.clock),
+                   structlog.get_logger(), stop=stop, pause=fake_time.pause,
+                   clock=fake_time.clock, waker=waker).run()
+        return calls
+
+    assert asyncio.run(go()) == 2
+    assert len(fake_time.pauses) == 1  # no idle sleep between the woken call and the next
+
+
 def wake_request(url: str, token: str | None, method: str = "POST") -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url + "/wake", method=method, data=b"" if method == "POST"
                                      else None)

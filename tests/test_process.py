@@ -138,10 +138,12 @@ def test_env_file_in_the_working_directory(tmp_path: os.PathLike[str]) -> None:
         assert done.code == 0 and len(double.seen) == 1
 
 
-def test_backoff_keeps_calls_bounded_while_the_runner_fails() -> None:
+@pytest.mark.parametrize("retry_after", [None, "0", "Thu, 01 Jan 1970 00:00:00 GMT"])
+def test_backoff_keeps_calls_bounded_while_the_runner_fails(retry_after: str | None) -> None:
     # 2 s of 503s with base 100 ms: full jitter allows at most ~log2(2/0.1)+few calls per loop,
-    # a tight loop would make hundreds.
-    with runner_double(lambda i: Reply(status=503)) as double:
+    # a tight loop would make hundreds (a "Retry-After: 0" once made 4,579 in 3 s).
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    with runner_double(lambda i: Reply(status=503, headers=headers)) as double:
         env = pump_env(double.url, QUEUE_PUMP_BACKOFF_BASE_MS="100",
                        QUEUE_PUMP_BACKOFF_MAX_MS="1000")
         proc = start(env)
