@@ -137,6 +137,10 @@ KNOBS_BY_ENV = {k.env: k for k in KNOBS}
 PLACEHOLDERS = {"SUPABASE_URL": "https://your-project.supabase.co", "AGENT_TOKEN": "change-me",
                 "ORGANIZATION_ID": "your-organization-id"}
 
+# Values that travel as HTTP headers on every call.
+HEADER_KNOBS = frozenset({"AGENT_TOKEN", "ORGANIZATION_ID", "SUPABASE_ANON_KEY",
+                          "QUEUE_PUMP_WORKER_ID", "QUEUE_PUMP_WAKE_TOKEN"})
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -272,6 +276,7 @@ class Settings:
 _HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
 _SHOWN_MAX = 60
+_USERINFO = re.compile(r"//[^/?#]*@")
 
 
 def host_ok(host: str) -> bool:
@@ -287,6 +292,9 @@ def _show(knob: Knob, raw: str) -> str:
     """The bad value as the problem line shows it: never a secret's, never a page long."""
     if knob.secret:
         return "(hidden)"
+    if knob.kind == "url":
+        # A URL that fails to parse may still carry user:password; mask anything before an @.
+        raw = _USERINFO.sub("//***@", raw)
     if len(raw) > _SHOWN_MAX:
         return f"{raw[:_SHOWN_MAX]!r}... ({len(raw)} characters)"
     return repr(raw)
@@ -351,6 +359,13 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
         except ValueError:
             problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
             return None
+        if knob.env == "SUPABASE_URL" and (parts.query or parts.fragment):
+            problems.append(f"{knob.env}={shown} has a query or fragment; expected the project "
+                            "URL alone, e.g. https://xyz.supabase.co")
+            return None
+        if parts.fragment:
+            problems.append(f"{knob.env}={shown} has a #fragment, which is never sent; remove it")
+            return None
         if not host_ok(parts.hostname):
             # Caught here, it is one line at start-up; later, a DNS error retried forever.
             problems.append(f"{knob.env} has host {_show(knob, parts.hostname)}, which is not a "
@@ -360,11 +375,17 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
         # A header value with a newline would be a request-smuggling vector.
         problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
         return None
+    if knob.env in HEADER_KNOBS and not (value.isascii() and value.isprintable()):
+        # Sent as an HTTP header: anything else fails every call, or the start-up, later.
+        problems.append(f"{knob.env} has a character that cannot go in an HTTP header; expected "
+                        "printable ASCII only")
+        return None
     return value
 
 
 def _queue_name_ok(name: str) -> bool:
-    return bool(name) and not any(ch.isspace() or ch in ":,/?&#" for ch in name)
+    return (bool(name) and name.isprintable()
+            and not any(ch.isspace() or ch in ":,/?&#" for ch in name))
 
 
 def _lanes(env: Mapping[str, str], values: dict[str, Any],
@@ -384,7 +405,8 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
         name, _, count = part.strip().partition(":")
         name = name.strip()
         count = count.strip() or "1"
-        if not _queue_name_ok(name) or not count.isdigit() or not 1 <= int(count) <= 256:
+        if (not _queue_name_ok(name) or not (count.isascii() and count.isdigit())
+                or not 1 <= int(count) <= 256):
             problems.append(f"QUEUE_PUMP_QUEUES has {part.strip()!r}; expected name:concurrency "
                             "with a name without spaces and a concurrency from 1 to 256, e.g. "
                             "agent:2,render:1")

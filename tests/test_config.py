@@ -76,6 +76,13 @@ def test_test_friendly_minimums_are_accepted() -> None:
      "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below QUEUE_PUMP_BACKOFF_BASE_MS=5000"),
     ({"ORGANIZATION_ID": "org\r\nX-Evil: 1"}, "ORGANIZATION_ID contains a line break"),
     ({"AGENT_TOKEN": ""}, "AGENT_TOKEN is not set; it is required"),
+    ({"AGENT_TOKEN": "tökén"}, "AGENT_TOKEN has a character that cannot go in an HTTP header"),
+    ({"ORGANIZATION_ID": "org\x01"}, "ORGANIZATION_ID has a character that cannot go"),
+    ({"QUEUE_PUMP_WORKER_ID": "box-ü"}, "QUEUE_PUMP_WORKER_ID has a character"),
+    ({"QUEUE_PUMP_QUEUES": "agent:\u00b2"}, "QUEUE_PUMP_QUEUES has 'agent:\u00b2'"),
+    ({"SUPABASE_URL": "https://x.supabase.co/#frag"}, "has a query or fragment"),
+    ({"SUPABASE_URL": "https://x.supabase.co?x=1"}, "has a query or fragment"),
+    ({"QUEUE_PUMP_ENDPOINT": "https://r.example/run#x"}, "has a #fragment"),
     ({"AGENT_TOKEN": "change-me"}, "AGENT_TOKEN is still the placeholder from .env.example"),
     ({"SUPABASE_URL": "https://your-project.supabase.co"}, "SUPABASE_URL is still the placeholder"),
     ({"AGENT_TOKEN": "   "}, "AGENT_TOKEN is not set"),
@@ -114,12 +121,16 @@ def test_insecure_http_can_be_allowed_explicitly() -> None:
 
 
 @pytest.mark.parametrize("secret_env", [
-    {"AGENT_TOKEN": TOKEN + "\n"},
-    {"SUPABASE_ANON_KEY": ANON + "\r"},
+    {"AGENT_TOKEN": "x\n" + TOKEN},
+    {"SUPABASE_ANON_KEY": ANON + "\x01"},
+    {"SUPABASE_URL": f"https://user:{TOKEN}@[::1"},  # does not even parse
+    {"SUPABASE_URL": f"ftp://user:{TOKEN}@h.example"},
+    {"QUEUE_PUMP_ALERT_WEBHOOK_URL": f"https://hooks.example/{TOKEN}#x"},
 ])
 def test_secret_values_never_appear_in_messages(secret_env: dict[str, str]) -> None:
     found = problems(**secret_env, QUEUE_PUMP_CONCURRENCY="0")
-    assert found and all(TOKEN not in p and ANON not in p for p in found)
+    assert len(found) == 2  # the secret-bearing value's problem is reported, without it
+    assert all(TOKEN not in p and ANON not in p for p in found)
 
 
 def test_repr_and_public_view_hide_secrets() -> None:
