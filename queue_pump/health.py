@@ -33,6 +33,8 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that connects and says nothing must not hold a thread and a descriptor forever.
+    timeout = 10
     def log_message(self, format: str, *args: Any) -> None:
         pass  # probes every few seconds would drown the pump's own log
 

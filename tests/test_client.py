@@ -393,3 +393,12 @@ def _respx_needs_the_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     """respx mocks httpx's own transport (httpcore), so the respx tests above pin it; the
     default transport (aiohttp) is covered by the real-loopback tests, which name theirs."""
     monkeypatch.setitem(BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT", "httpx")
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [200, 500])
+def test_deeply_nested_json_is_classified_not_a_crash(status: int) -> None:
+    respx.post(URL).respond(status, content=b"[" * 200_000)
+    error = failure()
+    assert error.kind is ErrorKind.RETRYABLE
+    assert error.reason == ("bad_json" if status == 200 else "http_status")

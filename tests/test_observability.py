@@ -317,3 +317,9 @@ def test_a_failing_webhook_never_disturbs_the_pump(status: int | None,
     fail = ("error", "connect")
     assert run_alerts(url, [fail] * 4 + [("idle", None)]) == ["outage", "recovered"]
     assert [e["alert"] for e in logs if e["event"] == "alert_failed"] == ["outage", "recovered"]
+
+
+def test_a_silent_client_does_not_hold_a_health_thread_forever() -> None:
+    from queue_pump.health import _QuietHandler
+
+    assert _QuietHandler.timeout is not None and _QuietHandler.timeout <= 30
