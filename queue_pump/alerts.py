@@ -33,7 +33,7 @@ class Alerter:
         self._tasks: set[asyncio.Task[None]] = set()
         # One post at a time, in order: a "recovered" must never overtake its "outage".
         self._order = asyncio.Lock()
-        self.sent: list[str] = []
+        self.sent: list[str] = []  # the last few events, for tests and /healthz-style peeks
 
     @classmethod
     def start(cls, settings: Settings, stats: Stats, log: Any,
@@ -61,7 +61,7 @@ class Alerter:
         payload = {"event": event, "service": "queue-pump", "version": __version__,
                    "worker_id": self._worker_id, "queue": self._queue,
                    "text": _text(event, self._worker_id, fields), **fields}
-        self.sent.append(event)
+        self.sent = [*self.sent[-9:], event]
         task = asyncio.get_running_loop().create_task(self._send(event, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -80,9 +80,15 @@ class Alerter:
         except Exception as exc:
             self._log.warning("alert_failed", alert=event, error=type(exc).__name__)
 
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=WEBHOOK_TIMEOUT_S)
+    async def close(self, timeout_s: float = WEBHOOK_TIMEOUT_S) -> None:
+        """Give posts in flight ``timeout_s`` (what is left of the shutdown grace), then drop."""
+        pending = set(self._tasks)
+        if pending and timeout_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self._http.aclose()
 
 

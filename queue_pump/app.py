@@ -6,8 +6,10 @@ Data flows one way: the pump writes Stats; health, the watchdog and alerts only 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -28,13 +30,16 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
                      wake: Any) -> None:
     loop = asyncio.get_running_loop()
 
+    signalled: list[signal.Signals] = []
+
     def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
+        # "Second" means a second signal, not a stop set by something else (a crashed loop):
+        # the operator's first SIGTERM always gets the graceful path.
+        signalled.append(sig)
+        if len(signalled) > 1:
             # The operator asked twice: they want out now, whatever is in flight.
             log.warning("second_signal", signal=sig.name, exit_code=128 + sig.value)
             sys.stdout.flush()
-            import os
-
             os._exit(128 + sig.value)
         log.info("shutdown_requested", signal=sig.name, grace_s=grace_s)
         notifier.send("STOPPING=1")
@@ -118,10 +123,14 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
             code = await pump.run(mode)
     finally:
         dog.cancel()
-        if not await _finish(scheduler, settings.shutdown_grace_s) and code == ExitCode.OK:
+        # One grace for the whole shutdown: what the loops used of it, the rest can't have.
+        left_s = settings.shutdown_grace_s - (time.monotonic() - (pump.stop_seen_at or 0))
+        if pump.stop_seen_at is None:
+            left_s = settings.shutdown_grace_s
+        if not await _finish(scheduler, max(left_s, 0.0)) and code == ExitCode.OK:
             code = ExitCode.CALL_FAILED
         if alerter:
-            await alerter.close()
+            await alerter.close(timeout_s=min(max(left_s, 0.0), 2.0))
         if health:
             health.close()
     log.info("pump_stopped", exit_code=int(code), cancelled_calls=pump.cancelled_calls,

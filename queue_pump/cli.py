@@ -113,9 +113,21 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         settings = load_settings(args, environ)
     except ConfigError as err:
         return fail_config(err)
+    view = settings.public_view()
+    if settings.schedules:  # the file is configuration too: check it here, not at first run
+        from datetime import UTC, datetime
+
+        from .schedules import describe, load_schedules
+
+        try:
+            schedules = load_schedules(settings.schedules,
+                                       allow_insecure_http=settings.allow_insecure_http)
+        except ConfigError as err:
+            return fail_config(err)
+        view["schedules"] = describe(schedules, datetime.now(UTC))
     import json
 
-    print(json.dumps(settings.public_view(), indent=2))
+    print(json.dumps(view, indent=2, default=str))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import urllib.error
@@ -13,6 +14,11 @@ from .cli import OneLineParser
 
 
 def _health_url(environ: Mapping[str, str]) -> str | None:
+    from .config import ConfigError, load_env
+
+    # The pump reads ./.env too: a port set only there must be found here as well.
+    with contextlib.suppress(ConfigError):
+        environ = load_env(None, environ)
     host = environ.get("QUEUE_PUMP_HEALTH_HOST", "127.0.0.1") or "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"  # a wildcard bind is reached through loopback

@@ -152,6 +152,7 @@ class Pump:
         self._worked_since_idle_log = True
         self.cancelled_calls = 0
         self.crashed = 0  # loops that died of a bug: the process must exit non-zero
+        self.stop_seen_at: float | None = None  # monotonic; the shutdown grace runs from here
 
     async def run(self, mode: Mode = Mode.FOREVER) -> ExitCode:
         if mode is Mode.ONCE:
@@ -167,20 +168,23 @@ class Pump:
         try:
             await asyncio.wait({all_done, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not all_done.done():
+                self.stop_seen_at = self._clock()
                 await self._drain_in_flight(tasks)
         finally:
             stop_wait.cancel()
             all_done.cancel()
         results = [t.result() for t in tasks if t.done() and not t.cancelled()]
+        if self.crashed:  # the bug is the news, even if the grace ran out after it
+            return ExitCode.CALL_FAILED
         if self.cancelled_calls:
             return ExitCode.GRACE_EXPIRED
-        if self.crashed or (mode is not Mode.FOREVER and not all(results)):
+        if mode is not Mode.FOREVER and not all(results):
             return ExitCode.CALL_FAILED
         return ExitCode.OK
 
     async def _drain_in_flight(self, tasks: list[asyncio.Task[bool]]) -> None:
         """After the stop: sleeping loops are already awake and leaving; calls get the grace."""
-        in_flight = self._stats.snapshot()["in_flight"]
+        in_flight = self._stats.mark_stopping()
         self._log.info("shutdown_started", in_flight=in_flight,
                        grace_s=self._policy.shutdown_grace_s)
         _, pending = await asyncio.wait(tasks, timeout=self._policy.shutdown_grace_s)

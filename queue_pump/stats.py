@@ -205,10 +205,18 @@ class Stats:
         self.m_budget_waits.inc()
         self.m_budget_wait_s.inc(seconds)
 
+    def mark_stopping(self) -> int:
+        """Every loop still running is now stopping; returns the calls in flight."""
+        with self._lock:
+            for loop in self._loops:
+                if loop.state is not LoopState.STOPPED:
+                    self._move(loop, LoopState.STOPPING)
+            return sum(1 for loop in self._loops if loop.in_flight)
+
     def set_state(self, record: LoopRecord, state: LoopState) -> None:
         with self._lock:
             self._move(record, state)
-            if state in (LoopState.STOPPING, LoopState.STOPPED):
+            if state is LoopState.STOPPED:
                 record.deadline = float("inf")
 
     # --- readers (any thread) -------------------------------------------------------------
@@ -217,18 +225,13 @@ class Stats:
         with self._lock:
             return [loop.name for loop in self._loops if now > loop.deadline]
 
-    def healthy(self) -> bool:
-        return not self.stuck_loops()
-
-    def ready(self) -> bool:
-        with self._lock:
-            return self.ever_succeeded and self.streak == 0
-
     def overall_state(self) -> str:
         with self._lock:
             states = {loop.state for loop in self._loops}
-        for state in (LoopState.STOPPING, LoopState.STOPPED, LoopState.WORKING,
-                      LoopState.BACKING_OFF, LoopState.PACED, LoopState.IDLE):
+        # Most telling first; a stopped loop only speaks when every loop has stopped (one
+        # queue drained in --drain must not make a still-working pump look stopped).
+        for state in (LoopState.STOPPING, LoopState.WORKING, LoopState.BACKING_OFF,
+                      LoopState.PACED, LoopState.IDLE, LoopState.STOPPED):
             if state in states:
                 return state.value
         return LoopState.STARTING.value

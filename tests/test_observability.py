@@ -27,7 +27,7 @@ from queue_pump.commands import cmd_healthcheck, cmd_status
 from queue_pump.config import from_mapping
 from queue_pump.health import HealthServer
 from queue_pump.notify import Notifier, watchdog, watchdog_interval_s
-from queue_pump.stats import STUCK_SLACK_S, Stats
+from queue_pump.stats import STUCK_SLACK_S, LoopState, Stats
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
 from .proc import finish, pump_env, start
@@ -323,3 +323,22 @@ def test_a_silent_client_does_not_hold_a_health_thread_forever() -> None:
     from queue_pump.health import _QuietHandler
 
     assert _QuietHandler.timeout is not None and _QuietHandler.timeout <= 30
+
+
+def test_healthcheck_finds_the_port_in_dot_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                               served_stats: tuple[Stats, FakeTime, str]) -> None:
+    _, _, base = served_stats
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"QUEUE_PUMP_HEALTH_PORT={base.rsplit(':', 1)[1]}\n")
+    assert cmd_healthcheck([], {}) == 0
+
+
+def test_shutdown_marks_loops_stopping_and_a_drained_queue_does_not_look_stopped() -> None:
+    stats = Stats()
+    busy, drained = stats.add_loop("a-0", "a"), stats.add_loop("b-0", "b")
+    stats.call_started(busy, 10)
+    stats.set_state(drained, LoopState.STOPPED)
+    assert stats.overall_state() == "working"
+    assert stats.mark_stopping() == 1
+    assert stats.overall_state() == "stopping"
+    assert [loop["state"] for loop in stats.snapshot()["loops"]] == ["stopping", "stopped"]

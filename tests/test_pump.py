@@ -273,3 +273,35 @@ def test_a_loop_that_dies_of_a_bug_stops_the_pump_with_exit_1(
     assert script.calls == 1  # the crash stopped the pump: no other loop started a call
     crashed = [e for e in logs if e["event"] == "loop_crashed"]
     assert crashed and crashed[0]["error"] == "RuntimeError: boom"
+
+
+def test_a_crash_is_reported_even_when_the_grace_then_runs_out() -> None:
+    async def go() -> ExitCode:
+        stop = asyncio.Event()
+        calls = 0
+
+        async def call() -> Outcome:
+            nonlocal calls
+            calls += 1
+            # The first call ends (and its loop then crashes) while the other loop's long call
+            # is still in flight, and outlives the grace.
+            await asyncio.sleep(0.05 if calls == 1 else 5)
+            return JOB
+
+        class CrashOnce(Stats):
+            crashed = False
+
+            def call_ended(self, loop: Any, *args: Any, **kwargs: Any) -> None:
+                if not CrashOnce.crashed:
+                    CrashOnce.crashed = True
+                    raise RuntimeError("bug in stats")
+                super().call_ended(loop, *args, **kwargs)
+
+        policy = Policy(**{**POLICY.__dict__, "shutdown_grace_s": 0.05})
+        pump = Pump([Lane("agent", 2, call)], policy, CrashOnce(), structlog.get_logger(),
+                    stop=stop)
+        code = await pump.run()
+        assert pump.cancelled_calls == 1
+        return code
+
+    assert asyncio.run(go()) is ExitCode.CALL_FAILED
