@@ -20,16 +20,14 @@ WEBHOOK_TIMEOUT_S = 10.0
 
 
 class Alerter:
-    def __init__(self, url: str, after: int, worker_id: str, queue: str, log: Any,
+    def __init__(self, url: str, after: int, worker_id: str, log: Any,
                  http: httpx.AsyncClient) -> None:
         self._url = url
         self._after = after
         self._worker_id = worker_id
-        self._queue = queue
         self._log = log
         self._http = http
-        self._in_outage = False
-        self._outage_started: float | None = None
+        self._outage_started: dict[str, float] = {}  # queue -> when its outage began
         self._tasks: set[asyncio.Task[None]] = set()
         # One post at a time, in order: a "recovered" must never overtake its "outage".
         self._order = asyncio.Lock()
@@ -40,27 +38,24 @@ class Alerter:
               transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
         http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
                                  transport=transport)
-        queues = ",".join(queue for queue, _ in settings.lanes)
-        alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id,
-                      queues, log, http)
+        alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id, log,
+                      http)
         stats.subscribe(alerter.on_streak)
         return alerter
 
-    def on_streak(self, old: int, new: int) -> None:
-        """Called by Stats on every change of the failure streak (from the event loop)."""
-        if not self._in_outage and new >= self._after:
-            self._in_outage = True
-            self._outage_started = time.time()
-            self._post("outage", consecutive_failures=new)
-        elif self._in_outage and new == 0:
-            self._in_outage = False
-            started = self._outage_started or time.time()
-            self._post("recovered", failures=old, outage_s=round(time.time() - started, 1))
+    def on_streak(self, queue: str, old: int, new: int) -> None:
+        """Called by Stats on every change of a queue's failure streak (from the event loop)."""
+        if queue not in self._outage_started and new >= self._after:
+            self._outage_started[queue] = time.time()
+            self._post("outage", queue, consecutive_failures=new)
+        elif queue in self._outage_started and new == 0:
+            started = self._outage_started.pop(queue)
+            self._post("recovered", queue, failures=old, outage_s=round(time.time() - started, 1))
 
-    def _post(self, event: str, **fields: Any) -> None:
+    def _post(self, event: str, queue: str, **fields: Any) -> None:
         payload = {"event": event, "service": "queue-pump", "version": __version__,
-                   "worker_id": self._worker_id, "queue": self._queue,
-                   "text": _text(event, self._worker_id, fields), **fields}
+                   "worker_id": self._worker_id, "queue": queue,
+                   "text": _text(event, self._worker_id, queue, fields), **fields}
         self.sent = [*self.sent[-9:], event]
         task = asyncio.get_running_loop().create_task(self._send(event, payload))
         self._tasks.add(task)
@@ -92,9 +87,10 @@ class Alerter:
         await self._http.aclose()
 
 
-def _text(event: str, worker_id: str, fields: dict[str, Any]) -> str:
+def _text(event: str, worker_id: str, queue: str, fields: dict[str, Any]) -> str:
     # Slack and most chat webhooks show a "text" field; the rest is for machines.
     if event == "outage":
-        return (f"queue-pump on {worker_id}: {fields['consecutive_failures']} calls in a row "
-                "failed; backing off")
-    return f"queue-pump on {worker_id}: recovered after {fields['failures']} failed calls"
+        return (f"queue-pump on {worker_id}, queue {queue}: {fields['consecutive_failures']} "
+                "calls in a row failed; backing off")
+    return (f"queue-pump on {worker_id}, queue {queue}: recovered after {fields['failures']} "
+            "failed calls")

@@ -45,7 +45,7 @@ class LoopRecord:
     consecutive_failures: int = 0
 
 
-StreakListener = Callable[[int, int], None]
+StreakListener = Callable[[str, int, int], None]
 
 
 class Stats:
@@ -56,7 +56,9 @@ class Stats:
         self._lock = threading.Lock()
         self._loops: list[LoopRecord] = []
         self.started_at = clock()
-        self.streak = 0  # consecutive failed calls, all loops together
+        # Failed calls in a row, per queue: one queue's successes must not hide another's
+        # outage (a 404 on one queue while another works is still an outage).
+        self.streaks: dict[str, int] = {}
         self.ever_succeeded = False
         self.last_success_wall: float | None = None
         self.last_success_mono: float | None = None
@@ -77,7 +79,7 @@ class Stats:
             "queue_pump_call_duration_seconds", "Runner call duration.", ["queue"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
         self.m_streak = Gauge("queue_pump_consecutive_failures",
-                              "Failed calls in a row, all loops together.", registry=r)
+                              "Failed calls in a row, per queue.", ["queue"], registry=r)
         self.m_last_success = Gauge("queue_pump_last_success_timestamp_seconds",
                                     "Unix time of the last call that did not fail.", registry=r)
         self.m_in_flight = Gauge("queue_pump_in_flight", "Calls in flight.", ["queue"],
@@ -102,6 +104,7 @@ class Stats:
         # lookup every time, and the per-call path should cost next to nothing.
         self._state_gauges = {state: self.m_loops.labels(state.value) for state in LoopState}
         self._per_queue: dict[str, dict[str, Any]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.idle_sleep_by_queue: dict[str, float] = {}
         self.wakeups = 0
         self.budget_waits = 0
@@ -120,7 +123,9 @@ class Stats:
                 "processed": self.m_calls.labels(queue, "processed"),
                 "idle": self.m_calls.labels(queue, "idle"),
                 "error": self.m_calls.labels(queue, "error"),
+                "streak": self.m_streak.labels(queue),
             }
+            self._per_queue[queue]["streak"].set(0)
         self._state_gauges[record.state].inc()
         return record
 
@@ -133,7 +138,7 @@ class Stats:
             self._state_gauges[state].inc()
 
     def subscribe(self, listener: StreakListener) -> None:
-        """``listener(old_streak, new_streak)`` on every change of the failure streak."""
+        """``listener(queue, old_streak, new_streak)`` on every change of a queue's streak."""
         self._listeners.append(listener)
 
     def call_started(self, loop: LoopRecord, timeout_s: float) -> None:
@@ -146,13 +151,14 @@ class Stats:
     def call_ended(self, loop: LoopRecord, duration_s: float, outcome: str,
                    job_status: str | None = None, error: tuple[str, str] | None = None) -> None:
         """``outcome`` is processed, idle or error; ``error`` is (kind, reason)."""
+        queue = loop.queue
         with self._lock:
             loop.in_flight = False
             self.counts["calls"] += 1
+            old = self.streaks.get(queue, 0)
             if error is None:
                 self.counts[outcome] += 1
-                old = self.streak
-                self.streak = 0
+                self.streaks[queue] = 0
                 loop.consecutive_failures = 0
                 self.ever_succeeded = True
                 self.last_success_wall = self._wall()
@@ -161,25 +167,32 @@ class Stats:
                 self.counts["errors"] += 1
                 key = f"{error[0]}:{error[1]}"
                 self.errors_by_kind[key] = self.errors_by_kind.get(key, 0) + 1
-                old = self.streak
-                self.streak += 1
+                self.streaks[queue] = old + 1
                 loop.consecutive_failures += 1
-            new = self.streak
-        metrics = self._per_queue[loop.queue]
+            new = self.streaks[queue]
+        metrics = self._per_queue[queue]
         metrics["in_flight"].dec()
         metrics["duration"].observe(duration_s)
         metrics[outcome].inc()
         if error is not None:
-            self.m_errors.labels(loop.queue, error[0], error[1]).inc()
+            self._child(self.m_errors, queue, *error).inc()
         else:
             self.m_last_success.set(self.last_success_wall or 0)
         if outcome == "processed":
             status = job_status if job_status in KNOWN_JOB_STATUSES else "other"
-            self.m_jobs.labels(loop.queue, status).inc()
-        self.m_streak.set(new)
+            self._child(self.m_jobs, queue, status).inc()
         if new != old:
+            metrics["streak"].set(new)
             for listener in self._listeners:
-                listener(old, new)
+                listener(queue, old, new)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A label child, looked up once: both label sets are small and bounded."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def sleeping(self, record: LoopRecord, state: LoopState, seconds: float) -> None:
         with self._lock:
@@ -247,9 +260,10 @@ class Stats:
             return {
                 "status": "ok" if not stuck else "stuck",
                 "state": state,
-                "ready": self.ever_succeeded and self.streak == 0,
+                "ready": self.ever_succeeded and not any(self.streaks.values()),
                 "seconds_since_last_success": since,
-                "consecutive_failures": self.streak,
+                "consecutive_failures": max(self.streaks.values(), default=0),
+                "consecutive_failures_by_queue": dict(self.streaks),
                 "in_flight": sum(1 for loop in self._loops if loop.in_flight),
                 "uptime_s": round(now - self.started_at, 3),
                 "counters": dict(self.counts),

@@ -82,7 +82,7 @@ def test_metrics_and_health_of_a_running_pump_follow_its_calls() -> None:
                       (("kind", "retryable"), *q, ("reason", "http_status")))] == 2
             assert m[("queue_pump_jobs_total", (*q, ("status", "done")))] == 3
             assert m[("queue_pump_call_duration_seconds_count", q)] == 6
-            assert m[("queue_pump_consecutive_failures", ())] == 0
+            assert m[("queue_pump_consecutive_failures", q)] == 0
             assert m[("queue_pump_last_success_timestamp_seconds", ())] > time.time() - 60
             assert m[("queue_pump_in_flight", q)] == 0
             loops = {labels[0][1]: v for (name, labels), v in m.items()
@@ -342,3 +342,28 @@ def test_shutdown_marks_loops_stopping_and_a_drained_queue_does_not_look_stopped
     assert stats.mark_stopping() == 1
     assert stats.overall_state() == "stopping"
     assert [loop["state"] for loop in stats.snapshot()["loops"]] == ["stopping", "stopped"]
+
+
+def test_one_queues_outage_is_not_hidden_by_anothers_successes() -> None:
+    receiver = Receiver()
+    settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_ALERT_WEBHOOK_URL": receiver.url,
+                             "QUEUE_PUMP_ALERT_AFTER": "3", "QUEUE_PUMP_QUEUES": "ok:1,broken:1"})
+
+    async def go() -> tuple[Stats, list[str]]:
+        stats = Stats()
+        alerter = Alerter.start(settings, stats, structlog.get_logger())
+        ok, broken = stats.add_loop("ok-0", "ok"), stats.add_loop("broken-0", "broken")
+        for _ in range(4):  # interleaved: the working queue succeeds between every failure
+            for loop, error in ((ok, None), (broken, ("configuration", "http_status"))):
+                stats.call_started(loop, 1.0)
+                stats.call_ended(loop, 0.01, "error" if error else "idle", error=error)
+        await alerter.close()
+        return stats, alerter.sent
+
+    stats, sent = asyncio.run(go())
+    assert sent == ["outage"]
+    assert receiver.posts[0]["queue"] == "broken"
+    snapshot = stats.snapshot()
+    assert snapshot["consecutive_failures"] == 4 and snapshot["ready"] is False
+    assert snapshot["consecutive_failures_by_queue"] == {"ok": 0, "broken": 4}
+    receiver.server.shutdown()
