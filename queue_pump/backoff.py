@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from tenacity import RetryCallState
-from tenacity.wait import wait_base, wait_random_exponential
+from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
@@ -19,6 +19,13 @@ _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
 def full_jitter(base_s: float, max_s: float) -> wait_base:
     """AWS "full jitter": uniform(0, min(max, base * 2**(failures-1)))."""
     return wait_random_exponential(multiplier=base_s, max=max_s)
+
+
+def adaptive_idle(idle_s: float, idle_max_s: float) -> wait_base:
+    """Adaptive idle: the n-th idle answer in a row waits idle * 2^(n-1), up to the max.
+
+    Not jittered here: the idle sleep gets its own +-10 % on top (idle_delay)."""
+    return wait_exponential(multiplier=idle_s, max=idle_max_s)
 
 
 def _state(attempt: int) -> RetryCallState:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
-from .backoff import full_jitter, idle_delay, next_delay
+from .backoff import adaptive_idle, full_jitter, idle_delay, next_delay, retry_delay
 from .budget import TokenBucket
 from .client import CallError, ErrorKind, Outcome, Processed
 from .config import Settings
@@ -74,10 +74,10 @@ class Policy:
                    shutdown_grace_s=s.shutdown_grace_s, log_every=s.log_every)
 
     def idle_sleep_s(self, idle_streak: int) -> float:
-        """Adaptive idle: the n-th idle answer in a row waits idle * 2^(n-1), up to the max."""
-        if idle_streak <= 1 or self.idle_max_s <= self.idle_s:
+        """The idle sleep after ``idle_streak`` idle answers in a row (adaptive idle)."""
+        if self.idle_max_s <= self.idle_s:
             return self.idle_s
-        return min(self.idle_max_s, self.idle_s * 2.0 ** min(idle_streak - 1, 60))
+        return retry_delay(adaptive_idle(self.idle_s, self.idle_max_s), idle_streak)
 
 
 class Waker:
@@ -147,9 +147,9 @@ class Pump:
         self._drained: set[str] = set()
         self._processed = 0
         self._started = clock()
-        self._last_idle_log: float | None = None
-        self._idle_since_log = 0
-        self._worked_since_idle_log = True
+        self._last_idle_log: dict[str, float] = {}
+        self._idle_since_log: dict[str, int] = {}
+        self._quiet: set[str] = set()  # queues whose idle state was already announced
         self.cancelled_calls = 0
         self.crashed = 0  # loops that died of a bug: the process must exit non-zero
         self.stop_seen_at: float | None = None  # monotonic; the shutdown grace runs from here
@@ -300,7 +300,7 @@ class Pump:
     # --- log policy ------------------------------------------------------------------------
     def _note_processed(self, lane: Lane, outcome: Processed) -> None:
         self._processed += 1
-        self._worked_since_idle_log = True
+        self._quiet.discard(lane.queue)
         every = self._policy.log_every
         if outcome.yielded or (every and self._processed % every == 0):
             elapsed = max(self._clock() - self._started, 1e-9)
@@ -310,32 +310,28 @@ class Pump:
                            rate_per_s=round(self._processed / elapsed, 2))
 
     def _note_idle(self, lane: Lane, next_sleep_s: float) -> None:
-        """First idle after work, then about once a minute: idle polling is not news."""
-        self._idle_since_log += 1
+        """Per queue: the first idle answer after work, then about once a minute."""
+        queue = lane.queue
+        self._idle_since_log[queue] = self._idle_since_log.get(queue, 0) + 1
         now = self._clock()
-        due = self._last_idle_log is None or now - self._last_idle_log >= IDLE_LOG_INTERVAL_S
-        if self._worked_since_idle_log or due:
-            self._log.info("idle", queue=lane.queue, idle_calls=self._idle_since_log,
+        last = self._last_idle_log.get(queue)
+        if queue not in self._quiet or last is None or now - last >= IDLE_LOG_INTERVAL_S:
+            self._log.info("idle", queue=queue, idle_calls=self._idle_since_log[queue],
                            processed=self._processed, next_sleep_s=round(next_sleep_s, 3))
-            self._last_idle_log = now
-            self._idle_since_log = 0
-            self._worked_since_idle_log = False
+            self._last_idle_log[queue] = now
+            self._idle_since_log[queue] = 0
+            self._quiet.add(queue)
 
     def _log_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
                      next_delay_s: float | None) -> None:
+        # Every key on every line, None when it does not apply: stable keys for log queries.
         fields: dict[str, Any] = {
             "queue": lane.queue, "loop": record.name, "kind": error.kind.value,
-            "reason": error.reason, "attempt": failures,
+            "reason": error.reason, "status": error.status, "attempt": failures,
             "next_delay_s": None if next_delay_s is None else round(next_delay_s, 3),
+            "retry_after_s": error.retry_after_s, "detail": error.detail or None,
+            "hint": error.hint or None,
         }
-        if error.status is not None:
-            fields["status"] = error.status
-        if error.retry_after_s is not None:
-            fields["retry_after_s"] = error.retry_after_s
-        if error.detail:
-            fields["detail"] = error.detail
-        if error.hint:
-            fields["hint"] = error.hint
         if error.kind is ErrorKind.CONFIGURATION:
             self._log.error("call_failed", **fields)
         else:
