@@ -468,16 +468,17 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
                         f"{base}; expected max >= base")
 
     if values.get("allow_insecure_http") is False:
-        for attr, env_name in (("endpoint_override", "QUEUE_PUMP_ENDPOINT"),
-                               ("supabase_url", "SUPABASE_URL")):
-            url = values.get(attr) or ""
+        runner_urls = [("QUEUE_PUMP_ENDPOINT", values.get("endpoint_override") or "")]
+        if not runner_urls[0][1]:  # the derived URL is used only without an override
+            runner_urls = [("SUPABASE_URL", values.get("supabase_url") or "")]
+        webhook = ("QUEUE_PUMP_ALERT_WEBHOOK_URL", values.get("alert_webhook_url") or "")
+        for env_name, url in [*runner_urls, webhook]:
             parts = urlsplit(url)
             if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
-                problems.append(f"{env_name}={redact_url(url)!r} uses plain http to a host that is "
-                                "not loopback (the token would travel in clear); use https, or set "
-                                "QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
-            if attr == "endpoint_override" and url:
-                break  # the derived URL is not used
+                shown = "(hidden)" if env_name == webhook[0] else repr(redact_url(url))
+                problems.append(f"{env_name}={shown} uses plain http to a host that is not "
+                                "loopback (its credentials would travel in clear); use https, or "
+                                "set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
 
     if problems:
         raise ConfigError(problems)

@@ -70,6 +70,8 @@ def test_test_friendly_minimums_are_accepted() -> None:
     ({"SUPABASE_URL": "http://proj.supabase.co"}, "uses plain http to a host that is not "
                                                    "loopback"),
     ({"QUEUE_PUMP_ENDPOINT": "http://10.0.0.5/run"}, "QUEUE_PUMP_ENDPOINT='http://10.0.0.5/run'"),
+    ({"QUEUE_PUMP_ALERT_WEBHOOK_URL": "http://hooks.example/T0/secret"},
+     "QUEUE_PUMP_ALERT_WEBHOOK_URL=(hidden) uses plain http"),
     ({"QUEUE_PUMP_QUEUE": ""}, "QUEUE_PUMP_QUEUE='' is not a queue name"),
     ({"QUEUE_PUMP_QUEUE": "a b"}, "is not a queue name"),
     ({"QUEUE_PUMP_BACKOFF_BASE_MS": "5000", "QUEUE_PUMP_BACKOFF_MAX_MS": "1000"},
