@@ -24,9 +24,11 @@ LABELS = {
     "bare-aiohttp": "bare aiohttp loop",
     "bare-raw": "bare raw-socket loop",
     "node": "Node fetch loop",
+    "before-pump-httpx": "pump before, httpx",
+    "before-pump-aiohttp": "pump before, aiohttp",
 }
-ORDER = ["pump-httpx", "bare-httpx", "pump-aiohttp", "bare-httpx-aiohttp", "bare-aiohttp",
-         "node", "bare-raw"]
+ORDER = ["before-pump-httpx", "before-pump-aiohttp", "pump-httpx", "bare-httpx", "pump-aiohttp",
+         "bare-httpx-aiohttp", "bare-aiohttp", "node", "bare-raw"]
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -111,7 +113,7 @@ def idle_table(data: dict[str, Any]) -> str:
             return statistics.median(r[key] for r in runs)
         out.append(f"| {transport} | {'on' if health else 'off'} | {med('window_s'):.0f} s | "
                    f"{med('cpu_s'):.2f} | {med('cpu_s_per_hour'):.1f} | "
-                   f"{med('cpu_percent'):.3f} % | {med('rss_kb') / 1024:.1f} MB | "
+                   f"{med('cpu_percent'):.3f} % | {med('rss_kb') / 1024:.1f} MiB | "
                    f"{med('calls_per_hour'):.0f} |")
     return "\n".join(out)
 
@@ -126,13 +128,13 @@ def startup_table(data: dict[str, Any]) -> str:
         t = [r["to_first_call_s"] for r in runs]
         rss = statistics.median(r["rss_kb_after_first_call"] for r in runs) / 1024
         out.append(f"| {transport} | {len(t)} | {min(t):.3f} s | {statistics.median(t):.3f} s | "
-                   f"{max(t):.3f} s | {rss:.1f} MB |")
+                   f"{max(t):.3f} s | {rss:.1f} MiB |")
     return "\n".join(out)
 
 
 def pickup_table(data: dict[str, Any]) -> str:
     out = ["| idle sleep | enqueues | latency mean | median | max | expected mean (idle/2) | "
-           "idle calls / hour (3600/idle) | calls / hour measured |",
+           "idle calls / hour (3600/idle) | all calls / hour in the test (2 more per enqueue) |",
            "|---|---|---|---|---|---|---|---|"]
     for run in sorted(data["runs"], key=lambda r: r["idle_ms"]):
         idle_s = run["idle_ms"] / 1000
@@ -148,8 +150,8 @@ def size_table(data: dict[str, Any]) -> str:
            "|---|---|---|---|"]
     for label in ("httpx", "aiohttp"):
         d = data[label]
-        out.append(f"| {label} | {len(d['packages'])} | {d['site_packages_kb'] / 1024:.1f} MB | "
-                   f"{d['deps_kb'] / 1024:.1f} MB |")
+        out.append(f"| {label} | {len(d['packages'])} | {d['site_packages_kb'] / 1024:.1f} MiB | "
+                   f"{d['deps_kb'] / 1024:.1f} MiB |")
     extra = sorted(set(data["aiohttp"]["packages"]) - set(data["httpx"]["packages"]))
     return "\n".join(out) + "\n\naiohttp adds: " + ", ".join(f"`{p}`" for p in extra)
 
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = [("capacity", "Stand-in runner capacity", throughput_table),
                 ("throughput", "Drain throughput (jobs/s, median)", throughput_table),
+                ("throughput_c64", "Concurrency 64, 20 ms jobs, more rounds", throughput_table),
+                ("before_after", "Before and after (jobs/s, median)", throughput_table),
                 ("throughput", "Per-call cost at concurrency 1, instant runner", overhead_table),
                 ("throughput", "Spread of every cell", spread_table),
                 ("idle", "Idle", idle_table), ("startup", "Start-up", startup_table),

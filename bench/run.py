@@ -158,7 +158,15 @@ def pump_env(url: str, *, transport: str, concurrency: int = 1, tick_ms: int | N
     return env
 
 
+BEFORE_PATH = ""  # --before-path: a copy of queue_pump/ to run as the "before-pump-*" variants
+
+
 def command(variant: str, url: str, concurrency: int) -> tuple[list[str], dict[str, str] | None]:
+    if variant.startswith("before-pump-"):
+        argv, env = command(variant.removeprefix("before-"), url, concurrency)
+        assert env is not None and BEFORE_PATH, "before-pump-* needs --before-path"
+        env["PYTHONPATH"] = BEFORE_PATH
+        return argv, env
     if variant.startswith("pump-"):
         transport = variant.removeprefix("pump-")
         return ([PY, "-m", "queue_pump", "--drain"],
@@ -209,6 +217,8 @@ def drain_once(r: Runner, variant: str, concurrency: int, job_ms: float, jobs: i
 
 
 def cmd_throughput(args: argparse.Namespace) -> None:
+    global BEFORE_PATH
+    BEFORE_PATH = getattr(args, "before_path", "") or ""
     variants = args.variants.split(",")
     if "node" in variants and not _node_version():
         variants.remove("node")
@@ -550,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-jobs", type=int, default=40000)
     t.add_argument("--workers", type=int, default=1, help="stand-in runner processes")
     t.add_argument("--name", default="throughput")
+    t.add_argument("--before-path", default="",
+                   help="a directory holding an older queue_pump/ package: variants "
+                        "before-pump-httpx and before-pump-aiohttp run it (PYTHONPATH)")
     c = sub.add_parser("capacity", help="the stand-in runner with the fastest clients")
     c.add_argument("--concurrency", type=ints, default=[1, 16, 64])
     c.add_argument("--job-ms", type=floats, default=[0.0, 20.0])
