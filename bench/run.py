@@ -9,6 +9,7 @@ rotating order, so background load hits them alike. Results go to bench/results/
     .venv/bin/python bench/run.py idle                # RSS and CPU while idle
     .venv/bin/python bench/run.py startup             # process start -> first call
     .venv/bin/python bench/run.py pickup              # enqueue -> claim on an idle queue
+    .venv/bin/python bench/run.py modes               # fixed vs adaptive idle vs wake-ups
     .venv/bin/python bench/run.py size                # installed size per transport choice
     .venv/bin/python bench/run.py all
 
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,6 +500,87 @@ def cmd_pickup(args: argparse.Namespace) -> None:
     save("pickup", {"transport": args.transport, "runs": outs})
 
 
+# --- idle modes: fixed polling vs adaptive idle vs wake-ups (issue 8's figures) -------------
+
+WAKE_TOKEN = "bench-wake-token-8c41e2a9"
+# mode -> (idle sleep ms, idle max sleep ms, wake after each enqueue)
+MODES = {"fixed-10s": (10000, 10000, False), "adaptive-1-60s": (1000, 60000, False),
+         "adaptive-1-60s+wake": (1000, 60000, True)}
+
+
+def wake(port: int) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/wake", method="POST", data=b"",
+                                     headers={"Authorization": f"Bearer {WAKE_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float], seed: int,
+              transport: str, result: dict[str, Any]) -> None:
+    """One pump in `mode` against its own stand-in runner: first a quiet window (no work at all:
+    idle calls per hour), then `samples` single jobs, each after a random gap, enqueued the way a
+    database insert would be (and, in a wake mode, followed by the webhook's POST /wake)."""
+    idle_ms, max_ms, wakes = MODES[mode]
+    rng = random.Random(seed)
+    bound = quiet_s + samples * (gap_s[1] + 70) + 120
+    with runner(max_seconds=bound) as r, tempfile.TemporaryDirectory() as cwd:
+        r.reset(0)
+        port = free_port()
+        env = pump_env(r.url, transport=transport, tick_ms=None, idle_ms=idle_ms,
+                       health_port=port)
+        env["QUEUE_PUMP_IDLE_MAX_SLEEP_MS"] = str(max_ms)
+        if wakes:
+            env["QUEUE_PUMP_WAKE_TOKEN"] = WAKE_TOKEN
+        with pump_forever(env, cwd):
+            wait_until(lambda: r.stats()["idle"] >= 1, 30)
+            t0, s0 = time.monotonic(), r.stats()
+            time.sleep(quiet_s)
+            t1, s1 = time.monotonic(), r.stats()
+            latencies = []
+            for _ in range(samples):
+                time.sleep(rng.uniform(*gap_s))
+                before = int(r.stats()["pickups"])
+                r.enqueue(1)
+                if wakes:
+                    wake(port)
+                if wait_until(lambda b=before: int(r.stats()["pickups"]) > b, max_ms / 1000 * 1.5
+                              + 10, 0.002):
+                    latencies.append(r.stats()["last_pickup"])
+            t2, s2 = time.monotonic(), r.stats()
+    result.update({
+        "mode": mode, "idle_ms": idle_ms, "idle_max_ms": max_ms, "wake": wakes,
+        "quiet_window_s": t1 - t0, "quiet_calls": s1["requests"] - s0["requests"],
+        "quiet_calls_per_hour": (s1["requests"] - s0["requests"]) / (t1 - t0) * 3600,
+        "busy_window_s": t2 - t1, "busy_calls": s2["requests"] - s1["requests"],
+        "busy_calls_per_hour": (s2["requests"] - s1["requests"]) / (t2 - t1) * 3600,
+        "latencies_s": latencies, "samples": samples})
+
+
+def cmd_modes(args: argparse.Namespace) -> None:
+    """Every mode x --pumps pumps at once (idle pumps barely run, so they do not disturb each
+    other); about quiet_s + samples x mean gap of wall time in all."""
+    threads, outs = [], []
+    for mode in args.modes.split(","):
+        for i in range(args.pumps):
+            out: dict[str, Any] = {"pump": i}
+            outs.append(out)
+            thread = threading.Thread(target=modes_one, args=(
+                mode, args.quiet_s, args.samples, (args.gap_min_s, args.gap_max_s),
+                zlib.crc32(f"{mode}/{i}".encode()), args.transport, out))
+            thread.start()
+            threads.append(thread)
+    for thread in threads:
+        thread.join(args.quiet_s + args.samples * (args.gap_max_s + 70) + 300)
+    for out in outs:
+        lat = out.get("latencies_s", [])
+        log(f"  {out.get('mode')} #{out.get('pump')}: quiet "
+            f"{out.get('quiet_calls_per_hour', 0):.0f} calls/h, with jobs "
+            f"{out.get('busy_calls_per_hour', 0):.0f} calls/h, pickup "
+            f"median {median(lat)} over {len(lat)}")
+    save("modes", {"transport": args.transport, "quiet_s": args.quiet_s,
+                   "gap_s": [args.gap_min_s, args.gap_max_s], "runs": outs})
+
+
 # --- installed size --------------------------------------------------------------------------
 
 
@@ -580,17 +663,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-ms", type=ints, default=[1000, 5000, 10000, 30000])
     p.add_argument("--samples", type=int, default=0, help="per setting; 0: 6-20 by idle time")
     p.add_argument("--transport", default="aiohttp", choices=TRANSPORTS)
+    m = sub.add_parser("modes", help="fixed 10 s vs adaptive 1-60 s vs wake-ups: idle calls per "
+                       "hour and pickup latency")
+    m.add_argument("--modes", default=",".join(MODES))
+    m.add_argument("--pumps", type=int, default=3, help="pumps per mode, side by side")
+    m.add_argument("--quiet-s", type=float, default=300.0, help="no work: idle calls per hour")
+    m.add_argument("--samples", type=int, default=5, help="single jobs per pump after the quiet")
+    m.add_argument("--gap-min-s", type=float, default=30.0)
+    m.add_argument("--gap-max-s", type=float, default=120.0)
+    m.add_argument("--transport", default="aiohttp", choices=TRANSPORTS)
     sub.add_parser("size", help="installed size of the dependencies per transport choice")
     sub.add_parser("all", help="everything above with the defaults")
     args = parser.parse_args(argv)
 
     log("machine", machine())
     if args.cmd == "all":
-        for name in ("capacity", "throughput", "startup", "idle", "pickup", "size"):
+        for name in ("capacity", "throughput", "startup", "idle", "pickup", "modes", "size"):
             main([name])
         return 0
     handler = {"throughput": cmd_throughput, "capacity": cmd_capacity, "idle": cmd_idle,
-               "startup": cmd_startup, "pickup": cmd_pickup, "size": cmd_size}[args.cmd]
+               "startup": cmd_startup, "pickup": cmd_pickup, "modes": cmd_modes,
+               "size": cmd_size}[args.cmd]
     handler(args)
     log("load", load())
     return 0
