@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,3 +63,47 @@ def run(env: Mapping[str, str], *args: str, timeout_s: float = 20,
 def signal_after(proc: subprocess.Popen[str], sig: signal.Signals, delay_s: float) -> None:
     time.sleep(delay_s)
     proc.send_signal(sig)
+
+
+class Live:
+    """The pump process with its stdout read as it comes, so tests wait on log events."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(s, sink), daemon=True)
+                         for s, sink in ((proc.stdout, self.lines), (proc.stderr, self.err))]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.lines)
+                if line.startswith("{") and json.loads(line).get("event") == name]
+
+    def wait_event(self, name: str, timeout_s: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if found:
+                return found[0]
+            assert self.proc.poll() is None, f"the pump exited {self.proc.returncode}"
+            time.sleep(0.01)
+        raise TimeoutError(f"no {name} event within {timeout_s} s")
+
+    def finish(self, timeout_s: float = 15, *, clean: bool = True) -> tuple[int, float]:
+        """Wait for the exit; ``clean``: no traceback anywhere. The token is never printed."""
+        t0 = time.monotonic()
+        code = self.proc.wait(timeout=timeout_s)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        out, err = "".join(self.lines), "".join(self.err)
+        assert TOKEN not in out and TOKEN not in err
+        if clean:
+            assert "Traceback" not in out and "Traceback" not in err, err[-3000:]
+        return code, time.monotonic() - t0

@@ -11,10 +11,9 @@ import pytest
 
 from queue_pump.reference_runner import JobStore
 
-from .proc import finish, pump_env, start
+from .proc import Live, finish, pump_env, start
 from .reference_process import reference_runner
 from .runner_double import free_port
-from .test_signals import Live
 
 pytestmark = pytest.mark.e2e
 
