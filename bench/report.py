@@ -145,6 +145,55 @@ def pickup_table(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+MODE_LABELS = {
+    "fixed-10s": "fixed 10 s (the Node pump's default)",
+    "adaptive-1-60s": "adaptive 1-60 s (`IDLE_SLEEP_MS=1000`, `IDLE_MAX_SLEEP_MS=60000`)",
+    "adaptive-1-60s+wake": "adaptive 1-60 s + wake-ups (`WAKE_TOKEN`, POST /wake per insert)",
+}
+
+
+def _by_mode(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in data["runs"]:
+        if "mode" in run:
+            groups.setdefault(run["mode"], []).append(run)
+    return groups
+
+
+def modes_table(data: dict[str, Any]) -> str:
+    out = ["| idle setting | pumps | idle calls / hour, queue empty | calls / hour, one job every "
+           f"{data['gap_s'][0]:g}-{data['gap_s'][1]:g} s | pickups | pickup median | mean | max |",
+           "|---|---|---|---|---|---|---|---|"]
+    for mode, runs in _by_mode(data).items():
+        lat = [x for r in runs for x in r["latencies_s"]]
+        quiet = statistics.median(r["quiet_calls_per_hour"] for r in runs)
+        busy = statistics.median(r["busy_calls_per_hour"] for r in runs)
+        asked = sum(r["samples"] for r in runs)
+        out.append(f"| {MODE_LABELS.get(mode, mode)} | {len(runs)} | {quiet:.0f} | {busy:.0f} | "
+                   f"{len(lat)} of {asked} | {_secs(statistics.median(lat) if lat else None)} | "
+                   f"{_secs(statistics.fmean(lat) if lat else None)} | "
+                   f"{_secs(max(lat, default=None))} |")
+    return "\n".join(out)
+
+
+def steady_table(data: dict[str, Any]) -> str:
+    out = [f"| idle setting | pumps | window (after {data['warmup_s']:g} s idle) | idle calls | "
+           "idle calls / hour |", "|---|---|---|---|---|"]
+    for mode, runs in _by_mode(data).items():
+        window = statistics.median(r["quiet_window_s"] for r in runs)
+        calls = "; ".join(str(int(r["quiet_calls"])) for r in runs)
+        per_hour = statistics.median(r["quiet_calls_per_hour"] for r in runs)
+        out.append(f"| {MODE_LABELS.get(mode, mode)} | {len(runs)} | {window:.0f} s | {calls} | "
+                   f"{per_hour:.0f} |")
+    return "\n".join(out)
+
+
+def _secs(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.1f} s"
+
+
 def size_table(data: dict[str, Any]) -> str:
     out = ["| choice | packages installed | site-packages | of which the dependencies |",
            "|---|---|---|---|"]
@@ -209,6 +258,15 @@ def plots(out_dir: Path) -> list[Path]:
             ax.annotate(f"idle {run['idle_ms'] / 1000:g} s",
                         (run["computed_idle_calls_per_hour"], run["mean_s"] or 0),
                         textcoords="offset points", xytext=(6, 6), fontsize=8)
+        modes = load("modes")
+        if modes:
+            for (mode, runs), marker in zip(_by_mode(modes).items(), "s^D", strict=False):
+                lat = [x for r in runs for x in r["latencies_s"]]
+                if not lat:
+                    continue
+                quiet = statistics.median(r["quiet_calls_per_hour"] for r in runs)
+                ax.scatter([quiet], [statistics.median(lat)], marker=marker, s=70, zorder=3,
+                           label=MODE_LABELS.get(mode, mode).split(" (")[0] + " (median)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("idle calls per hour (3600 / idle sleep)")
@@ -235,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("throughput", "Per-call cost at concurrency 1, instant runner", overhead_table),
                 ("throughput", "Spread of every cell", spread_table),
                 ("idle", "Idle", idle_table), ("startup", "Start-up", startup_table),
-                ("pickup", "Pickup latency", pickup_table), ("size", "Installed size", size_table)]
+                ("pickup", "Pickup latency", pickup_table),
+                ("modes", "Fixed vs adaptive idle vs wake-ups", modes_table),
+                ("modes_steady", "Idle calls once ramped", steady_table),
+                ("size", "Installed size", size_table)]
     for name, title, render in sections:
         data = load(name)
         if data is None:

@@ -10,6 +10,7 @@ rotating order, so background load hits them alike. Results go to bench/results/
     .venv/bin/python bench/run.py startup             # process start -> first call
     .venv/bin/python bench/run.py pickup              # enqueue -> claim on an idle queue
     .venv/bin/python bench/run.py modes               # fixed vs adaptive idle vs wake-ups
+    .venv/bin/python bench/run.py profile             # cProfile of a drain: own-code share
     .venv/bin/python bench/run.py size                # installed size per transport choice
     .venv/bin/python bench/run.py all
 
@@ -516,13 +517,13 @@ def wake(port: int) -> None:
 
 
 def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float], seed: int,
-              transport: str, result: dict[str, Any]) -> None:
+              transport: str, result: dict[str, Any], warmup_s: float = 0.0) -> None:
     """One pump in `mode` against its own stand-in runner: first a quiet window (no work at all:
     idle calls per hour), then `samples` single jobs, each after a random gap, enqueued the way a
     database insert would be (and, in a wake mode, followed by the webhook's POST /wake)."""
     idle_ms, max_ms, wakes = MODES[mode]
     rng = random.Random(seed)
-    bound = quiet_s + samples * (gap_s[1] + 70) + 120
+    bound = warmup_s + quiet_s + samples * (gap_s[1] + 70) + 120
     with runner(max_seconds=bound) as r, tempfile.TemporaryDirectory() as cwd:
         r.reset(0)
         port = free_port()
@@ -533,6 +534,7 @@ def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float
             env["QUEUE_PUMP_WAKE_TOKEN"] = WAKE_TOKEN
         with pump_forever(env, cwd):
             wait_until(lambda: r.stats()["idle"] >= 1, 30)
+            time.sleep(warmup_s)  # past the adaptive ramp: the steady idle rate
             t0, s0 = time.monotonic(), r.stats()
             time.sleep(quiet_s)
             t1, s1 = time.monotonic(), r.stats()
@@ -549,10 +551,12 @@ def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float
             t2, s2 = time.monotonic(), r.stats()
     result.update({
         "mode": mode, "idle_ms": idle_ms, "idle_max_ms": max_ms, "wake": wakes,
+        "warmup_s": warmup_s,
         "quiet_window_s": t1 - t0, "quiet_calls": s1["requests"] - s0["requests"],
         "quiet_calls_per_hour": (s1["requests"] - s0["requests"]) / (t1 - t0) * 3600,
         "busy_window_s": t2 - t1, "busy_calls": s2["requests"] - s1["requests"],
-        "busy_calls_per_hour": (s2["requests"] - s1["requests"]) / (t2 - t1) * 3600,
+        "busy_calls_per_hour": (s2["requests"] - s1["requests"]) / (t2 - t1) * 3600
+        if samples else None,
         "latencies_s": latencies, "samples": samples})
 
 
@@ -566,19 +570,62 @@ def cmd_modes(args: argparse.Namespace) -> None:
             outs.append(out)
             thread = threading.Thread(target=modes_one, args=(
                 mode, args.quiet_s, args.samples, (args.gap_min_s, args.gap_max_s),
-                zlib.crc32(f"{mode}/{i}".encode()), args.transport, out))
+                zlib.crc32(f"{mode}/{i}".encode()), args.transport, out, args.warmup_s))
             thread.start()
             threads.append(thread)
     for thread in threads:
-        thread.join(args.quiet_s + args.samples * (args.gap_max_s + 70) + 300)
+        thread.join(args.warmup_s + args.quiet_s + args.samples * (args.gap_max_s + 70) + 300)
     for out in outs:
         lat = out.get("latencies_s", [])
         log(f"  {out.get('mode')} #{out.get('pump')}: quiet "
             f"{out.get('quiet_calls_per_hour', 0):.0f} calls/h, with jobs "
             f"{out.get('busy_calls_per_hour', 0):.0f} calls/h, pickup "
             f"median {median(lat)} over {len(lat)}")
-    save("modes", {"transport": args.transport, "quiet_s": args.quiet_s,
-                   "gap_s": [args.gap_min_s, args.gap_max_s], "runs": outs})
+    save(args.name, {"transport": args.transport, "quiet_s": args.quiet_s,
+                     "warmup_s": args.warmup_s, "gap_s": [args.gap_min_s, args.gap_max_s],
+                     "runs": outs})
+
+
+# --- where a call's time goes ---------------------------------------------------------------
+
+
+PROFILED = """
+import cProfile, pstats, sys
+from queue_pump.cli import main
+profiler = cProfile.Profile()
+code = profiler.runcall(main, ["run", "--drain"])
+profiler.dump_stats(sys.argv[1])
+sys.exit(code)
+"""
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    """The pump under cProfile draining an instant runner at concurrency 1: the functions with
+    the most own time, and the share spent in queue_pump's own code (the rest is the event loop,
+    the HTTP stack and the kernel). cProfile slows every call, so read shares, not rates."""
+    import pstats
+
+    with runner() as r, tempfile.TemporaryDirectory() as cwd:
+        r.reset(args.jobs, 0)
+        out = Path(cwd) / "pump.prof"
+        env = pump_env(r.url, transport=args.transport)
+        subprocess.run([PY, "-c", PROFILED, str(out)], env=env, cwd=cwd, check=True,
+                       stdout=subprocess.DEVNULL, timeout=600)
+        processed = int(r.stats()["processed"])
+        stats = pstats.Stats(str(out))
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in entries.values())
+    ours = sum(v[2] for k, v in entries.items() if "/queue_pump/" in k[0])
+    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[: args.top]
+    top = [{"function": f"{Path(k[0]).parent.name}/{Path(k[0]).name}:{k[1]}:{k[2]}",
+            "calls": v[1], "own_s": v[2], "share": v[2] / total} for k, v in rows]
+    print(f"{processed} jobs, {total:.2f} s of own time profiled; queue_pump/* code: "
+          f"{ours:.2f} s ({100 * ours / total:.1f} %), {1e6 * ours / max(processed, 1):.0f} µs "
+          f"per job (profiled)")
+    for row in top:
+        print(f"  {100 * row['share']:5.1f} %  {row['calls']:>8}  {row['function']}")
+    save("profile", {"transport": args.transport, "jobs": processed, "total_own_s": total,
+                     "queue_pump_own_s": ours, "top": top})
 
 
 # --- installed size --------------------------------------------------------------------------
@@ -667,11 +714,18 @@ def main(argv: list[str] | None = None) -> int:
                        "hour and pickup latency")
     m.add_argument("--modes", default=",".join(MODES))
     m.add_argument("--pumps", type=int, default=3, help="pumps per mode, side by side")
+    m.add_argument("--warmup-s", type=float, default=0.0,
+                   help="idle time before the quiet window (70: past the 1-60 s ramp)")
     m.add_argument("--quiet-s", type=float, default=300.0, help="no work: idle calls per hour")
+    m.add_argument("--name", default="modes")
     m.add_argument("--samples", type=int, default=5, help="single jobs per pump after the quiet")
     m.add_argument("--gap-min-s", type=float, default=30.0)
     m.add_argument("--gap-max-s", type=float, default=120.0)
     m.add_argument("--transport", default="aiohttp", choices=TRANSPORTS)
+    f = sub.add_parser("profile", help="cProfile of a drain at concurrency 1: where time goes")
+    f.add_argument("--jobs", type=int, default=5000)
+    f.add_argument("--top", type=int, default=15)
+    f.add_argument("--transport", default="aiohttp", choices=TRANSPORTS)
     sub.add_parser("size", help="installed size of the dependencies per transport choice")
     sub.add_parser("all", help="everything above with the defaults")
     args = parser.parse_args(argv)
@@ -683,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handler = {"throughput": cmd_throughput, "capacity": cmd_capacity, "idle": cmd_idle,
                "startup": cmd_startup, "pickup": cmd_pickup, "modes": cmd_modes,
+               "profile": cmd_profile,
                "size": cmd_size}[args.cmd]
     handler(args)
     log("load", load())
