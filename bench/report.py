@@ -1,6 +1,6 @@
 """Tables (Markdown) and plots (PNG) from bench/results/*.json, for docs/BENCHMARKS.md.
 
-    /tmp/bench-venv/bin/python bench/report.py --plots docs/img > bench/results/tables.md
+    /tmp/plot/bin/python bench/report.py --plots docs/img > bench/results/tables.md
 
 Plots need matplotlib (keep it out of the project: a separate venv); without --plots only the
 tables are printed, with any Python 3.11.
@@ -134,7 +134,7 @@ def startup_table(data: dict[str, Any]) -> str:
 
 def pickup_table(data: dict[str, Any]) -> str:
     out = ["| idle sleep | enqueues | latency mean | median | max | expected mean (idle/2) | "
-           "idle calls / hour (3600/idle) | all calls / hour in the test (2 more per enqueue) |",
+           "idle calls / hour (3600/idle) | all calls / hour in the test (enqueues included) |",
            "|---|---|---|---|---|---|---|---|"]
     for run in sorted(data["runs"], key=lambda r: r["idle_ms"]):
         idle_s = run["idle_ms"] / 1000
@@ -167,9 +167,11 @@ def modes_table(data: dict[str, Any]) -> str:
     for mode, runs in _by_mode(data).items():
         lat = [x for r in runs for x in r["latencies_s"]]
         quiet = statistics.median(r["quiet_calls_per_hour"] for r in runs)
-        busy = statistics.median(r["busy_calls_per_hour"] for r in runs)
+        known = [r["busy_calls_per_hour"] for r in runs if r["busy_calls_per_hour"] is not None]
+        busy = statistics.median(known) if known else None
         asked = sum(r["samples"] for r in runs)
-        out.append(f"| {MODE_LABELS.get(mode, mode)} | {len(runs)} | {quiet:.0f} | {busy:.0f} | "
+        busy_text = "—" if busy is None else f"{busy:.0f}"
+        out.append(f"| {MODE_LABELS.get(mode, mode)} | {len(runs)} | {quiet:.0f} | {busy_text} | "
                    f"{len(lat)} of {asked} | {_secs(statistics.median(lat) if lat else None)} | "
                    f"{_secs(statistics.fmean(lat) if lat else None)} | "
                    f"{_secs(max(lat, default=None))} |")
@@ -186,6 +188,16 @@ def steady_table(data: dict[str, Any]) -> str:
         out.append(f"| {MODE_LABELS.get(mode, mode)} | {len(runs)} | {window:.0f} s | {calls} | "
                    f"{per_hour:.0f} |")
     return "\n".join(out)
+
+
+def profile_table(data: dict[str, Any]) -> str:
+    share = data["queue_pump_own_s"] / data["total_own_s"]
+    head = (f"{data['jobs']} jobs, {data['transport']} transport: queue_pump's own code "
+            f"{100 * share:.1f} % of {data['total_own_s']:.2f} s profiled\n\n")
+    out = ["| own time | calls | function |", "|---|---|---|"]
+    for row in data["top"]:
+        out.append(f"| {100 * row['share']:.1f} % | {row['calls']} | `{row['function']}` |")
+    return head + "\n".join(out)
 
 
 def _secs(x: float | None) -> str:
@@ -283,9 +295,13 @@ def plots(out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plots", metavar="DIR", help="also write the PNGs here")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where bench/run.py wrote its JSON (default: bench/results)")
     args = parser.parse_args(argv)
+    RESULTS = args.results
     sections = [("capacity", "Stand-in runner capacity", throughput_table),
                 ("throughput", "Drain throughput (jobs/s, median)", throughput_table),
                 ("throughput_c64", "Concurrency 64, 20 ms jobs, more rounds", throughput_table),
@@ -296,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("pickup", "Pickup latency", pickup_table),
                 ("modes", "Fixed vs adaptive idle vs wake-ups", modes_table),
                 ("modes_steady", "Idle calls once ramped", steady_table),
+                ("profile", "Where a call's time goes (cProfile)", profile_table),
                 ("size", "Installed size", size_table)]
     for name, title, render in sections:
         data = load(name)

@@ -85,7 +85,7 @@ def median(values: list[float]) -> float | None:
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
     path.write_text(json.dumps(data, indent=2))
@@ -194,21 +194,24 @@ def drain_once(r: Runner, variant: str, concurrency: int, job_ms: float, jobs: i
                timeout_s: float) -> Drain:
     r.reset(jobs, job_ms)
     argv, env = command(variant, r.url, concurrency)
-    with tempfile.TemporaryDirectory() as cwd:  # no stray .env is read
-        started = time.monotonic()
+    with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as errors:
+        started = time.monotonic()  # cwd: no stray .env is read
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=errors)
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            # Wait for the exit without reaping, so the timer can never signal a reused pid;
+            # then reap with wait4 for the child's CPU time.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         finally:
             timer.cancel()
+            timer.join()
+        _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
         seconds = time.monotonic() - started
+        errors.seek(0)
+        err = errors.read().decode(errors="replace")
     s = r.stats()
     processed = int(s["processed"])
     span = s["last_claim"] - s["first_claim"]
@@ -338,6 +341,15 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def first_idle_answer(r: Runner, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the pump's first idle call; a pump that died or never called is an error, not a
+    result of 0 calls or 0 CPU."""
+    if not wait_until(lambda: r.stats()["idle"] >= 1 or proc.poll() is not None, 30):
+        raise RuntimeError("the pump made no call within 30 s")
+    if proc.poll() is not None:
+        raise RuntimeError(f"the pump exited {proc.returncode} before its first idle call")
+
+
 def wait_until(predicate: Any, timeout_s: float, step_s: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -384,7 +396,7 @@ def idle_one(transport: str, health: bool, warmup_s: float, seconds: float,
         port = free_port() if health else 0
         env = pump_env(r.url, transport=transport, tick_ms=None, health_port=port)
         with pump_forever(env, cwd) as proc:
-            wait_until(lambda: r.stats()["idle"] >= 1, 30)
+            first_idle_answer(r, proc)
             time.sleep(warmup_s)
             cpu0, t0, calls0 = proc_cpu_s(proc.pid), time.monotonic(), r.stats()["idle"]
             sched0 = proc_sched_s(proc.pid)
@@ -458,17 +470,19 @@ def pickup_one(idle_ms: int, samples: int, transport: str, seed: int,
             tempfile.TemporaryDirectory() as cwd:
         r.reset(0)
         env = pump_env(r.url, transport=transport, tick_ms=None, idle_ms=idle_ms)
-        with pump_forever(env, cwd):
-            wait_until(lambda: r.stats()["idle"] >= 1, 30)
+        with pump_forever(env, cwd) as proc:
+            first_idle_answer(r, proc)
             t0, s0 = time.monotonic(), r.stats()
             latencies = []
             for _ in range(samples):
                 # A random moment in the pump's idle cycle: arrivals do not know its phase.
-                time.sleep(rng.uniform(0, idle_s * 1.1))
+                # At least one whole cycle after the last claim, so the pump is idling again
+                # (right after a claim it calls again at tick pace and would catch it at once).
+                time.sleep(rng.uniform(idle_s + 0.5, 2 * idle_s + 0.5))
                 before = int(r.stats()["pickups"])
                 r.enqueue(1)
                 if not wait_until(lambda b=before: int(r.stats()["pickups"]) > b,
-                                  idle_s * 1.5 + 10, 0.005):
+                                  idle_s * 1.5 + 10, 0.05):
                     continue
                 latencies.append(r.stats()["last_pickup"])
             t1, s1 = time.monotonic(), r.stats()
@@ -532,8 +546,8 @@ def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float
         env["QUEUE_PUMP_IDLE_MAX_SLEEP_MS"] = str(max_ms)
         if wakes:
             env["QUEUE_PUMP_WAKE_TOKEN"] = WAKE_TOKEN
-        with pump_forever(env, cwd):
-            wait_until(lambda: r.stats()["idle"] >= 1, 30)
+        with pump_forever(env, cwd) as proc:
+            first_idle_answer(r, proc)
             time.sleep(warmup_s)  # past the adaptive ramp: the steady idle rate
             t0, s0 = time.monotonic(), r.stats()
             time.sleep(quiet_s)
@@ -545,8 +559,9 @@ def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float
                 r.enqueue(1)
                 if wakes:
                     wake(port)
+                # The runner times enqueue -> claim itself: polling its stats faster buys nothing.
                 if wait_until(lambda b=before: int(r.stats()["pickups"]) > b, max_ms / 1000 * 1.5
-                              + 10, 0.002):
+                              + 10, 0.05):
                     latencies.append(r.stats()["last_pickup"])
             t2, s2 = time.monotonic(), r.stats()
     result.update({
@@ -577,9 +592,10 @@ def cmd_modes(args: argparse.Namespace) -> None:
         thread.join(args.warmup_s + args.quiet_s + args.samples * (args.gap_max_s + 70) + 300)
     for out in outs:
         lat = out.get("latencies_s", [])
+        busy = out.get("busy_calls_per_hour")
         log(f"  {out.get('mode')} #{out.get('pump')}: quiet "
             f"{out.get('quiet_calls_per_hour', 0):.0f} calls/h, with jobs "
-            f"{out.get('busy_calls_per_hour', 0):.0f} calls/h, pickup "
+            f"{'-' if busy is None else f'{busy:.0f}'} calls/h, pickup "
             f"median {median(lat)} over {len(lat)}")
     save(args.name, {"transport": args.transport, "quiet_s": args.quiet_s,
                      "warmup_s": args.warmup_s, "gap_s": [args.gap_min_s, args.gap_max_s],
@@ -615,7 +631,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
         stats = pstats.Stats(str(out))
     entries = stats.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in entries.values())
-    ours = sum(v[2] for k, v in entries.items() if "/queue_pump/" in k[0])
+    package = str(ROOT / "queue_pump") + os.sep
+    ours = sum(v[2] for k, v in entries.items() if k[0].startswith(package))
     rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[: args.top]
     top = [{"function": f"{Path(k[0]).parent.name}/{Path(k[0]).name}:{k[1]}:{k[2]}",
             "calls": v[1], "own_s": v[2], "share": v[2] / total} for k, v in rows]
@@ -670,8 +687,11 @@ def cmd_size(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the JSON results go (default: bench/results)")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def floats(text: str) -> list[float]:
@@ -730,10 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("all", help="everything above with the defaults")
     args = parser.parse_args(argv)
 
+    RESULTS = args.results
     log("machine", machine())
     if args.cmd == "all":
-        for name in ("capacity", "throughput", "startup", "idle", "pickup", "modes", "size"):
-            main([name])
+        for name in ("capacity", "throughput", "startup", "idle", "pickup", "modes", "profile",
+                     "size"):
+            main(["--results", str(RESULTS), name])
         return 0
     handler = {"throughput": cmd_throughput, "capacity": cmd_capacity, "idle": cmd_idle,
                "startup": cmd_startup, "pickup": cmd_pickup, "modes": cmd_modes,
