@@ -53,6 +53,7 @@ class Knob:
 SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url", "wake_token"})
 MAX_TOTAL_CONCURRENCY = 256
 MIN_WAKE_TOKEN = 16
+MAX_HEADER_CHARS = 4096
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -203,6 +204,11 @@ class Settings:
     alert_after: int
     # Derived at construction: (queue, concurrency) for every queue pumped.
     lanes: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = _out_of_range(self) + _rules(vars(self))
+        if problems:
+            raise ConfigError(problems)
 
     # Seconds are what the loop works in; milliseconds are what the environment speaks.
     @property
@@ -375,6 +381,11 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
         # A header value with a newline would be a request-smuggling vector.
         problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
         return None
+    if knob.env in HEADER_KNOBS and len(value) > MAX_HEADER_CHARS:
+        # Servers refuse headers past 8-16 KiB in all (431), on every call, forever.
+        problems.append(f"{knob.env} is {len(value)} characters long; expected at most "
+                        f"{MAX_HEADER_CHARS} (it is sent as an HTTP header)")
+        return None
     if knob.env in HEADER_KNOBS and not (value.isascii() and value.isprintable()):
         # Sent as an HTTP header: anything else fails every call, or the start-up, later.
         problems.append(f"{knob.env} has a character that cannot go in an HTTP header; expected "
@@ -422,35 +433,16 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
     return tuple(lanes)
 
 
-def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Settings:
-    """Build Settings from an environment-like mapping, listing every problem at once."""
+def _rules(values: Mapping[str, Any]) -> list[str]:
+    """The rules between fields, on parsed values. Settings checks them when it is built; and
+    from_mapping checks them over whatever did parse when something did not, so that one run
+    shows every problem at once."""
     problems: list[str] = []
-    values: dict[str, Any] = {}
-    missing: list[Knob] = []
-    for knob in KNOBS:
-        raw = env.get(knob.env)
-        if knob.required and (raw is None or not raw.strip()):
-            values[knob.attr] = ""
-            missing.append(knob)
-            continue
-        values[knob.attr] = _parse(knob, (knob.default or "") if raw is None else raw, problems)
-
-    for knob in missing:
-        if knob.attr == "supabase_url" and values.get("endpoint_override"):
-            continue
-        problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
-    for name, placeholder in PLACEHOLDERS.items():
-        if (env.get(name) or "").strip() == placeholder:
-            problems.append(f"{name} is still the placeholder from .env.example; set your own")
-
     if values.get("queue") is not None and not _queue_name_ok(values["queue"]):
         problems.append(f"QUEUE_PUMP_QUEUE={values['queue']!r} is not a queue name; expected "
                         "a non-empty name without spaces, ':' or ','")
-    values["lanes"] = _lanes(env, values, problems)
     idle, idle_max = values.get("idle_sleep_ms"), values.get("idle_max_sleep_ms")
-    if idle_max is None:
-        values["idle_max_sleep_ms"] = idle
-    elif isinstance(idle, int) and idle_max < idle:
+    if isinstance(idle, int) and isinstance(idle_max, int) and idle_max < idle:
         problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={idle_max} is below QUEUE_PUMP_IDLE_SLEEP_MS"
                         f"={idle}; expected max >= the idle sleep (or unset: adaptive idle off)")
     health_host = values.get("health_host")
@@ -480,8 +472,54 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
                                 "loopback (its credentials would travel in clear); use https, or "
                                 "set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
 
+    return problems
+
+
+def _out_of_range(settings: Settings) -> list[str]:
+    """Each number within its knob's range, each choice among its choices: what parsing checks
+    on the way in, checked again on the values, so a Settings built any other way is held to
+    the same rules."""
+    problems = []
+    for knob in KNOBS:
+        value = getattr(settings, knob.attr)
+        if knob.kind in ("int", "ms") and not (
+                isinstance(value, int) and (knob.low is None or value >= knob.low)
+                and (knob.high is None or value <= knob.high)):
+            problems.append(f"{knob.env}={value!r} is out of range; expected a whole number from "
+                            f"{knob.low} to {knob.high}")
+        elif knob.kind == "choice" and value not in (*knob.choices, knob.default):
+            problems.append(f"{knob.env}={value!r} is not accepted; expected one of "
+                            + ", ".join(knob.choices))
+    return problems
+
+
+def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Settings:
+    """Build Settings from an environment-like mapping, listing every problem at once."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    missing: list[Knob] = []
+    for knob in KNOBS:
+        raw = env.get(knob.env)
+        if knob.required and (raw is None or not raw.strip()):
+            values[knob.attr] = ""
+            missing.append(knob)
+            continue
+        values[knob.attr] = _parse(knob, (knob.default or "") if raw is None else raw, problems)
+
+    for knob in missing:
+        if knob.attr == "supabase_url" and values.get("endpoint_override"):
+            continue
+        problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
+    for name, placeholder in PLACEHOLDERS.items():
+        if (env.get(name) or "").strip() == placeholder:
+            problems.append(f"{name} is still the placeholder from .env.example; set your own")
+
+    values["lanes"] = _lanes(env, values, problems)
+    idle_max_sleep = values.get("idle_max_sleep_ms")
+    if idle_max_sleep is None:
+        values["idle_max_sleep_ms"] = values.get("idle_sleep_ms")  # adaptive idle off
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + _rules(values))
     if not values["worker_id"]:
         values["worker_id"] = hostname or socket.gethostname()
     return Settings(**values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,34 @@ def test_every_problem_is_reported_at_once() -> None:
     named = {p.split(" ")[0].split("=")[0] for p in info.value.problems}
     assert named == {"QUEUE_PUMP_CONCURRENCY", "QUEUE_PUMP_LOG_FORMAT", "SUPABASE_URL",
                      "AGENT_TOKEN", "ORGANIZATION_ID"}
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"concurrency": 0}, "QUEUE_PUMP_CONCURRENCY=0 is out of range"),
+    ({"idle_sleep_ms": 50}, "QUEUE_PUMP_IDLE_SLEEP_MS=50 is out of range"),
+    ({"http_transport": "curl"}, "QUEUE_PUMP_HTTP_TRANSPORT='curl' is not accepted"),
+    ({"backoff_base_ms": 5000, "backoff_max_ms": 1000}, "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below"),
+    ({"idle_max_sleep_ms": 500}, "QUEUE_PUMP_IDLE_MAX_SLEEP_MS=500 is below"),
+    ({"wake_token": "short"}, "QUEUE_PUMP_WAKE_TOKEN is 5 characters long"),
+    ({"health_host": ""}, "QUEUE_PUMP_HEALTH_HOST='' is not an address"),
+    ({"supabase_url": "http://runner.example"}, "uses plain http"),
+])
+def test_settings_hold_their_rules_however_they_are_built(change: dict[str, object],
+                                                          needle: str) -> None:
+    good = from_mapping(BASE_ENV, hostname="h")
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(good, **change)
+    assert len(info.value.problems) == 1 and needle in info.value.problems[0]
+
+
+@pytest.mark.parametrize("name", ["ORGANIZATION_ID", "QUEUE_PUMP_WORKER_ID", "AGENT_TOKEN",
+                                  "SUPABASE_ANON_KEY"])
+def test_header_values_have_a_length_cap(name: str) -> None:
+    too_long = TOKEN + "x" * 4096
+    (problem,) = problems(**{name: too_long})
+    assert problem == (f"{name} is {len(too_long)} characters long; expected at most 4096 "
+                       "(it is sent as an HTTP header)")
+    assert from_mapping({**BASE_ENV, name: "x" * 4096}, hostname="h")  # the cap itself is fine
 
 
 def test_endpoint_override_makes_supabase_url_optional() -> None:
