@@ -200,8 +200,7 @@ class RunnerClient:
         self._body = json.dumps({"worker": True, "queue": self.queue},
                                 separators=(",", ":")).encode()
         self._extensions = {"timeout": http.timeout.as_dict()}
-        pick = getattr(http, "_transport_for_url", None)
-        self._transport: httpx.AsyncBaseTransport | None = pick(self._url) if pick else None
+        self._transport = _direct_transport(http, self._url)
         self._scrub = Redactor(settings.secrets()).scrub
 
     async def call(self, now: datetime | None = None) -> Outcome:
@@ -256,6 +255,14 @@ class RunnerClient:
             return response.status_code, response.headers, b"".join(chunks)
         finally:
             await response.aclose()
+
+
+def _direct_transport(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport | None:
+    """The transport httpx would pick for ``url`` (the pool, or an environment proxy's), found
+    through httpx's private ``_transport_for_url``; None should a release drop it, and then
+    calls go through the public ``send()``."""
+    pick = getattr(http, "_transport_for_url", None)
+    return pick(url) if pick else None
 
 
 def _transport_failure(exc: BaseException) -> CallError:

@@ -45,6 +45,33 @@ def failure(**env: str) -> CallError:
 
 
 @respx.mock
+def test_without_httpxs_private_transport_lookup_the_call_goes_through_send(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # RunnerClient reaches for httpx's private AsyncClient._transport_for_url to skip the
+    # client layer; should a release drop it, the same request must still go out via send().
+    monkeypatch.setattr("queue_pump.client._direct_transport", lambda _http, _url: None)
+    route = respx.post(URL, params={"worker": "1", "queue": "agent"}).mock(side_effect=[
+        httpx.Response(200, json={"processed": True, "jobId": "j1"}),
+        httpx.Response(200, content=b"x" * 2_000_000)])
+    settings = from_mapping(BASE_ENV, hostname="box-1")
+
+    async def go() -> tuple[Outcome, CallError]:
+        async with build_http_client(settings) as http:
+            client = RunnerClient(http, settings)
+            first = await client.call()
+            with pytest.raises(CallError) as info:
+                await client.call()
+            return first, info.value
+
+    first, too_large = asyncio.run(go())
+    assert isinstance(first, Processed) and first.job_id == "j1"
+    assert too_large.reason == "too_large"
+    request = route.calls[0].request
+    assert request.headers["X-Agent-Token"] == TOKEN and request.headers["X-Worker-Id"] == "box-1"
+    assert json.loads(request.content) == {"worker": True, "queue": "agent"}
+
+
+@respx.mock
 def test_the_request_is_the_node_pumps_exactly() -> None:
     route = respx.post(URL, params={"worker": "1", "queue": "agent"}).respond(
         json={"processed": False})
