@@ -16,14 +16,19 @@ import secrets
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from .cli import OneLineParser
 
 DEMO_ORG = "demo-org"
+# The deployment's variables: the demo's pump must not inherit any of them.
+CONTRACT_VARIABLES = frozenset({"SUPABASE_URL", "AGENT_TOKEN", "ORGANIZATION_ID",
+                                "SUPABASE_ANON_KEY"})
 
 
 @dataclass
@@ -90,12 +95,14 @@ async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
     runner = await start_runner(token=token, organization_id=DEMO_ORG,
                                 faults=Faults(error_rate=fault_rate, error_status=503),
                                 rng=random.Random(seed + 1))
+    scratch = tempfile.TemporaryDirectory(prefix="queue-pump-demo-")
+    workdir = scratch.name
     try:
         specs = [JobSpec(type=j["type"], payload=j["payload"], dedupe_key=j["dedupeKey"])
                  for j in seed_jobs(jobs, rng)]
         runner.store.enqueue_many(specs)
         total = runner.store.stats()["total"]
-        env = {**os.environ, "SUPABASE_URL": runner.url, "AGENT_TOKEN": token,
+        env = {**_clean_environment(), "SUPABASE_URL": runner.url, "AGENT_TOKEN": token,
                "ORGANIZATION_ID": DEMO_ORG, "QUEUE_PUMP_CONCURRENCY": str(concurrency),
                "QUEUE_PUMP_TICK_SLEEP_MS": "0", "QUEUE_PUMP_IDLE_SLEEP_MS": "500",
                "QUEUE_PUMP_BACKOFF_BASE_MS": "100", "QUEUE_PUMP_BACKOFF_MAX_MS": "2000",
@@ -105,8 +112,10 @@ async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
               f"starting the pump with concurrency {concurrency} "
               f"({fault_rate:.0%} of runner calls answer 503)", file=out)
         started = time.monotonic()
+        # The pump starts in an empty directory, so no ./.env of a real deployment (a real
+        # QUEUE_PUMP_ENDPOINT, QUEUES or SCHEDULES) can point the demo at anything but its runner.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "queue_pump", env=env,
+            sys.executable, "-m", "queue_pump", env=env, cwd=workdir,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         tally = Tally()
         reader = asyncio.create_task(_read_events(proc, tally))
@@ -147,6 +156,17 @@ async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
         return 0 if code == 0 else 1
     finally:
         await runner.close()
+        scratch.cleanup()
+
+
+def _clean_environment() -> dict[str, str]:
+    """This environment without the pump's own variables (a shell that exported a real
+    deployment's), and with this copy of queue_pump importable from any directory."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith("QUEUE_PUMP_") and k not in CONTRACT_VARIABLES}
+    here = str(Path(__file__).resolve().parent.parent)
+    keep["PYTHONPATH"] = os.pathsep.join(filter(None, [here, keep.get("PYTHONPATH")]))
+    return keep
 
 
 def _all_jobs(store: Any) -> list[Any]:

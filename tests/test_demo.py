@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +14,28 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_drains_every_job_and_summarises() -> None:
-    import asyncio
-
     out = io.StringIO()
     assert asyncio.run(run_demo(40, 3, 0.05, seed=3, timeout_s=60, out=out)) == 0
     text = out.getvalue()
     assert "40 done, 0 failed, of 40" in text
     assert "pump exit         0 (clean stop on SIGTERM)" in text
     assert "p50" in text and "calls while idle" in text
+
+
+def test_demo_ignores_a_real_deployments_env_file_and_variables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README tells users to keep the Node pump's .env where they run queue-pump: the demo
+    # must still only ever talk to its own runner.
+    (tmp_path / ".env").write_text(
+        "QUEUE_PUMP_ENDPOINT=http://127.0.0.1:9/elsewhere\n"
+        "QUEUE_PUMP_QUEUES=agent:2,render:1\n"
+        "QUEUE_PUMP_SCHEDULES=/nonexistent/schedules.toml\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_PUMP_ENDPOINT", "http://127.0.0.1:9/exported")
+    monkeypatch.setenv("SUPABASE_ANON_KEY", "anon-from-a-real-deployment")
+    out = io.StringIO()
+    assert asyncio.run(run_demo(12, 2, 0.0, seed=5, timeout_s=60, out=out)) == 0
+    assert "12 done, 0 failed, of 12" in out.getvalue()
 
 
 def test_demo_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
