@@ -67,8 +67,10 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
     for knob in KNOBS:
         if knob.secret:
             continue  # secrets on a command line show up in ps and shell history
+        # A switch may stand alone (--allow-insecure-http) or take a value (... 0).
+        extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind == "bool" else {}
         knobs.add_argument(_flag(knob.env), dest=knob.env, metavar="VALUE", default=None,
-                           help=argparse.SUPPRESS)
+                           help=argparse.SUPPRESS, **extra)
     return parser
 
 

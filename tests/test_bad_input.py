@@ -297,3 +297,21 @@ def test_any_answers_never_crash_a_loop(answers: list[tuple[int, dict[str, str],
     assert not any(key.endswith(":internal") for key in stats.snapshot()["errors"])
     assert all(math.isfinite(p) and 0 <= p <= RETRY_AFTER_CEILING_S for p in fake.pauses)
     assert all(e["event"] != "call_failed" or e.get("attempt", 0) >= 1 for e in logs)
+
+
+def test_a_switch_stands_alone_or_takes_a_value(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[bool] = []
+
+    async def capture(settings: Any, *_: Any) -> int:
+        seen.append(settings.allow_insecure_http)
+        return ACCEPTED
+
+    monkeypatch.setattr("queue_pump.app.serve", capture)
+    env = {**BASE_ENV, "SUPABASE_URL": "http://runner.internal:8000"}
+    assert run_cli(["--allow-insecure-http", "--once"], env, capsys)[0] == ACCEPTED
+    assert run_cli(["--once", "--allow-insecure-http"], env, capsys)[0] == ACCEPTED
+    assert run_cli(["--allow-insecure-http", "yes"], env, capsys)[0] == ACCEPTED
+    code, _, err = run_cli(["--allow-insecure-http", "0", "--once"], env, capsys)
+    assert code == 2 and "uses plain http" in err
+    assert seen == [True, True, True]
