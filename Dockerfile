@@ -2,7 +2,8 @@
 #
 #   docker build -t queue-pump:local .
 #   docker run --rm --env-file .env queue-pump:local            # runs the pump (default command)
-#   docker run --rm --env-file .env queue-pump:local status     # any subcommand works the same way
+#   docker run --rm --env-file .env queue-pump:local config     # any subcommand works the same way
+#   docker exec <container> queue-pump status                    # ask a running pump
 #
 # Two stages: the builder makes a virtualenv from requirements.lock (pinned, every file's sha256
 # checked) plus the project itself; the final image copies only that venv onto a clean base, so

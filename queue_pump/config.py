@@ -120,7 +120,8 @@ KNOBS: tuple[Knob, ...] = (
          "Port of the health endpoint; 0 turns it off.", low=0, high=65535),
     Knob("QUEUE_PUMP_WAKE_TOKEN", "wake_token", "secret", "",
          "Enables POST /wake on the health endpoint for callers sending it as a bearer token "
-         f"(at least {MIN_WAKE_TOKEN} characters); wakes idle loops at once. SIGUSR1 too."),
+         f"(at least {MIN_WAKE_TOKEN} characters); wakes idle loops at once. SIGUSR1 wakes "
+         "them with or without it."),
     Knob("QUEUE_PUMP_MAX_CALLS_PER_HOUR", "max_calls_per_hour", "int", "0",
          "Cap on all runner calls (a token bucket shared by every loop; work is paced, never "
          "dropped). 0: no cap.", low=0, high=100_000_000),
