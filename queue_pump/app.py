@@ -61,7 +61,7 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
     schedules: list[Any] = []
     if settings.schedules and mode is Mode.FOREVER:
         # Loaded before anything starts: a bad file is exit 2, like any other bad setting.
-        from .schedules import load_schedules
+        from .schedule_file import load_schedules
 
         try:
             schedules = load_schedules(settings.schedules,
@@ -143,7 +143,8 @@ async def _run_schedules(schedules: list[Any], settings: Settings, stats: Stats,
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True
-    from .schedules import Scheduler, describe
+    from .schedule_file import describe
+    from .schedules import Scheduler
 
     log.info("schedules_loaded", schedules=describe(schedules, datetime.now(UTC)))
     try:

@@ -119,7 +119,7 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if settings.schedules:  # the file is configuration too: check it here, not at first run
         from datetime import UTC, datetime
 
-        from .schedules import describe, load_schedules
+        from .schedule_file import describe, load_schedules
 
         try:
             schedules = load_schedules(settings.schedules,

@@ -20,13 +20,8 @@ from queue_pump.client import build_http_client, contract_headers
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.pump import stop_or_timeout
 from queue_pump.reference_runner import start_runner
-from queue_pump.schedules import (
-    Schedule,
-    Scheduler,
-    describe,
-    iso_window,
-    load_schedules,
-)
+from queue_pump.schedule_file import Schedule, describe, iso_window, load_schedules
+from queue_pump.schedules import Scheduler
 
 from .conftest import ANON, BASE_ENV, TOKEN
 
