@@ -11,15 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import (
-    KNOBS,
-    ConfigError,
-    Settings,
-    describe_knobs,
-    env_example,
-    from_mapping,
-    load_env,
-)
+from .config import ConfigError, Settings, from_mapping, load_env
+from .knobs import KNOBS, describe_knobs, env_example
 from .pump import ExitCode, Mode
 
 COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")

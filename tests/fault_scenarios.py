@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from queue_pump.config import KNOBS_BY_ENV
+from queue_pump.knobs import KNOBS_BY_ENV
 
 from .conftest import TOKEN
 from .proc import pump_env, start

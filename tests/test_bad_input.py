@@ -1,6 +1,6 @@
 """Bad input never crashes the pump.
 
-1. Every knob in queue_pump.config.KNOBS, as a variable and as a flag, with empty, non-numeric,
+1. Every knob in queue_pump.knobs.KNOBS, as a variable and as a flag, with empty, non-numeric,
    negative, huge and malformed values, through the real CLI entry point: exit 2 and exactly one
    line naming the variable, nothing on stdout, never the token. In-process (cli.main with the
    pump's start replaced by a stub, so an accepted value is seen, never run) for the sweep, and
@@ -36,7 +36,8 @@ from queue_pump.client import (
     build_http_client,
     classify,
 )
-from queue_pump.config import KNOBS, Knob, from_mapping
+from queue_pump.config import from_mapping
+from queue_pump.knobs import KNOBS, Knob
 from queue_pump.pump import Lane, Policy, Pump
 from queue_pump.stats import Stats
 

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.config import (
-    KNOBS,
-    ConfigError,
-    env_example,
-    from_mapping,
-    is_loopback_host,
-    load_env,
-    redact_url,
-)
+from queue_pump.config import ConfigError, from_mapping, is_loopback_host, load_env, redact_url
+from queue_pump.knobs import KNOBS, env_example
 
 from .conftest import ANON, BASE_ENV, TOKEN
 

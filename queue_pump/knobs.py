@@ -1,0 +1,148 @@
+"""Every setting, declared once: its variable, attribute, kind, default, help and range.
+
+Parsing (config.py), ``--help``, ``.env.example`` and the README table are all derived from this
+table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    attr: str
+    kind: str  # ms | int | bool | str | choice | url | secret
+    default: str | None
+    help: str
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+    optional: bool = False  # empty means "not set" (None), resolved after parsing
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret" or self.attr in SECRET_ATTRS
+
+
+# Values that must never reach any output: the webhook URL is in the list because Slack-style
+# webhook URLs carry their credential in the path.
+SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url", "wake_token"})
+MAX_TOTAL_CONCURRENCY = 256
+MIN_WAKE_TOKEN = 16
+MAX_HEADER_CHARS = 4096
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("SUPABASE_URL", "supabase_url", "url", None,
+         "Project URL; the runner is {SUPABASE_URL}/functions/v1/ai-job-runner. "
+         "Not needed when QUEUE_PUMP_ENDPOINT is set.", required=True),
+    Knob("AGENT_TOKEN", "agent_token", "secret", None,
+         "Sent as X-Agent-Token on every call.", required=True),
+    Knob("ORGANIZATION_ID", "organization_id", "str", None,
+         "Sent as X-Organization-Id on every call.", required=True),
+    Knob("SUPABASE_ANON_KEY", "anon_key", "secret", "",
+         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying functions)."),
+    Knob("QUEUE_PUMP_ENDPOINT", "endpoint_override", "url", "",
+         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners)."),
+    Knob("QUEUE_PUMP_QUEUE", "queue", "str", "agent",
+         "Queue name, sent in the query (queue=) and the body."),
+    Knob("QUEUE_PUMP_CONCURRENCY", "concurrency", "int", "1",
+         "Loops calling the runner at once, sharing one connection pool.", low=1, high=256),
+    Knob("QUEUE_PUMP_QUEUES", "queues", "str", "",
+         "Several queues from one process: name:concurrency,... (e.g. agent:2,render:1). "
+         "Replaces QUEUE_PUMP_QUEUE and QUEUE_PUMP_CONCURRENCY."),
+    Knob("QUEUE_PUMP_IDLE_SLEEP_MS", "idle_sleep_ms", "ms", "10000",
+         "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS),
+    Knob("QUEUE_PUMP_IDLE_MAX_SLEEP_MS", "idle_max_sleep_ms", "ms", "",
+         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "
+         "processed job snaps back. Default: the idle sleep (off).", low=100, high=DAY_MS,
+         optional=True),
+    Knob("QUEUE_PUMP_TICK_SLEEP_MS", "tick_sleep_ms", "ms", "250",
+         "Sleep after a processed job.", low=0, high=HOUR_MS),
+    Knob("QUEUE_PUMP_HTTP_TIMEOUT_MS", "http_timeout_ms", "ms", "1800000",
+         "Longest a single call may take, start to last byte.", low=1000, high=DAY_MS),
+    Knob("QUEUE_PUMP_CONNECT_TIMEOUT_MS", "connect_timeout_ms", "ms", "10000",
+         "Longest the TCP/TLS connect may take.", low=100, high=HOUR_MS),
+    Knob("QUEUE_PUMP_LOG_EVERY", "log_every", "int", "10",
+         "Log a progress line every N processed jobs (0: only yielded jobs).", low=0,
+         high=1_000_000),
+    Knob("QUEUE_PUMP_BACKOFF_BASE_MS", "backoff_base_ms", "ms", "1000",
+         "First retry delay bound after a failed call; doubles per failure (full jitter).",
+         low=1, high=HOUR_MS),
+    Knob("QUEUE_PUMP_BACKOFF_MAX_MS", "backoff_max_ms", "ms", "60000",
+         "Cap of the retry delay; also the delay after 401/403/404.", low=1, high=HOUR_MS),
+    Knob("QUEUE_PUMP_SHUTDOWN_GRACE_MS", "shutdown_grace_ms", "ms", "30000",
+         "On SIGTERM/SIGINT, how long calls in flight may take to finish.", low=0, high=HOUR_MS),
+    Knob("QUEUE_PUMP_MAX_RESPONSE_BYTES", "max_response_bytes", "int", str(MIB),
+         "Largest runner answer read; a larger one is an error (never buffered).",
+         low=1024, high=256 * MIB),
+    Knob("QUEUE_PUMP_HTTP_TRANSPORT", "http_transport", "choice", "aiohttp",
+         "What carries the calls under the httpx API: httpx (its own pool) or aiohttp "
+         "(httpx-aiohttp).", choices=("httpx", "aiohttp")),
+    Knob("QUEUE_PUMP_LOG_FORMAT", "log_format", "choice", "",
+         "json or console; default json when stdout is not a terminal.",
+         choices=("json", "console")),
+    Knob("QUEUE_PUMP_LOG_LEVEL", "log_level", "choice", "info", "Lowest level logged.",
+         choices=("debug", "info", "warning", "error")),
+    Knob("QUEUE_PUMP_WORKER_ID", "worker_id", "str", "",
+         "Sent as X-Worker-Id so a runner can tell pumps apart; default the hostname."),
+    Knob("QUEUE_PUMP_ALLOW_INSECURE_HTTP", "allow_insecure_http", "bool", "0",
+         "Allow plain http:// to a host that is not loopback (the token travels in clear)."),
+    Knob("QUEUE_PUMP_HEALTH_HOST", "health_host", "str", "127.0.0.1",
+         "Address of the health endpoint (/healthz /readyz /metrics); 0.0.0.0 in a container."),
+    Knob("QUEUE_PUMP_HEALTH_PORT", "health_port", "int", "8080",
+         "Port of the health endpoint; 0 turns it off.", low=0, high=65535),
+    Knob("QUEUE_PUMP_WAKE_TOKEN", "wake_token", "secret", "",
+         "Enables POST /wake on the health endpoint for callers sending it as a bearer token "
+         f"(at least {MIN_WAKE_TOKEN} characters); wakes idle loops at once. SIGUSR1 wakes "
+         "them with or without it."),
+    Knob("QUEUE_PUMP_MAX_CALLS_PER_HOUR", "max_calls_per_hour", "int", "0",
+         "Cap on all runner calls (a token bucket shared by every loop; work is paced, never "
+         "dropped). 0: no cap.", low=0, high=100_000_000),
+    Knob("QUEUE_PUMP_SCHEDULES", "schedules", "str", "",
+         "A TOML file of cron entries to enqueue (see docs/SCHEDULES.md)."),
+    Knob("QUEUE_PUMP_ALERT_WEBHOOK_URL", "alert_webhook_url", "url", "",
+         "Receives one JSON POST when a failure streak reaches ALERT_AFTER, one on recovery."),
+    Knob("QUEUE_PUMP_ALERT_AFTER", "alert_after", "int", "10",
+         "Consecutive failed calls that make an outage.", low=1, high=1_000_000),
+)
+
+KNOBS_BY_ENV = {k.env: k for k in KNOBS}
+
+# What .env.example ships with: a pump started on these would call nobody's runner.
+PLACEHOLDERS = {"SUPABASE_URL": "https://your-project.supabase.co", "AGENT_TOKEN": "change-me",
+                "ORGANIZATION_ID": "your-organization-id"}
+
+# Values that travel as HTTP headers on every call.
+HEADER_KNOBS = frozenset({"AGENT_TOKEN", "ORGANIZATION_ID", "SUPABASE_ANON_KEY",
+                          "QUEUE_PUMP_WORKER_ID", "QUEUE_PUMP_WAKE_TOKEN"})
+
+
+def describe_knobs() -> str:
+    """The variables table for --help."""
+    lines = []
+    for knob in KNOBS:
+        default = "(required)" if knob.required else (knob.default or "(empty)")
+        lines.append(f"  {knob.env:<31} {default:<10} {knob.help}")
+    return "\n".join(lines)
+
+
+def env_example() -> str:
+    """The text of .env.example; a test keeps the committed file equal to this."""
+    out = ["# queue-pump configuration. Copy to .env; the real environment wins over this file.",
+           "# Generated from queue_pump/knobs.py (python -m queue_pump config --env-example).", ""]
+    for knob in KNOBS:
+        out.append(f"# {knob.help}")
+        if knob.required:
+            out.append(f"{knob.env}={PLACEHOLDERS[knob.env]}")
+        else:
+            out.append(f"# {knob.env}={knob.default or ''}")
+        out.append("")
+    return "\n".join(out)
