@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,40 @@ from . import kit
 
 REQUIRED = os.environ.get("QUEUE_PUMP_REQUIRE_KIT") == "1"
 TEMPLATE = "kit_template"
+_LEFT_OUT = pytest.StashKey[dict[str, int]]()
 _counter = itertools.count()
+
+
+def _hint_for(item: pytest.Item) -> str | None:
+    if kit.find_pg_bin() is None:
+        return kit.PG_HINT
+    if "deno_bin" in getattr(item, "fixturenames", ()) and kit.find_deno() is None:
+        return kit.DENO_HINT
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without PostgreSQL or Deno the kit's tests are left out with one summary line, not one
+    skip line per test; QUEUE_PUMP_REQUIRE_KIT=1 keeps them, so the fixtures fail instead."""
+    if REQUIRED:
+        return
+    left_out: dict[str, int] = {}
+    kept = []
+    for item in items:
+        hint = _hint_for(item) if item.get_closest_marker("kit") else None
+        if hint is None:
+            kept.append(item)
+        else:
+            left_out[hint] = left_out.get(hint, 0) + 1
+    if left_out:
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+        config.stash[_LEFT_OUT] = left_out
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for hint, count in config.stash.get(_LEFT_OUT, {}).items():
+        terminalreporter.write_line(f"SKIPPED {count} Supabase kit tests: {hint}", yellow=True)
 
 
 def _missing(hint: str) -> None:

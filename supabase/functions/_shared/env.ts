@@ -1,0 +1,23 @@
+// Settings read once from the environment; a bad value stops the function at start with one
+// line naming the variable and what it accepts.
+
+export function intFromEnv(name: string, fallback: number, min: number, max: number): number {
+  const raw = Deno.env.get(name);
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw.slice(0, 40))}`);
+  }
+  return value;
+}
+
+export function requiredEnv(name: string): string {
+  const value = Deno.env.get(name);
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+}
+
+/** Comma-separated list; empty or unset means "no list". */
+export function listFromEnv(name: string): string[] {
+  return (Deno.env.get(name) ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
+}
