@@ -1,0 +1,81 @@
+"""The kit's other files: config.toml read by a TOML parser, the pg_cron snippet run on a real
+PostgreSQL against stand-ins for pg_cron, pg_net and Vault (none of which a plain PostgreSQL
+has): they record what the snippet schedules and sends, and the scheduled SQL is then run."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import psycopg
+import pytest
+
+from . import kit
+
+SNIPPET = kit.ROOT / "supabase" / "snippets" / "pg_cron_safety_net.sql"
+
+STAND_INS = """
+create schema cron;
+create table cron.job (jobname text primary key, schedule text, command text);
+create function cron.schedule(name text, schedule text, command text) returns bigint
+  language sql as $$ insert into cron.job values (name, schedule, command) returning 1::bigint $$;
+create schema vault;
+create table vault.secrets (name text primary key, secret text);
+create function vault.create_secret(secret text, name text) returns uuid
+  language sql as $$ insert into vault.secrets values (name, secret);
+                     select gen_random_uuid() $$;
+create view vault.decrypted_secrets as select name, secret as decrypted_secret from vault.secrets;
+create schema net;
+create table net.sent (url text, headers jsonb, body jsonb, timeout_milliseconds int);
+create function net.http_post(url text, body jsonb, headers jsonb, timeout_milliseconds int)
+  returns bigint language sql as $$
+    insert into net.sent values (url, headers, body, timeout_milliseconds) returning 1::bigint $$;
+"""
+
+
+def test_config_toml_declares_each_function_the_kit_ships() -> None:
+    config = tomllib.loads((kit.ROOT / "supabase" / "config.toml").read_text())
+    shipped = {p.name for p in kit.FUNCTIONS.iterdir()
+               if p.is_dir() and not p.name.startswith("_")}
+    assert shipped == {"ai-job-runner", "enqueue"}
+    assert set(config["functions"]) == shipped
+    for name in shipped:
+        # The pump authenticates with its own token; see the comment in config.toml.
+        assert config["functions"][name]["verify_jwt"] is False
+        assert (kit.FUNCTIONS / name / "index.ts").is_file()
+        assert json.loads((kit.FUNCTIONS / name / "deno.json").read_text()) is not None
+
+
+def test_migration_file_names_follow_the_cli_timestamp_form() -> None:
+    assert kit.MIGRATIONS
+    for path in kit.MIGRATIONS:
+        assert re.fullmatch(r"\d{14}_[a-z0-9_]+\.sql", path.name), path.name
+
+
+@pytest.mark.kit
+def test_the_pg_cron_snippet_schedules_the_pumps_exact_call(db_url: str, org: str) -> None:
+    text = SNIPPET.read_text()
+    values = {"<project-ref>": "proj", "<AGENT_TOKEN>": "tok-123", "<ORGANIZATION_ID>": org}
+    for placeholder, value in values.items():
+        assert placeholder in text
+        text = text.replace(placeholder, value)
+    # The stand-ins replace the extensions; everything else runs as written.
+    text = re.sub(r"(?m)^create extension .*$", "", text)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(STAND_INS)
+        conn.execute(text)  # type: ignore[arg-type]
+        jobs = conn.execute("select jobname, schedule, command from cron.job"
+                            " order by jobname").fetchall()
+        assert [(name, when) for name, when, _ in jobs] == [
+            ("queue-pump-purge", "17 * * * *"), ("queue-pump-safety-net", "* * * * *")]
+        conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo')", (org,))
+        for _, _, command in jobs:
+            conn.execute(command)
+        [(url, headers, body, timeout)] = conn.execute("select * from net.sent").fetchall()
+    assert url == "https://proj.supabase.co/functions/v1/ai-job-runner?worker=1&queue=agent"
+    assert body == {"worker": True, "queue": "agent"}
+    assert headers["X-Agent-Token"] == "tok-123" and headers["X-Organization-Id"] == org
+    assert headers["Content-Type"] == "application/json"
+    assert timeout == 150000
+    assert "tok-123" not in SNIPPET.read_text()
