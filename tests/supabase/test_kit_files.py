@@ -5,8 +5,11 @@ has): they record what the snippet schedules and sends, and the scheduled SQL is
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import tomllib
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -79,3 +82,17 @@ def test_the_pg_cron_snippet_schedules_the_pumps_exact_call(db_url: str, org: st
     assert headers["Content-Type"] == "application/json"
     assert timeout == 150000
     assert "tok-123" not in SNIPPET.read_text()
+
+
+@pytest.mark.kit
+def test_the_handler_example_in_the_docs_type_checks(deno_bin: Path, tmp_path: Path) -> None:
+    doc = (kit.ROOT / "docs" / "SUPABASE.md").read_text()
+    example = re.search(r"(?ms)^const summarise: Handler = .*?^};$", doc)
+    assert example is not None
+    handlers = kit.FUNCTIONS / "ai-job-runner" / "handlers.ts"
+    check = tmp_path / "example.ts"
+    check.write_text(f'import type {{ Handler }} from "{handlers.as_uri()}";\n'
+                     f"{example.group(0)}\nexport {{ summarise }};\n")
+    out = subprocess.run([str(deno_bin), "check", "--quiet", str(check)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
