@@ -2,6 +2,7 @@
 // C loops calling until an idle answer, then all stop. Node 18+.
 //
 //   node bench/node_loop.mjs http://127.0.0.1:PORT [concurrency]
+//   (AGENT_TOKEN and ORGANIZATION_ID from the environment, if set)
 
 const base = (process.argv[2] || "").replace(/\/+$/, "");
 const concurrency = Number(process.argv[3] || "1");
@@ -11,8 +12,8 @@ if (!base) {
 }
 const url = `${base}/functions/v1/ai-job-runner?worker=1&queue=agent`;
 const headers = {
-  "X-Agent-Token": "bench-token",
-  "X-Organization-Id": "bench-org",
+  "X-Agent-Token": process.env.AGENT_TOKEN || "bench-token",
+  "X-Organization-Id": process.env.ORGANIZATION_ID || "bench-org",
   "X-Worker-Id": "bench",
   "Content-Type": "application/json",
   Accept: "application/json",

@@ -28,6 +28,7 @@ create table queue_pump.jobs (
   status           text        not null default 'queued'
                                check (status in ('queued', 'running', 'done', 'failed')),
   attempts         integer     not null default 0 check (attempts >= 0),
+  yields           integer     not null default 0 check (yields >= 0),
   max_attempts     integer     not null default 5 check (max_attempts between 1 and 1000),
   run_at           timestamptz not null default now(),
   locked_by        text,
@@ -93,6 +94,7 @@ create function queue_pump.enqueue_job(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 #variable_conflict use_column
 declare
@@ -138,6 +140,7 @@ create function queue_pump.enqueue(
 language sql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
   select e.id from queue_pump.enqueue_job(
     organization_id => enqueue.organization_id,
@@ -161,10 +164,14 @@ create function queue_pump.claim(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   job_id bigint;
-  holder text := coalesce(claim.worker, 'anonymous');
+  -- The holder is the lease: without a worker name each claim gets its own, returned in
+  -- locked_by, so two callers can never complete each other's jobs.
+  holder text := coalesce(claim.worker, gen_random_uuid()::text);
+  q text := coalesce(claim.queue, 'agent');
   claimed queue_pump.jobs;
 begin
   if claim.lease_seconds is null or claim.lease_seconds < 1 or claim.lease_seconds > 86400 then
@@ -173,13 +180,13 @@ begin
   end if;
 
   -- A running job whose lease ran out lost its worker. If that was its last attempt it ends
-  -- failed here rather than running once more than max_attempts allows.
+  -- failed here (at most 100 a call, so one claim stays short; the rest on later calls).
   update queue_pump.jobs j
      set status = 'failed', finished_at = now(), updated_at = now(),
          locked_by = null, lease_expires_at = null,
          last_error = 'lease expired on the last attempt (worker lost)'
     from (select x.id from queue_pump.jobs x
-           where x.organization_id = claim.organization_id and x.queue = claim.queue
+           where x.organization_id = claim.organization_id and x.queue = q
              and x.status = 'running' and x.lease_expires_at < now()
              and x.attempts >= x.max_attempts
            limit 100
@@ -188,15 +195,16 @@ begin
 
   -- Expired leases first: those jobs have waited since their lease ran out.
   select x.id into job_id from queue_pump.jobs x
-   where x.organization_id = claim.organization_id and x.queue = claim.queue
+   where x.organization_id = claim.organization_id and x.queue = q
      and x.status = 'running' and x.lease_expires_at < now()
+     and x.attempts < x.max_attempts          -- never more runs than max_attempts
    order by x.lease_expires_at
    limit 1
    for update skip locked;
 
   if job_id is null then
     select x.id into job_id from queue_pump.jobs x
-     where x.organization_id = claim.organization_id and x.queue = claim.queue
+     where x.organization_id = claim.organization_id and x.queue = q
        and x.status = 'queued' and x.run_at <= now()
      order by x.run_at, x.id
      limit 1
@@ -231,6 +239,7 @@ create function queue_pump.heartbeat(
 language sql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
   update queue_pump.jobs j
      set lease_expires_at = now() + make_interval(secs => greatest(1, least(heartbeat.lease_seconds, 86400))),
@@ -248,6 +257,7 @@ create function queue_pump.complete(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 begin
   update queue_pump.jobs j
@@ -269,6 +279,7 @@ create function queue_pump.fail(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   outcome text;
@@ -276,8 +287,8 @@ begin
   update queue_pump.jobs j
      set status = case when j.attempts >= j.max_attempts then 'failed' else 'queued' end,
          -- Default backoff: 10 s, 20 s, 40 s ... capped at 1 h.
-         run_at = now() + make_interval(secs => coalesce(
-           fail.retry_in_seconds, least(3600, 10 * power(2, greatest(j.attempts - 1, 0))))),
+         run_at = now() + make_interval(secs => least(greatest(coalesce(
+           fail.retry_in_seconds, 10 * power(2, least(greatest(j.attempts - 1, 0), 20))), 0), 3600)),
          finished_at = case when j.attempts >= j.max_attempts then now() end,
          last_error = left(coalesce(fail.error, 'failed'), 2000),
          locked_by = null, lease_expires_at = null, updated_at = now()
@@ -287,27 +298,45 @@ begin
 end;
 $$;
 
--- A yield: the job goes back to queued with its progress saved, due again after run_in_seconds.
--- The attempt is given back too, since stopping early on purpose is not a failure.
+-- A yield: the job goes back to queued with its progress saved, due again after run_in_seconds
+-- (0 to 86400). Stopping early on purpose is not a failure, so the attempt is given back, for
+-- up to max_free_yields yields of one job; past that each yield counts as a failed attempt, so
+-- a handler that yields forever still ends `failed` after max_attempts.
+-- Returns 'yielded', 'failed' (a counted yield on the last attempt), or null when the caller no
+-- longer holds the lease (nothing changed).
 create function queue_pump.requeue(
   job_id bigint,
   worker text,
   progress jsonb default null,
-  run_in_seconds double precision default 0
-) returns boolean
+  run_in_seconds double precision default 0,
+  max_free_yields integer default 100
+) returns text
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
+declare
+  outcome text;
 begin
   update queue_pump.jobs j
-     set status = 'queued',
-         attempts = greatest(j.attempts - 1, 0),
+     set status = case when j.yields >= requeue.max_free_yields and j.attempts >= j.max_attempts
+                       then 'failed' else 'queued' end,
+         attempts = case when j.yields < requeue.max_free_yields
+                         then greatest(j.attempts - 1, 0) else j.attempts end,
+         yields = j.yields + 1,
          progress = coalesce(requeue.progress, j.progress),
-         run_at = now() + make_interval(secs => greatest(coalesce(requeue.run_in_seconds, 0), 0)),
+         run_at = now() + make_interval(
+           secs => least(greatest(coalesce(requeue.run_in_seconds, 0), 0), 86400)),
+         finished_at = case when j.yields >= requeue.max_free_yields
+                             and j.attempts >= j.max_attempts then now() end,
+         last_error = case when j.yields >= requeue.max_free_yields
+                           then 'yielded more than ' || requeue.max_free_yields || ' times'
+                           else j.last_error end,
          locked_by = null, lease_expires_at = null, updated_at = now()
-   where j.id = requeue.job_id and j.status = 'running' and j.locked_by = requeue.worker;
-  return found;
+   where j.id = requeue.job_id and j.status = 'running' and j.locked_by = requeue.worker
+  returning case when j.status = 'failed' then 'failed' else 'yielded' end into outcome;
+  return outcome;
 end;
 $$;
 
@@ -328,6 +357,7 @@ language sql
 stable
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
   with counts as (
     select
@@ -346,6 +376,7 @@ as $$
       select x.lease_expires_at from queue_pump.jobs x
        where x.organization_id = stats.organization_id and x.queue = stats.queue
          and x.status = 'running' and x.lease_expires_at < now()
+         and x.attempts < x.max_attempts
     ) d
   )
   select c.queued, c.running, c.done, c.failed, d.due,
@@ -363,6 +394,7 @@ create function queue_pump.purge(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   deleted integer;
@@ -381,6 +413,8 @@ $$;
 
 -- Only the service role (the Edge Functions' and the server's database user) may call these.
 revoke all on all functions in schema queue_pump from public;
+-- Functions added to the schema later start with no EXECUTE for PUBLIC either.
+alter default privileges in schema queue_pump revoke execute on functions from public;
 do $$
 begin
   execute 'revoke all on all functions in schema queue_pump from anon, authenticated';

@@ -4,15 +4,18 @@
 -- they have a pump, so that jobs still move (slowly: one job a minute) while no pump runs.
 -- With a pump running it adds one call a minute, which finds the queue empty or takes a job.
 -- Run it once in the SQL editor (Dashboard > SQL) after replacing the three values in <...>;
--- the token and organization live in Vault, not in the job's text.
+-- the token and organization live in Vault, not in the job's text. Re-running it is safe.
 -- Undo: select cron.unschedule('queue-pump-safety-net'); select cron.unschedule('queue-pump-purge');
 
 create extension if not exists pg_cron;
 create extension if not exists pg_net;
 
-select vault.create_secret('https://<project-ref>.supabase.co', 'queue_pump_project_url');
-select vault.create_secret('<AGENT_TOKEN>', 'queue_pump_agent_token');
-select vault.create_secret('<ORGANIZATION_ID>', 'queue_pump_organization_id');
+select vault.create_secret('https://<project-ref>.supabase.co', 'queue_pump_project_url')
+ where not exists (select 1 from vault.secrets where name = 'queue_pump_project_url');
+select vault.create_secret('<AGENT_TOKEN>', 'queue_pump_agent_token')
+ where not exists (select 1 from vault.secrets where name = 'queue_pump_agent_token');
+select vault.create_secret('<ORGANIZATION_ID>', 'queue_pump_organization_id')
+ where not exists (select 1 from vault.secrets where name = 'queue_pump_organization_id');
 
 -- The pump's call, byte for byte the same request (docs/RUNNER_CONTRACT.md).
 select cron.schedule('queue-pump-safety-net', '* * * * *', $job$
@@ -33,7 +36,14 @@ select cron.schedule('queue-pump-safety-net', '* * * * *', $job$
   );
 $job$);
 
--- Housekeeping: finished jobs older than 7 days, in batches, every hour.
-select cron.schedule('queue-pump-purge', '17 * * * *', $job$
-  select queue_pump.purge(interval '7 days', 10000);
+-- Housekeeping: finished jobs older than 7 days, every 5 minutes, in batches of 10,000 (short
+-- transactions) until fewer are left: up to 200,000 a run, more than a busy queue finishes.
+select cron.schedule('queue-pump-purge', '*/5 * * * *', $job$
+  do $purge$
+  begin
+    for batch in 1..20 loop
+      exit when queue_pump.purge(interval '7 days', 10000) < 10000;
+    end loop;
+  end
+  $purge$;
 $job$);

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -239,3 +243,41 @@ def test_a_schedule_fires_into_the_enqueue_function_once_across_two_pumps(
         assert created[-1] is True and created.count(True) == 1, (window, created)
     assert {j["dedupe_key"] for j in jobs} == {f"minutely:{w}" for w in windows}
     assert {j["payload"]["for"] for j in jobs} == windows
+
+
+def test_sigterm_lets_the_call_in_flight_finish_then_the_function_exits(
+        deno_bin: Path, db_url: str, org: str) -> None:
+    query(db_url, "select queue_pump.enqueue(%s, 'agent', 'sleep', '{\"ms\": 1500}')", org)
+    answers: list[tuple[int, Any]] = []
+    with functions(deno_bin, "ai-job-runner", db_url) as [fn]:
+        caller = threading.Thread(target=lambda: answers.append(post(fn.url, {}, org=org)))
+        caller.start()
+        kit.wait_until(lambda: query(db_url, "select 1 from queue_pump.jobs"
+                                             " where status = 'running'"), 30, "the claim")
+        fn.proc.send_signal(signal.SIGTERM)
+        caller.join(timeout=30)
+        code = fn.proc.wait(timeout=30)
+    assert code == 0
+    assert answers and answers[0][0] == 200 and answers[0][1]["status"] == "done"
+    assert query(db_url, "select status from queue_pump.jobs") == [{"status": "done"}]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"AGENT_TOKEN": "short"}, "AGENT_TOKEN is 5 characters; use at least 16"),
+    ({"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": "postgresql://u:TopSecretPw@[::1:5432/db"},
+     "SUPABASE_DB_URL is not a postgresql:// URL"),
+    ({"AGENT_TOKEN": TOKEN, "JOB_LEASE_SECONDS": "soon"},
+     'JOB_LEASE_SECONDS must be a whole number from 2 to 86400, got "soon"'),
+])
+def test_a_misconfigured_function_says_one_line_and_exits_2(
+        deno_bin: Path, env: dict[str, str], expected: str) -> None:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("QUEUE_PUMP_")}
+    full.update({"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", "PORT": str(kit.free_port()),
+                 "SUPABASE_DB_URL": "postgresql://u:TopSecretPw@127.0.0.1:1/db", **env})
+    out = subprocess.run([str(deno_bin), "run", "-A", "--no-prompt",
+                          str(kit.FUNCTIONS / "ai-job-runner" / "index.ts")],
+                         env=full, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ai-job-runner: {expected}"), lines
+    assert "TopSecretPw" not in out.stderr + out.stdout

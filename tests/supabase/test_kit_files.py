@@ -21,8 +21,11 @@ SNIPPET = kit.ROOT / "supabase" / "snippets" / "pg_cron_safety_net.sql"
 STAND_INS = """
 create schema cron;
 create table cron.job (jobname text primary key, schedule text, command text);
+-- pg_cron replaces a job scheduled again under the same name.
 create function cron.schedule(name text, schedule text, command text) returns bigint
-  language sql as $$ insert into cron.job values (name, schedule, command) returning 1::bigint $$;
+  language sql as $$ insert into cron.job values (name, schedule, command)
+    on conflict (jobname) do update set schedule = excluded.schedule, command = excluded.command
+    returning 1::bigint $$;
 create schema vault;
 create table vault.secrets (name text primary key, secret text);
 create function vault.create_secret(secret text, name text) returns uuid
@@ -68,11 +71,16 @@ def test_the_pg_cron_snippet_schedules_the_pumps_exact_call(db_url: str, org: st
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(STAND_INS)
         conn.execute(text)  # type: ignore[arg-type]
+        conn.execute(text)  # type: ignore[arg-type]  # a second run changes nothing
+        assert conn.execute("select count(*) from vault.secrets").fetchone() == (3,)
         jobs = conn.execute("select jobname, schedule, command from cron.job"
                             " order by jobname").fetchall()
         assert [(name, when) for name, when, _ in jobs] == [
-            ("queue-pump-purge", "17 * * * *"), ("queue-pump-safety-net", "* * * * *")]
+            ("queue-pump-purge", "*/5 * * * *"), ("queue-pump-safety-net", "* * * * *")]
         conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo')", (org,))
+        conn.execute("insert into queue_pump.jobs (organization_id, job_type, status, attempts,"
+                     " finished_at) select %s, 'echo', 'done', 1, now() - interval '8 days'"
+                     " from generate_series(1, 25000)", (org,))
         for _, _, command in jobs:
             conn.execute(command)
         [(url, headers, body, timeout)] = conn.execute("select * from net.sent").fetchall()
@@ -81,6 +89,9 @@ def test_the_pg_cron_snippet_schedules_the_pumps_exact_call(db_url: str, org: st
     assert headers["X-Agent-Token"] == "tok-123" and headers["X-Organization-Id"] == org
     assert headers["Content-Type"] == "application/json"
     assert timeout == 150000
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        left = conn.execute("select status, count(*) from queue_pump.jobs group by 1").fetchall()
+    assert left == [("queued", 1)], "the purge ran its batches to the end"
     assert "tok-123" not in SNIPPET.read_text()
 
 

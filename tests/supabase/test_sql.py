@@ -112,7 +112,7 @@ def test_a_worker_that_lost_its_lease_changes_nothing(db_url: str, org: str) -> 
         lost = conn.execute(q.format("complete", ", '{}'::jsonb"), (jid,)).fetchone()
         assert lost == {"r": False}
         assert conn.execute(q.format("fail", ", 'late'"), (jid,)).fetchone() == {"r": None}
-        assert conn.execute(q.format("requeue", ""), (jid,)).fetchone() == {"r": False}
+        assert conn.execute(q.format("requeue", ""), (jid,)).fetchone() == {"r": None}
         assert conn.execute(q.format("heartbeat", ", 60"), (jid,)).fetchone() == {"r": None}
         assert job(conn, jid) == before
         assert conn.execute(q.replace("'a'", "'b'").format("complete", ", '{\"ok\":1}'::jsonb"),
@@ -157,6 +157,67 @@ def test_an_expired_lease_on_the_last_attempt_ends_failed(db_url: str, org: str)
         assert "lease expired" in gone["last_error"]
 
 
+def test_many_dead_jobs_on_their_last_attempt_never_run_again(db_url: str, org: str) -> None:
+    """A mass crash (a deploy with 150 jobs running on their last attempt): none runs a 4th time,
+    though one claim fails at most 100 of them."""
+    with connect(db_url) as conn:
+        conn.execute(
+            "insert into queue_pump.jobs (organization_id, queue, job_type, status, attempts,"
+            " max_attempts, locked_by, lease_expires_at) select %s, 'agent', 'echo', 'running',"
+            " 3, 3, 'dead-' || g, now() - interval '1 hour' + g * interval '1 second'"
+            " from generate_series(1, 150) g", (org,))
+        assert claim(conn, org, "w1") is None
+        assert claim(conn, org, "w2") is None
+        rows = conn.execute("select status, max(attempts) as a, count(*) as n"
+                            " from queue_pump.jobs group by 1").fetchall()
+        stats = conn.execute("select due from queue_pump.stats(%s, 'agent')", (org,)).fetchone()
+    assert rows == [{"status": "failed", "a": 3, "n": 150}]
+    assert stats == {"due": 0}
+
+
+def test_a_claim_without_a_worker_name_gets_a_lease_of_its_own(db_url: str, org: str) -> None:
+    with connect(db_url) as conn:
+        enqueue(conn, org)
+        enqueue(conn, org)
+        a = conn.execute("select * from queue_pump.claim(%s)", (org,)).fetchone()
+        b = conn.execute("select * from queue_pump.claim(%s)", (org,)).fetchone()
+        assert a is not None and b is not None and a["locked_by"] != b["locked_by"]
+        assert conn.execute("select queue_pump.complete(%s, %s) as ok",
+                            (a["id"], b["locked_by"])).fetchone() == {"ok": False}
+        assert conn.execute("select queue_pump.complete(%s, %s) as ok",
+                            (a["id"], a["locked_by"])).fetchone() == {"ok": True}
+
+
+def test_a_job_that_only_ever_yields_ends_failed(db_url: str, org: str) -> None:
+    with connect(db_url) as conn:
+        jid = enqueue(conn, org, max_attempts=2)
+        outcomes = []
+        for n in range(10):
+            if claim(conn, org, f"w{n}") is None:
+                break
+            row = conn.execute("select queue_pump.requeue(%s, %s, %s::jsonb, 0, 3) as s",
+                               (jid, f"w{n}", f'{{"n": {n}}}')).fetchone()
+            assert row is not None
+            outcomes.append(row["s"])
+        final = job(conn, jid)
+    # 3 free yields, then each yield is an attempt: 2 more and max_attempts is spent.
+    assert outcomes == ["yielded"] * 4 + ["failed"]
+    assert final["status"] == "failed" and final["yields"] == 5 and final["attempts"] == 2
+    assert final["progress"] == {"n": 4} and "yielded more than 3 times" in final["last_error"]
+
+
+def test_requeue_and_fail_clamp_their_delays(db_url: str, org: str) -> None:
+    with connect(db_url) as conn:
+        a, b = enqueue(conn, org), enqueue(conn, org)
+        claim(conn, org, "w")
+        claim(conn, org, "w")
+        conn.execute("select queue_pump.requeue(%s, 'w', null, 'Infinity'::float8)", (a,))
+        conn.execute("select queue_pump.fail(%s, 'w', 'x', -5)", (b,))
+        delays = conn.execute("select extract(epoch from run_at - now())::float as d"
+                              " from queue_pump.jobs order by id").fetchall()
+    assert 86000 < delays[0]["d"] <= 86400 and delays[1]["d"] <= 0
+
+
 def test_heartbeat_extends_the_lease_and_keeps_progress(db_url: str, org: str) -> None:
     with connect(db_url) as conn:
         jid = enqueue(conn, org)
@@ -172,7 +233,7 @@ def test_requeue_saves_progress_and_gives_the_attempt_back(db_url: str, org: str
         jid = enqueue(conn, org, max_attempts=1)
         claim(conn, org, "a")
         assert conn.execute("select queue_pump.requeue(%s, 'a', '{\"page\": 7}') as ok",
-                            (jid,)).fetchone() == {"ok": True}
+                            (jid,)).fetchone() == {"ok": "yielded"}
         again = claim(conn, org, "b")
         assert again is not None and again["id"] == jid
         assert again["progress"] == {"page": 7} and again["attempts"] == 1
@@ -251,7 +312,8 @@ def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -
     assert names >= {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail",
                      "requeue", "stats", "purge"}
     for r in rows:
-        assert r["prosecdef"] and r["proconfig"] == ['search_path=""'], r
+        # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging it.
+        assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r
 
 
 def test_stats_counts_and_the_age_of_the_oldest_due_job(db_url: str, org: str) -> None:

@@ -21,3 +21,16 @@ export function requiredEnv(name: string): string {
 export function listFromEnv(name: string): string[] {
   return (Deno.env.get(name) ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
 }
+
+export const MIN_TOKEN_CHARS = 16;
+
+/** The shared secret; too short to be one is refused (its value is never shown). */
+export function tokenFromEnv(name: string): string {
+  const value = requiredEnv(name);
+  if (value.length < MIN_TOKEN_CHARS) {
+    throw new Error(
+      `${name} is ${value.length} characters; use at least ${MIN_TOKEN_CHARS} (e.g. openssl rand -hex 32)`,
+    );
+  }
+  return value;
+}

@@ -1,42 +1,44 @@
 // ai-job-runner: the runner the pump calls (docs/RUNNER_CONTRACT.md). Each POST claims at most
 // one due job of its queue, runs the handler for its job_type and records the outcome.
 //
-// Secrets/environment: AGENT_TOKEN (required), SUPABASE_DB_URL (set by Supabase),
-// JOB_LEASE_SECONDS (default 600, above the platform's 400 s wall-clock limit),
+// Secrets/environment: AGENT_TOKEN (required, 16+ characters), SUPABASE_DB_URL (set by
+// Supabase), JOB_LEASE_SECONDS (default 600, above the platform's 400 s wall-clock limit),
 // JOB_TIME_BUDGET_MS (default 120000), ALLOWED_ORGANIZATION_IDS (optional, comma-separated),
 // DB_POOL_MAX (default 5); PORT and HOST under plain Deno.
 import { authenticate } from "../_shared/auth.ts";
-import { connect } from "../_shared/db.ts";
-import { intFromEnv, listFromEnv, requiredEnv } from "../_shared/env.ts";
-import { BadRequest, error, isFunctionPath, readJsonObject, serve } from "../_shared/http.ts";
+import { connect, dbPassword } from "../_shared/db.ts";
+import { intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
+import { BadRequest, error, isFunctionPath, readJsonObject } from "../_shared/http.ts";
+import { start } from "../_shared/start.ts";
 import { handlers } from "./handlers.ts";
 import { queueOf, type RunnerOptions, runOne } from "./runner.ts";
 
-const token = requiredEnv("AGENT_TOKEN");
-const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
-const options: RunnerOptions = {
-  leaseSeconds: intFromEnv("JOB_LEASE_SECONDS", 600, 2, 86400),
-  timeBudgetMs: intFromEnv("JOB_TIME_BUDGET_MS", 120_000, 100, 86_400_000),
-  handlers,
-};
-const sql = connect();
+start("ai-job-runner", () => {
+  const token = tokenFromEnv("AGENT_TOKEN");
+  const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
+  const options: RunnerOptions = {
+    leaseSeconds: intFromEnv("JOB_LEASE_SECONDS", 600, 2, 86400),
+    timeBudgetMs: intFromEnv("JOB_TIME_BUDGET_MS", 120_000, 100, 86_400_000),
+    handlers,
+    secrets: [token, dbPassword() ?? ""],
+  };
+  const sql = connect();
 
-async function handle(req: Request): Promise<Response> {
-  const url = new URL(req.url);
-  if (!isFunctionPath(url, "ai-job-runner")) return error(404, "no such function");
-  if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
-  const caller = await authenticate(req, token, allowed);
-  if (caller instanceof Response) return caller;
-  let body: Record<string, unknown>;
-  try {
-    body = await readJsonObject(req);
-  } catch (err) {
-    if (err instanceof BadRequest) return error(400, err.message);
-    throw err;
-  }
-  const queue = queueOf(url, body);
-  if (queue === null) return error(400, "queue must be 1-100 characters of A-Z a-z 0-9 _ . : -");
-  return await runOne(sql, caller, queue, options);
-}
-
-serve(handle);
+  return async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    if (!isFunctionPath(url, "ai-job-runner")) return error(404, "no such function");
+    if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
+    const caller = await authenticate(req, token, allowed);
+    if (caller instanceof Response) return caller;
+    let body: Record<string, unknown>;
+    try {
+      body = await readJsonObject(req);
+    } catch (err) {
+      if (err instanceof BadRequest) return error(400, err.message);
+      throw err;
+    }
+    const queue = queueOf(url, body);
+    if (queue === null) return error(400, "queue must be 1-100 characters of A-Z a-z 0-9 _ . : -");
+    return await runOne(sql, caller, queue, options);
+  };
+});

@@ -4,39 +4,40 @@
 // entries point at (docs/SCHEDULES.md).
 import { authenticate } from "../_shared/auth.ts";
 import { connect, databaseError } from "../_shared/db.ts";
-import { listFromEnv, requiredEnv } from "../_shared/env.ts";
-import { BadRequest, error, isFunctionPath, json, readJsonObject, serve } from "../_shared/http.ts";
+import { listFromEnv, tokenFromEnv } from "../_shared/env.ts";
+import { BadRequest, error, isFunctionPath, json, readJsonObject } from "../_shared/http.ts";
+import { start } from "../_shared/start.ts";
 import { parseNewJob } from "./validate.ts";
 
-const token = requiredEnv("AGENT_TOKEN");
-const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
-const sql = connect();
+start("enqueue", () => {
+  const token = tokenFromEnv("AGENT_TOKEN");
+  const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
+  const sql = connect();
 
-async function handle(req: Request): Promise<Response> {
-  const url = new URL(req.url);
-  if (!isFunctionPath(url, "enqueue")) return error(404, "no such function");
-  if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
-  const caller = await authenticate(req, token, allowed);
-  if (caller instanceof Response) return caller;
-  let body: Record<string, unknown>;
-  try {
-    body = await readJsonObject(req);
-  } catch (err) {
-    if (err instanceof BadRequest) return error(400, err.message);
-    throw err;
-  }
-  const job = parseNewJob(body, url.searchParams.get("queue"));
-  if (typeof job === "string") return error(400, job);
-  try {
-    const [row] = await sql<{ id: number; created: boolean }[]>`
-      select id, created from queue_pump.enqueue_job(
-        organization_id => ${caller.organizationId}, queue => ${job.queue}, job_type => ${job.type},
-        payload => ${sql.json(job.payload as never)}, dedupe_key => ${job.dedupeKey},
-        run_at => ${job.runAt}::timestamptz, max_attempts => ${job.maxAttempts})`;
-    return json(row.created ? 201 : 200, { id: row.id, created: row.created });
-  } catch (err) {
-    return databaseError(err);
-  }
-}
-
-serve(handle);
+  return async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    if (!isFunctionPath(url, "enqueue")) return error(404, "no such function");
+    if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
+    const caller = await authenticate(req, token, allowed);
+    if (caller instanceof Response) return caller;
+    let body: Record<string, unknown>;
+    try {
+      body = await readJsonObject(req);
+    } catch (err) {
+      if (err instanceof BadRequest) return error(400, err.message);
+      throw err;
+    }
+    const job = parseNewJob(body, url.searchParams.get("queue"));
+    if (typeof job === "string") return error(400, job);
+    try {
+      const [row] = await sql<{ id: number; created: boolean }[]>`
+        select id, created from queue_pump.enqueue_job(
+          organization_id => ${caller.organizationId}, queue => ${job.queue}, job_type => ${job.type},
+          payload => ${sql.json(job.payload as never)}, dedupe_key => ${job.dedupeKey},
+          run_at => ${job.runAt}::timestamptz, max_attempts => ${job.maxAttempts})`;
+      return json(row.created ? 201 : 200, { id: row.id, created: row.created });
+    } catch (err) {
+      return databaseError(err);
+    }
+  };
+});

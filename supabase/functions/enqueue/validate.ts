@@ -1,6 +1,8 @@
 // The enqueue body: {"type", "payload", "queue", "dedupeKey", "runAt", "maxAttempts"}; only
 // `type` is required. Unknown fields are refused, so a typo such as `dedupe_key` cannot silently
-// lose the dedupe.
+// lose the dedupe. Everything the database would refuse is refused here, with one line.
+import { jsonProblem } from "../_shared/json.ts";
+import { MAX_BODY_BYTES } from "../_shared/http.ts";
 
 export interface NewJob {
   queue: string;
@@ -13,7 +15,22 @@ export interface NewJob {
 
 const FIELDS = new Set(["type", "payload", "queue", "dedupeKey", "runAt", "maxAttempts"]);
 const QUEUE_PATTERN = /^[A-Za-z0-9_.:\-]{1,100}$/;
-const ISO_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$/;
+const ISO_PATTERN = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?(?:Z|[+-](\d{2}):(\d{2}))$/;
+const RUN_AT_PROBLEM = "runAt must be an ISO 8601 time with a zone, years 2000-9999, e.g. 2026-11-28T03:00:00Z";
+
+function text(value: unknown, min: number, max: number): boolean {
+  return typeof value === "string" && value.length >= min && value.length <= max && !value.includes("\u0000");
+}
+
+/** A real calendar time: 2026-02-30 or 25:00 are refused, not moved to another day. */
+function validRunAt(value: string): boolean {
+  const m = ISO_PATTERN.exec(value);
+  if (!m) return false;
+  const [year, month, day, hour, minute, second, offH, offM] = m.slice(1).map((x) => Number(x ?? 0));
+  const lastDay = new Date(Date.UTC(year, month, 0)).getUTCDate();
+  return year >= 2000 && month >= 1 && month <= 12 && day >= 1 && day <= lastDay && hour <= 23 &&
+    minute <= 59 && second <= 59 && offH <= 14 && offM <= 59;
+}
 
 /** The job, or a one-line message naming the field and what it accepts. */
 export function parseNewJob(body: Record<string, unknown>, queryQueue: string | null): NewJob | string {
@@ -22,21 +39,25 @@ export function parseNewJob(body: Record<string, unknown>, queryQueue: string | 
     return `unknown field ${JSON.stringify(unknown[0].slice(0, 50))}; accepted: ${[...FIELDS].join(", ")}`;
   }
   const { type, payload = {}, dedupeKey = null, runAt = null, maxAttempts = 5 } = body;
-  const queue = body.queue ?? queryQueue ?? "agent";
-  if (typeof type !== "string" || type.length < 1 || type.length > 200) {
-    return "type must be a string of 1-200 characters";
-  }
+  // As for the runner call, the query's queue wins over the body's.
+  const queue = queryQueue ?? body.queue ?? "agent";
+  if (!text(type, 1, 200)) return "type must be a string of 1-200 characters";
   if (typeof queue !== "string" || !QUEUE_PATTERN.test(queue)) {
     return "queue must be 1-100 characters of A-Z a-z 0-9 _ . : -";
   }
-  if (dedupeKey !== null && (typeof dedupeKey !== "string" || dedupeKey.length < 1 || dedupeKey.length > 500)) {
-    return "dedupeKey must be a string of 1-500 characters";
-  }
-  if (runAt !== null && (typeof runAt !== "string" || !ISO_PATTERN.test(runAt) || Number.isNaN(Date.parse(runAt)))) {
-    return "runAt must be an ISO 8601 time with a zone, e.g. 2026-11-28T03:00:00Z";
-  }
+  if (dedupeKey !== null && !text(dedupeKey, 1, 500)) return "dedupeKey must be a string of 1-500 characters";
+  if (runAt !== null && (typeof runAt !== "string" || !validRunAt(runAt))) return RUN_AT_PROBLEM;
   if (typeof maxAttempts !== "number" || !Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 1000) {
     return "maxAttempts must be a whole number from 1 to 1000";
   }
-  return { queue, type, payload, dedupeKey: dedupeKey as string | null, runAt: runAt as string | null, maxAttempts };
+  const problem = jsonProblem(payload, "payload", MAX_BODY_BYTES);
+  if (problem) return problem;
+  return {
+    queue,
+    type: type as string,
+    payload,
+    dedupeKey: dedupeKey as string | null,
+    runAt: runAt as string | null,
+    maxAttempts,
+  };
 }
