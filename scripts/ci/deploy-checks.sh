@@ -102,6 +102,12 @@ docker() { /usr/bin/docker "$@"; }   # Debian's CLI, matched to Debian's engine
 DC=(/usr/bin/docker compose -p "$COMPOSE_PROJECT" -f docker-compose.queue-pump.yml
     -f scripts/ci/compose.ci.yml)
 dc() { "${DC[@]}" "$@"; }
+# The shipped file unchanged (bridge network, its healthcheck and restart policy), plus a
+# test-only file that only adds the reference runner as a second service.
+# Only the env file (and the image, built above; and the runner's data directory) are the test's.
+SHIPPED=(env WORKER_ENV_FILE="$TMP/shipped.env" WORKER_IMAGE=queue-pump:ci RUNNER_DATA="$TMP/runner-data"
+         /usr/bin/docker compose -p queue-pump-shipped -f docker-compose.queue-pump.yml
+         -f scripts/ci/compose.shipped.yml)
 pexec() { podman exec "$PODMAN_CTR" "$@"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 jobs_py() { AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "$RUNNER_URL" "$@"; }
@@ -111,10 +117,13 @@ cleanup() {
   if [ -e "$STATE/compose-up" ]; then
     timeout 90 "${DC[@]}" down --timeout 45 >/dev/null 2>&1 || true
   fi
+  if [ -e "$STATE/shipped-up" ]; then
+    timeout 120 "${SHIPPED[@]}" down --timeout 45 >/dev/null 2>&1 || true
+  fi
   if [ -e "$STATE/podman-run" ]; then
     timeout 60 podman rm -f -t 45 "$PODMAN_CTR" >/dev/null 2>&1 || true
   fi
-  for f in logs.pid events.pid runner.pid dockerd.pid; do
+  for f in logs.pid events.pid shipped-logs.pid shipped-events.pid check-runner.pid runner.pid dockerd.pid; do
     [ -f "$STATE/$f" ] || continue
     pid=$(cat "$STATE/$f")
     kill -TERM "$pid" 2>/dev/null || true
@@ -196,7 +205,8 @@ check_compose_config() {
   WORKER_ENV_FILE=$env docker_compose_cli config --format json > "$TMP/compose.json"
   WORKER_ENV_FILE=$env docker_compose_cli config --no-interpolate --format json > "$TMP/compose-raw.json"
   python3 - "$TMP/compose.json" "$PUMP_GRACE_S" "$ROOT" "$TMP/compose-raw.json" <<'PY'
-import json, re, sys
+import json, re, sys, tomllib
+version = tomllib.load(open("pyproject.toml", "rb"))["project"]["version"]
 cfg = json.load(open(sys.argv[1]))
 grace = int(sys.argv[2])
 svc = cfg["services"]["queue-pump"]
@@ -209,7 +219,7 @@ problems = []
 def want(cond, what):
     if not cond:
         problems.append(what)
-want(svc.get("image") == "queue-pump:local", "image defaults to queue-pump:local")
+want(svc.get("image") == f"queue-pump:{version}", f"image defaults to queue-pump:{version} (pyproject.toml's version)")
 want(svc.get("build", {}).get("context", "").rstrip("/") == sys.argv[3], "build context .")
 want(svc.get("restart") == "unless-stopped", "restart: unless-stopped")
 want(svc.get("read_only") is True, "read_only: true")
@@ -225,7 +235,8 @@ log = svc.get("logging", {})
 want(log.get("driver") == "json-file" and {"max-size", "max-file"} <= set(log.get("options", {})),
      "json-file logging with max-size/max-file")
 raw = json.load(open(sys.argv[4]))["services"]["queue-pump"]   # before interpolation
-want(raw.get("image") == "${WORKER_IMAGE:-queue-pump:local}", "image: ${WORKER_IMAGE:-queue-pump:local}")
+want(raw.get("image") == "${WORKER_IMAGE:-queue-pump:${WORKER_TAG:-%s}}" % version,
+     "image: ${WORKER_IMAGE:-queue-pump:${WORKER_TAG:-%s}}" % version)
 want([e["path"].rsplit("/", 1)[-1] for e in raw.get("env_file", [])] == ["${WORKER_ENV_FILE:-.env}"],
      "env_file: ${WORKER_ENV_FILE:-.env}")
 if problems:
@@ -521,6 +532,80 @@ check_compose_down() {
   docker image prune -f >/dev/null     # builder-stage leftovers: keep the data root bounded
 }
 
+# ---- the shipped compose file, unchanged ------------------------------------------------------
+shipped_env() {   # the test's env file and the runner's data directory
+  umask 077
+  cat > "$TMP/shipped.env" <<EOF
+SUPABASE_URL=http://runner:8000
+QUEUE_PUMP_ALLOW_INSECURE_HTTP=1
+AGENT_TOKEN=$TOKEN
+ORGANIZATION_ID=$ORG
+QUEUE_PUMP_IDLE_SLEEP_MS=1000
+QUEUE_PUMP_WORKER_ID=compose-shipped-ci
+EOF
+  mkdir -p "$TMP/runner-data"
+  chown 10001:10001 "$TMP/runner-data"      # the image's user writes the jobs database
+}
+shipped_jobs() {  # shipped_jobs ARGS...: jobs.py against the runner container, by its bridge IP
+  local ip
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
+    "$("${SHIPPED[@]}" ps -q runner)")
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://$ip:8000" "$@"
+}
+
+check_compose_shipped_up() {
+  need image host-venv
+  local t0 t1 cid
+  shipped_env
+  touch "$STATE/shipped-up"
+  t0=$(now)
+  # No --build: building needs the host network on this engine; the image is the one built above.
+  timeout 180 "${SHIPPED[@]}" up -d --wait
+  t1=$(now)
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  setsid "${SHIPPED[@]}" logs -f --no-color queue-pump >"$STATE/shipped-logs.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-logs.pid"
+  # What the shipped file sets is what runs: a bridge network, its restart policy and healthcheck.
+  docker inspect -f '{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}} {{.Config.Healthcheck.Interval}} {{.Config.Healthcheck.StartPeriod}} {{.State.Health.Status}}' "$cid" | tee "$TMP/shipped-inspect.txt"
+  [ "$(cat "$TMP/shipped-inspect.txt")" = "queue-pump-shipped_default unless-stopped 30s 20s healthy" ]
+  [ "$(docker network inspect -f '{{.Driver}}' queue-pump-shipped_default)" = bridge ]
+  shipped_jobs enqueue 20
+  shipped_jobs wait --done 20 --timeout 60
+  note "shipped compose file (bridge, its own healthcheck): up -d --wait $(secs "$t0" "$t1")s to healthy;" \
+    "20 jobs drained $(secs "$t1" "$(now)")s later"
+  touch "$STATE/shipped-running"
+}
+
+check_compose_shipped_down() {
+  need shipped-running
+  local cid t0 t1 code port
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  shipped_jobs enqueue 1 --duration-ms "$LONG_JOB_MS"
+  shipped_jobs wait --done 20 --processing 1 --timeout 30      # the long job is in flight
+  setsid timeout 120 docker events --filter "container=$cid" --filter event=die \
+    --format '{{.Actor.Attributes.exitCode}}' >"$TMP/shipped-die.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-events.pid"
+  sleep 0.3
+  t0=$(now)
+  timeout 120 "${SHIPPED[@]}" down
+  t1=$(now)
+  rm -f "$STATE/shipped-up"
+  for _ in $(seq 1 20); do [ -s "$TMP/shipped-die.txt" ] && break; sleep 0.1; done
+  code=$(head -n1 "$TMP/shipped-die.txt")
+  kill "$(cat "$STATE/shipped-events.pid")" "$(cat "$STATE/shipped-logs.pid")" 2>/dev/null || true
+  note "shipped compose file: down with a ${LONG_JOB_MS} ms job in flight: $(secs "$t0" "$t1")s, pump exit code $code"
+  [ "$code" = 0 ] || { echo "container exit code $code (137 = SIGKILL after the grace)"; exit 1; }
+  grep '"event": "pump_stopped"' "$STATE/shipped-logs.txt" | grep -q '"exit_code": 0'
+  # The job finished, not cut or requeued: read the runner's database with a runner on the host.
+  port=$(free_port)
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG setsid "$QP" runner --host 127.0.0.1 --port "$port" \
+    --db "$TMP/runner-data/jobs.sqlite3" >"$TMP/check-runner.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/check-runner.pid"
+  for _ in $(seq 1 50); do AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats >/dev/null 2>&1 && break; sleep 0.2; done
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" wait --done 21 --timeout 5
+  kill "$(cat "$STATE/check-runner.pid")" 2>/dev/null || true
+}
+
 # ---- the reference runner on the host's loopback ------------------------------------------------
 check_runner() {
   need host-venv
@@ -696,11 +781,79 @@ check_install_again() {
   local before after
   before=$(pexec sha256sum /etc/queue-pump/queue-pump.env)
   install_in_ctr | tee "$TMP/install3.txt"
-  grep -q "already matches requirements.lock" "$TMP/install3.txt"
+  grep -q "already matches this checkout" "$TMP/install3.txt"
+  if grep -q "switched" "$TMP/install3.txt"; then echo "an unchanged checkout switched venvs"; exit 1; fi
   after=$(pexec sha256sum /etc/queue-pump/queue-pump.env)
   [ "$before" = "$after" ]
   [ "$(pexec systemctl is-active queue-pump)" = active ]
-  timeout 90 podman exec "$PODMAN_CTR" systemctl stop queue-pump
+}
+
+# The version the pump announced last (its pump_started log line).
+started_version() {
+  pexec journalctl -u queue-pump --no-pager -o cat | grep '"event": "pump_started"' | tail -n1 \
+    | sed -n 's/.*"version": "\([^"]*\)".*/\1/p'
+}
+# A next version of this checkout, inside the container: the sources with the version bumped.
+next_checkout() {   # next_checkout DIR VERSION
+  pexec sh -c "rm -rf $1 && mkdir -p $1 \
+    && tar -C /src --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - . | tar -C $1 -xf - \
+    && sed -i 's/^version = .*/version = \"$2\"/' $1/pyproject.toml \
+    && sed -i 's/^__version__ = .*/__version__ = \"$2\"/' $1/queue_pump/__init__.py"
+}
+
+# Upgrade: the new venv is built beside the running one, the symlink switches, the service
+# restarts on the new code, the old venv stays; a broken upgrade leaves the service untouched;
+# --rollback goes back. Timed: the upgrade's restart, measured by systemd's own start timestamps.
+check_systemd_upgrade() {
+  need unit-running
+  local v0 v1 pid0 pid1 old new out done0
+  v0=$(pexec /opt/queue-pump/venv/bin/queue-pump --version | awk '{print $2}')
+  old=$(pexec readlink /opt/queue-pump/venv)
+  pid0=$(pexec systemctl show -p MainPID --value queue-pump)
+  v1=$v0.post1
+  next_checkout /tmp/src-next "$v1"
+  pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-next/scripts/install-systemd.sh | tee "$TMP/upgrade.txt"
+  grep -q "switched /opt/queue-pump/venv" "$TMP/upgrade.txt"
+  new=$(pexec readlink /opt/queue-pump/venv)
+  [ "$new" != "$old" ] && [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$old" ]
+  pexec test -x "$old/bin/queue-pump"                      # the old venv is kept
+  pid1=$(pexec systemctl show -p MainPID --value queue-pump)
+  [ "$(pexec systemctl is-active queue-pump)" = active ] && [ "$pid1" != "$pid0" ]
+  [ "$(started_version)" = "$v1" ] || { echo "running $(started_version), want $v1"; exit 1; }
+  done0=$(jobs_py stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
+  jobs_py enqueue 1
+  jobs_py wait --done $((done0 + 1)) --timeout 30          # the new version drains
+  note "upgrade $v0 -> $v1: new venv $new built beside $old, switched, restarted (pid $pid0 -> $pid1)"
+
+  # A broken next version (its code does not import): the install stops, nothing changes.
+  next_checkout /tmp/src-broken "$v1.post2"
+  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli.py'
+  if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-broken/scripts/install-systemd.sh 2>&1); then
+    echo "$out"; echo "a broken version installed"; exit 1
+  fi
+  echo "$out" | tail -n 2
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$new" ]
+  [ "$(pexec systemctl show -p MainPID --value queue-pump)" = "$pid1" ]
+  note "broken upgrade refused: $(echo "$out" | tail -n1 | cut -c1-110)"
+
+  # Rollback: back to the old venv, restarted, the new one kept as .previous.
+  pexec bash /src/scripts/install-systemd.sh --rollback | tee "$TMP/rollback.txt"
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$old" ]
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$new" ]
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  [ "$(started_version)" = "$v0" ] || { echo "running $(started_version) after rollback, want $v0"; exit 1; }
+  note "rollback: back on $v0 ($old); NRestarts=$(pexec systemctl show -p NRestarts --value queue-pump)"
+}
+
+check_systemd_uninstall() {
+  need installed
+  pexec bash /src/scripts/uninstall-systemd.sh | tee "$TMP/uninstall.txt"
+  if pexec systemctl cat queue-pump >/dev/null 2>&1; then echo "the unit is still known"; exit 1; fi
+  if pexec test -e /opt/queue-pump; then echo "/opt/queue-pump is left"; exit 1; fi
+  pexec test -f /etc/queue-pump/queue-pump.env                # settings kept without --purge
+  pexec bash /src/scripts/uninstall-systemd.sh --purge
+  if pexec test -e /etc/queue-pump; then echo "/etc/queue-pump is left after --purge"; exit 1; fi
+  note "uninstall: unit, venvs removed; env file kept, then removed with --purge"
 }
 
 # ---- run -------------------------------------------------------------------------------------
@@ -734,6 +887,8 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "docker: image is non-root, exec-form, no secrets/tools" check_image_properties
   check "compose: up -d --build --wait, jobs drain" check_compose_up
   check "compose: down with a job in flight exits 0" check_compose_down
+  check "compose as shipped: bridge, own healthcheck, drain" check_compose_shipped_up
+  check "compose as shipped: down with a job in flight" check_compose_shipped_down
   check "systemd: podman container with systemd as PID 1" check_podman
   check "systemd: first install writes env file, no start" check_install_fresh
   check "systemd: install with settings starts (notify)" check_install_start
@@ -742,6 +897,8 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "systemd: stop with a job in flight is clean" check_systemd_stop
   check "systemd: watchdog keeps alive / restarts frozen" check_systemd_watchdog
   check "systemd: installer again is idempotent" check_install_again
+  check "systemd: upgrade beside, switch, broken refused, rollback" check_systemd_upgrade
+  check "systemd: uninstall (keeps settings), --purge" check_systemd_uninstall
 fi
 
 echo "deploy-checks: total $(secs "$T_START" "$(now)")s"
