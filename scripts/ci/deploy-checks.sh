@@ -33,6 +33,7 @@ PYTEST_PIN="pytest==9.2.0"   # only when there is no project .venv to borrow
 NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
 # Kubernetes and KEDA JSON schemas (offline) and a YAML parser for the rendered objects
 K8S_NPM_PINS=("kubernetes-models@5.1.0" "@kubernetes-models/keda@2.0.0" "yaml@2.9.1")
+PG_PIN="postgresql-15=15.18-0+deb12u1"   # a real PostgreSQL for the KEDA query check
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
 COMPOSE_STOP_GRACE_S=40    # stop_grace_period in docker-compose.queue-pump.yml
@@ -104,10 +105,12 @@ DC=(/usr/bin/docker compose -p "$COMPOSE_PROJECT" -f docker-compose.queue-pump.y
 dc() { "${DC[@]}" "$@"; }
 # The shipped file unchanged (bridge network, its healthcheck and restart policy), plus a
 # test-only file that only adds the reference runner as a second service.
-# Only the env file (and the image, built above; and the runner's data directory) are the test's.
-SHIPPED=(env WORKER_ENV_FILE="$TMP/shipped.env" WORKER_IMAGE=queue-pump:ci RUNNER_DATA="$TMP/runner-data"
+# Only the env file is the test's (and, for the added runner service, its image and data
+# directory); the pump's image is the file's default, queue-pump:<version>.
+SHIPPED=(env WORKER_ENV_FILE="$TMP/shipped.env" RUNNER_IMAGE=queue-pump:ci RUNNER_DATA="$TMP/runner-data"
          /usr/bin/docker compose -p queue-pump-shipped -f docker-compose.queue-pump.yml
          -f scripts/ci/compose.shipped.yml)
+VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 pexec() { podman exec "$PODMAN_CTR" "$@"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 jobs_py() { AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "$RUNNER_URL" "$@"; }
@@ -342,6 +345,17 @@ check_kubernetes() {
     "schemas: ${K8S_NPM_PINS[*]}"
 }
 
+# The ScaledObject's query and the documented keda_reader grants on a real PostgreSQL.
+check_keda_query() {
+  need tools
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_install "$PG_PIN"
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes/keda > "$TMP/keda-rendered.yaml"
+  local out
+  out=$(bash scripts/ci/keda-query-pg.sh "$TMP/keda-rendered.yaml" "$TOOLS/bin/python")
+  echo "$out"
+  note "PostgreSQL $(psql --version | awk '{print $3}'): $(echo "$out" | head -n1)"
+}
+
 # ---- GitHub: workflows and dependabot ---------------------------------------------------------
 check_github() {
   need tools
@@ -557,9 +571,11 @@ check_compose_shipped_up() {
   need image host-venv
   local t0 t1 cid
   shipped_env
+  # No --build: building needs the host network on this engine. The image built above gets the
+  # tag the file builds by default, queue-pump:<version>, as `up --build` would name it.
+  docker tag queue-pump:ci "queue-pump:$VERSION"
   touch "$STATE/shipped-up"
   t0=$(now)
-  # No --build: building needs the host network on this engine; the image is the one built above.
   timeout 180 "${SHIPPED[@]}" up -d --wait
   t1=$(now)
   cid=$("${SHIPPED[@]}" ps -q queue-pump)
@@ -576,12 +592,52 @@ check_compose_shipped_up() {
   touch "$STATE/shipped-running"
 }
 
+# The pump container's image and the version its last pump_started line names.
+shipped_running() {
+  local cid
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  for _ in $(seq 1 50); do
+    docker logs "$cid" 2>&1 | grep -q '"event": "pump_started"' && break; sleep 0.2
+  done
+  echo "$(docker inspect -f '{{.Config.Image}}' "$cid") $(docker logs "$cid" 2>&1 \
+    | grep '"event": "pump_started"' | tail -n1 | sed -n 's/.*"version": "\([^"]*\)".*/\1/p')"
+}
+
+# Upgrade and rollback as docs/DEPLOY.md says, with the shipped file: a next version is built as
+# queue-pump:<next> (here with `docker build`: the file's own build needs a bridge with NAT),
+# `WORKER_TAG=<next> up -d --no-build` runs it, plain `up -d --no-build` goes back.
+check_compose_shipped_upgrade() {
+  need shipped-running
+  local v1=$VERSION.post1 d=$TMP/next done0
+  mkdir -p "$d"
+  tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - . | tar -C "$d" -xf -
+  sed -i "s/^version = .*/version = \"$v1\"/" "$d/pyproject.toml"
+  sed -i "s/^__version__ = .*/__version__ = \"$v1\"/" "$d/queue_pump/__init__.py"
+  timeout 600 docker build -q --network host -t "queue-pump:$v1" "$d"
+  env WORKER_TAG="$v1" timeout 120 "${SHIPPED[@]}" up -d --no-build
+  [ "$(shipped_running)" = "queue-pump:$v1 $v1" ] || { echo "after upgrade: $(shipped_running)"; exit 1; }
+  done0=$(shipped_jobs stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
+  shipped_jobs enqueue 1
+  shipped_jobs wait --done $((done0 + 1)) --timeout 30
+  timeout 120 "${SHIPPED[@]}" up -d --no-build --wait
+  [ "$(shipped_running)" = "queue-pump:$VERSION $VERSION" ] || { echo "after rollback: $(shipped_running)"; exit 1; }
+  docker images --format '{{.Repository}}:{{.Tag}}' queue-pump | sort
+  note "compose upgrade: WORKER_TAG=$v1 up -d --no-build ran $v1 and drained a job;" \
+    "rollback: up -d --no-build back on queue-pump:$VERSION (healthy)"
+}
+
 check_compose_shipped_down() {
   need shipped-running
   local cid t0 t1 code port
   cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  # This container's log (the upgrade check replaced the one `logs -f` began with).
+  kill "$(cat "$STATE/shipped-logs.pid")" 2>/dev/null || true
+  setsid docker logs -f "$cid" >"$STATE/shipped-logs.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-logs.pid"
+  local done0
+  done0=$(shipped_jobs stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
   shipped_jobs enqueue 1 --duration-ms "$LONG_JOB_MS"
-  shipped_jobs wait --done 20 --processing 1 --timeout 30      # the long job is in flight
+  shipped_jobs wait --done "$done0" --processing 1 --timeout 30    # the long job is in flight
   setsid timeout 120 docker events --filter "container=$cid" --filter event=die \
     --format '{{.Actor.Attributes.exitCode}}' >"$TMP/shipped-die.txt" 2>&1 < /dev/null &
   echo $! > "$STATE/shipped-events.pid"
@@ -595,15 +651,20 @@ check_compose_shipped_down() {
   kill "$(cat "$STATE/shipped-events.pid")" "$(cat "$STATE/shipped-logs.pid")" 2>/dev/null || true
   note "shipped compose file: down with a ${LONG_JOB_MS} ms job in flight: $(secs "$t0" "$t1")s, pump exit code $code"
   [ "$code" = 0 ] || { echo "container exit code $code (137 = SIGKILL after the grace)"; exit 1; }
-  grep '"event": "pump_stopped"' "$STATE/shipped-logs.txt" | grep -q '"exit_code": 0'
+  # -a: `docker logs -f` output here can carry bytes grep takes for binary
+  grep -a '"event": "pump_stopped"' "$STATE/shipped-logs.txt" | grep -q '"exit_code": 0'
   # The job finished, not cut or requeued: read the runner's database with a runner on the host.
   port=$(free_port)
   AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG setsid "$QP" runner --host 127.0.0.1 --port "$port" \
     --db "$TMP/runner-data/jobs.sqlite3" >"$TMP/check-runner.log" 2>&1 < /dev/null &
   echo $! > "$STATE/check-runner.pid"
   for _ in $(seq 1 50); do AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats >/dev/null 2>&1 && break; sleep 0.2; done
-  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" wait --done 21 --timeout 5
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" wait \
+    --done $((done0 + 1)) --timeout 5
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats \
+    | grep -q 'queued=0 processing=0 .* failed=0'
   kill "$(cat "$STATE/check-runner.pid")" 2>/dev/null || true
+  docker rmi "queue-pump:$VERSION.post1" >/dev/null 2>&1 || true
 }
 
 # ---- the reference runner on the host's loopback ------------------------------------------------
@@ -874,6 +935,7 @@ check "unit: notify, watchdog, restart, stop timeout" check_unit_keys
 check "fly.toml + deploy-fly.sh: pytest tests/deploy" check_pytest_deploy
 check "deploy-fly.ps1: PowerShell grammar parse" check_ps1_syntax
 check "kubernetes: kustomize renders, schemas validate" check_kubernetes
+check "kubernetes: KEDA query + role on real PostgreSQL" check_keda_query
 check "github: actionlint + workflow/dependabot schemas" check_github
 check "package: sdist + wheel, pipx install, --version" check_wheel
 check "launchd: plist parses, keys (plistlib)" check_launchd
@@ -888,6 +950,7 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "compose: up -d --build --wait, jobs drain" check_compose_up
   check "compose: down with a job in flight exits 0" check_compose_down
   check "compose as shipped: bridge, own healthcheck, drain" check_compose_shipped_up
+  check "compose as shipped: upgrade by tag, rollback" check_compose_shipped_upgrade
   check "compose as shipped: down with a job in flight" check_compose_shipped_down
   check "systemd: podman container with systemd as PID 1" check_podman
   check "systemd: first install writes env file, no start" check_install_fresh
@@ -897,7 +960,7 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "systemd: stop with a job in flight is clean" check_systemd_stop
   check "systemd: watchdog keeps alive / restarts frozen" check_systemd_watchdog
   check "systemd: installer again is idempotent" check_install_again
-  check "systemd: upgrade beside, switch, broken refused, rollback" check_systemd_upgrade
+  check "systemd: upgrade, broken refused, rollback" check_systemd_upgrade
   check "systemd: uninstall (keeps settings), --purge" check_systemd_uninstall
 fi
 
