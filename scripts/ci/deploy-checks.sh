@@ -906,6 +906,31 @@ check_systemd_upgrade() {
   note "rollback: back on $v0 ($old); NRestarts=$(pexec systemctl show -p NRestarts --value queue-pump)"
 }
 
+# An install made before venvs/ existed (a real directory at /opt/queue-pump/venv, built as that
+# installer did) is upgraded in place: kept as venvs/legacy, its scripts repointed, and
+# --rollback runs it.
+check_systemd_legacy() {
+  need systemd runner
+  pexec sh -c 'rm -rf /opt/queue-pump && mkdir -p /opt/queue-pump && python3 -m venv /opt/queue-pump/venv \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/queue-pump/venv/bin/pip install --quiet \
+       --require-hashes --no-deps --only-binary=:all: -r /src/requirements.lock \
+    && rm -rf /tmp/legacy-src && mkdir /tmp/legacy-src && cp -r /src/pyproject.toml /src/README.md /src/queue_pump /tmp/legacy-src/ \
+    && /opt/queue-pump/venv/bin/pip install --quiet --no-deps --no-build-isolation --no-index /tmp/legacy-src'
+  podman exec -i "$PODMAN_CTR" sh -c 'mkdir -p /etc/queue-pump && umask 077 && cat > /etc/queue-pump/queue-pump.env' < "$TMP/systemd.env"
+  install_in_ctr | tee "$TMP/legacy.txt"
+  grep -q "moved the venv of an earlier install to /opt/queue-pump/venvs/legacy" "$TMP/legacy.txt"
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = /opt/queue-pump/venvs/legacy ]
+  pexec head -n1 /opt/queue-pump/venvs/legacy/bin/queue-pump | tee "$TMP/legacy-shebang.txt"
+  grep -q '^#!/opt/queue-pump/venvs/legacy/bin/python' "$TMP/legacy-shebang.txt"   # python or python3
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  pexec bash /src/scripts/install-systemd.sh --rollback
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  pexec sh -c 'tr "\0" " " < /proc/$(systemctl show -p MainPID --value queue-pump)/cmdline' | tee "$TMP/legacy-cmd.txt"
+  grep -q '^/opt/queue-pump/venvs/legacy/bin/python' "$TMP/legacy-cmd.txt"
+  note "old-layout install upgraded: its venv kept as venvs/legacy; --rollback runs it ($(cut -c1-60 "$TMP/legacy-cmd.txt"))"
+}
+
 check_systemd_uninstall() {
   need installed
   pexec bash /src/scripts/uninstall-systemd.sh | tee "$TMP/uninstall.txt"
@@ -962,6 +987,7 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "systemd: installer again is idempotent" check_install_again
   check "systemd: upgrade, broken refused, rollback" check_systemd_upgrade
   check "systemd: uninstall (keeps settings), --purge" check_systemd_uninstall
+  check "systemd: upgrade of an old-layout install" check_systemd_legacy
 fi
 
 echo "deploy-checks: total $(secs "$T_START" "$(now)")s"
