@@ -120,22 +120,32 @@ else
 fi
 say "version: $("$new/bin/queue-pump" --version)"
 
-# 2. Switch: venv.previous -> what ran so far, venv -> the new one (each one rename). Only
-# these two are kept.
+# 2. Switch: venv.previous -> what ran so far, venv -> the new one (each one rename). On exit,
+# whatever happened, only the venvs those two name are kept.
 switched=0
+prev_before=$(readlink "$venv.previous" 2>/dev/null || true)
 if [ "$(readlink "$venv" 2>/dev/null)" != "$new" ]; then
   if [ -L "$venv" ]; then relink "$(readlink "$venv")" "$venv.previous"; fi
   relink "$new" "$venv"
   switched=1
   say "switched $venv -> $new"
 fi
-for d in "$venvs"/*; do
-  [ -e "$d" ] || continue
-  case "$d" in "$(readlink "$venv")"|"$(readlink "$venv.previous" 2>/dev/null)") ;; *) rm -rf "$d"; say "removed old $d" ;; esac
-done
+prune_venvs() {
+  local d keep1 keep2
+  keep1=$(readlink "$venv" 2>/dev/null || true) keep2=$(readlink "$venv.previous" 2>/dev/null || true)
+  for d in "$venvs"/*; do
+    [ -e "$d" ] || continue
+    case "$d" in "$keep1"|"$keep2") ;; *) rm -rf "$d"; say "removed old $d" ;; esac
+  done
+}
+# Back to the venv that ran before this install (and its .previous), after a failed restart.
+switch_back() {
+  relink "$(readlink "$venv.previous")" "$venv"
+  if [ -n "$prev_before" ] && [ -e "$prev_before" ]; then relink "$prev_before" "$venv.previous"; fi
+}
 
 build=$(mktemp -d)
-trap 'rm -rf "$build" "$LINK_TMP"' EXIT
+trap 'prune_venvs; rm -rf "$build" "$LINK_TMP"' EXIT
 
 # 3. The env file: created once, never overwritten, root-only (it holds AGENT_TOKEN).
 install -d -m 0755 "$ETC_DIR"
@@ -191,7 +201,7 @@ fi
 if systemctl is-active --quiet "$UNIT"; then
   if ! systemctl restart "$UNIT"; then
     if [ "$switched" = 1 ] && [ -L "$venv.previous" ]; then
-      relink "$(readlink "$venv.previous")" "$venv"
+      switch_back
       systemctl restart "$UNIT" || true
       die "$UNIT failed to restart on the new venv; switched back to $(readlink "$venv"): journalctl -u $UNIT -n 50"
     fi

@@ -904,6 +904,22 @@ check_systemd_upgrade() {
   [ "$(pexec systemctl is-active queue-pump)" = active ]
   [ "$(started_version)" = "$v0" ] || { echo "running $(started_version) after rollback, want $v0"; exit 1; }
   note "rollback: back on $v0 ($old); NRestarts=$(pexec systemctl show -p NRestarts --value queue-pump)"
+
+  # A next version that installs and answers --version but cannot start (its run path imports a
+  # module that does not exist): the restart fails, the installer switches back and says so.
+  next_checkout /tmp/src-nostart "$v0.post3"
+  pexec sh -c 'echo "import queue_pump_ci_missing_module" >> /tmp/src-nostart/queue_pump/app.py'
+  if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-nostart/scripts/install-systemd.sh 2>&1); then
+    echo "$out"; echo "a version that cannot start was left in service"; exit 1
+  fi
+  echo "$out" | tail -n 3
+  echo "$out" | grep -q "failed to restart on the new venv; switched back to $old"
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$old" ]
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$new" ]
+  if pexec sh -c 'ls -d /opt/queue-pump/venvs/*post3*' 2>/dev/null; then echo "the failed venv was kept"; exit 1; fi
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  [ "$(started_version)" = "$v0" ]
+  note "a version that cannot start: restart failed, switched back to $v0 and restarted it"
 }
 
 # An install made before venvs/ existed (a real directory at /opt/queue-pump/venv, built as that
