@@ -7,7 +7,8 @@
 # SUPABASE_URL, AGENT_TOKEN, ORGANIZATION_ID are required (asked for, hidden, when missing and
 # the session is interactive); SUPABASE_ANON_KEY and QUEUE_PUMP_ALERT_WEBHOOK_URL are pushed
 # when set. Values go to flyctl on standard input (`secrets import --stage`), never on a
-# command line, and are never printed. FLY_APP / FLY_ORG / FLYCTL work as in deploy-fly.sh.
+# command line, and are never printed. FLY_APP (or FLY_APP_NAME) / FLY_ORG / FLYCTL /
+# FLY_API_TOKEN work as in deploy-fly.sh.
 [CmdletBinding()]
 param(
     [string]$App = $env:FLY_APP,
@@ -37,12 +38,16 @@ if (-not $Fly) {
 }
 if (-not (Test-Path -LiteralPath $Config)) { Fail "$Config not found" }
 
-# App name: -App / FLY_APP, else fly.toml's app = "...".
+# App name: -App / FLY_APP / FLY_APP_NAME (the runbook's name), else fly.toml's app = "...".
+if ($env:FLY_APP -and $env:FLY_APP_NAME -and $env:FLY_APP -ne $env:FLY_APP_NAME) {
+    Fail "FLY_APP=$($env:FLY_APP) and FLY_APP_NAME=$($env:FLY_APP_NAME) disagree; set one of them"
+}
+if (-not $App) { $App = $env:FLY_APP_NAME }
 if (-not $App) {
     $line = Select-String -LiteralPath $Config -Pattern '^app\s*=\s*"([^"]*)"' | Select-Object -First 1
     if ($line) { $App = $line.Matches[0].Groups[1].Value }
 }
-if (-not $App) { Fail 'no app name: pass -App, set FLY_APP, or app = "..." in fly.toml' }
+if (-not $App) { Fail 'no app name: pass -App, set FLY_APP (or FLY_APP_NAME), or app = "..." in fly.toml' }
 
 # Secrets
 $Required = @('SUPABASE_URL', 'AGENT_TOKEN', 'ORGANIZATION_ID')
@@ -74,19 +79,33 @@ if (-not $Values['SUPABASE_URL'].StartsWith('https://')) {
     Fail 'SUPABASE_URL must start with https:// (the token would travel in clear)'
 }
 
-& $Fly auth whoami *> $null
-if ($LASTEXITCODE -ne 0) { Fail "not logged in to Fly: run '$Fly auth login' (or set FLY_API_TOKEN)" }
+# An app-scoped deploy token (FLY_API_TOKEN) cannot answer `auth whoami`: only without a
+# token is a login required up front.
+if (-not $env:FLY_API_TOKEN) {
+    & $Fly auth whoami *> $null
+    if ($LASTEXITCODE -ne 0) { Fail "not logged in to Fly: run '$Fly auth login' (or set FLY_API_TOKEN)" }
+}
 
-# 1. The app.
-$apps = (& $Fly apps list --json 2>$null) -join "`n"
-if ($LASTEXITCODE -eq 0 -and $apps -match ('"[Nn]ame":\s*"' + [regex]::Escape($App) + '"')) {
+# 1. The app: `flyctl status --app` works with every token that can deploy it (a deploy token
+# cannot list apps); only "Could not find App" means missing, any other failure stops here.
+# (Windows PowerShell 5.1 turns a native command's stderr into errors, which 'Stop' would throw.)
+$ErrorActionPreference = 'Continue'
+$status = (& $Fly status --app $App 2>&1 | ForEach-Object { "$_" }) -join "`n"
+$statusCode = $LASTEXITCODE
+$ErrorActionPreference = 'Stop'
+if ($statusCode -eq 0) {
     Say "app $App exists"
-} else {
+} elseif ($status -match '(?i)could not (find|resolve) app') {
     Say "creating app $App"
     $createArgs = @('apps', 'create', $App)
     if ($Org) { $createArgs += @('--org', $Org) }
     & $Fly @createArgs *> $null
-    if ($LASTEXITCODE -ne 0) { Fail "could not create app $App (name taken? pass -App with another name)" }
+    if ($LASTEXITCODE -ne 0) {
+        Fail "could not create app ${App}: creating needs a personal or org token (a deploy token only deploys an existing app); or the name is taken: pass -App"
+    }
+} else {
+    $last = ($status -split "`n" | Where-Object { $_.Trim() } | Select-Object -Last 1)
+    Fail "flyctl status --app $App failed: $last"
 }
 
 # 2. Secrets, staged (applied by the deploy below), from stdin.

@@ -9,7 +9,10 @@
 #                                                missing and this is a terminal, it is asked
 #                                                for without echo.
 #   SUPABASE_ANON_KEY, QUEUE_PUMP_ALERT_WEBHOOK_URL   optional secrets, pushed when set
-#   FLY_APP     app name (default: `app` in fly.toml)      FLY_ORG   org for a new app
+#   FLY_APP     app name (default: `app` in fly.toml); FLY_APP_NAME is accepted too (the runbook's
+#               name); when both are set they must agree      FLY_ORG   org for a new app
+#   FLY_API_TOKEN   a Fly token, if not logged in: a deploy token (`fly tokens create deploy -a APP`)
+#               deploys an app that exists; creating the app needs a personal or org token
 #   FLYCTL      the flyctl binary (default: flyctl, else fly)
 #
 # Secret values go to flyctl on standard input (`secrets import`), never on a command line
@@ -35,9 +38,12 @@ else
 fi
 [ -f "$config" ] || die "$config not found"
 
-# App name: FLY_APP, else fly.toml's app = "...".
-app=${FLY_APP:-$(sed -n 's/^app *= *"\([^"]*\)".*/\1/p' "$config" | head -n1)}
-[ -n "$app" ] || die "no app name: set FLY_APP or app = \"...\" in fly.toml"
+# App name: FLY_APP (or FLY_APP_NAME, the runbook's name), else fly.toml's app = "...".
+if [ -n "${FLY_APP:-}" ] && [ -n "${FLY_APP_NAME:-}" ] && [ "$FLY_APP" != "$FLY_APP_NAME" ]; then
+  die "FLY_APP=$FLY_APP and FLY_APP_NAME=$FLY_APP_NAME disagree; set one of them"
+fi
+app=${FLY_APP:-${FLY_APP_NAME:-$(sed -n 's/^app *= *"\([^"]*\)".*/\1/p' "$config" | head -n1)}}
+[ -n "$app" ] || die "no app name: set FLY_APP (or FLY_APP_NAME) or app = \"...\" in fly.toml"
 
 # Secrets: required ones must be set (or typed in, hidden, on a terminal).
 required=(SUPABASE_URL AGENT_TOKEN ORGANIZATION_ID)
@@ -62,15 +68,23 @@ case "$SUPABASE_URL" in
   *) die "SUPABASE_URL must start with https:// (the token would travel in clear)" ;;
 esac
 
-"$fly" auth whoami >/dev/null 2>&1 || die "not logged in to Fly: run '$fly auth login' (or set FLY_API_TOKEN)"
+# A token in FLY_API_TOKEN may be an app-scoped deploy token, which cannot answer `auth whoami`:
+# only without one is a login required up front.
+if [ -z "${FLY_API_TOKEN:-}" ]; then
+  "$fly" auth whoami >/dev/null 2>&1 || die "not logged in to Fly: run '$fly auth login' (or set FLY_API_TOKEN)"
+fi
 
-# 1. The app.
-if "$fly" apps list --json 2>/dev/null | grep -Eq "\"[Nn]ame\": *\"$app\""; then
+# 1. The app. `flyctl status --app` works with every token kind that can deploy the app (a
+# deploy token cannot list apps); only Fly's "Could not find App" means missing, any other
+# failure stops here instead of guessing.
+if status_out=$("$fly" status --app "$app" 2>&1); then
   say "app $app exists"
-else
+elif printf '%s' "$status_out" | grep -Eqi 'could not (find|resolve) app'; then
   say "creating app $app"
   "$fly" apps create "$app" ${FLY_ORG:+--org "$FLY_ORG"} >/dev/null \
-    || die "could not create app $app (name taken? set FLY_APP to another name)"
+    || die "could not create app $app: creating needs a personal or org token (a deploy token only deploys an existing app); or the name is taken: set FLY_APP"
+else
+  die "flyctl status --app $app failed: $(printf '%s' "$status_out" | grep -v '^[[:space:]]*$' | tail -n1)"
 fi
 
 # 2. Secrets, staged (applied by the deploy below), from stdin.

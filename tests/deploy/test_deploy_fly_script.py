@@ -15,15 +15,31 @@ SCRIPT = ROOT / "scripts" / "deploy-fly.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-# Records each call's argv (one line) and, for `secrets import`, its stdin.
+# Records each call's argv (one line) and, for `secrets import`, its stdin. Models Fly's two
+# token kinds as flyctl answers them: a personal/org token (FAKE_TOKEN_KIND=org, the default,
+# also a `fly auth login` session) may do everything; an app-scoped deploy token
+# (FAKE_TOKEN_KIND=deploy, for FAKE_DEPLOY_APP) cannot run `auth whoami`, `apps list` or
+# `apps create`, and touches only its own app. FAKE_APPS: the apps that exist (space-separated).
 FAKE_FLYCTL = """#!/usr/bin/env bash
 echo "$*" >> "$FAKE_LOG"
+kind=${FAKE_TOKEN_KIND:-org}
+unauthorized() { echo "Error: unauthorized" >&2; exit 1; }
+exists() { case " ${FAKE_APPS:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+mine() { [ "$kind" = org ] || [ "$1" = "${FAKE_DEPLOY_APP:-}" ]; }
 case "$1 $2" in
-  "auth whoami") [ -n "${FAKE_LOGGED_OUT:-}" ] && exit 1; echo me@example.com ;;
-  "apps list") echo "${FAKE_APPS_JSON:-[]}" ;;
-  "apps create") echo "created" ;;
-  "secrets import") cat > "$FAKE_STDIN" ;;
-  "deploy --app") echo "deployed" ;;
+  "auth whoami") [ -n "${FAKE_LOGGED_OUT:-}" ] && exit 1; [ "$kind" = org ] || unauthorized
+    echo me@example.com ;;
+  "apps list") [ "$kind" = org ] || unauthorized; echo "[]" ;;
+  "status --app")
+    [ -n "${FAKE_STATUS_ERROR:-}" ] && { echo "Error: $FAKE_STATUS_ERROR" >&2; exit 1; }
+    mine "$3" || unauthorized
+    exists "$3" || { echo "Error: Could not find App \"$3\"" >&2; exit 1; }
+    echo "App Name = $3" ;;
+  "apps create") [ "$kind" = org ] || unauthorized
+    exists "$3" && { echo "Error: Name has already been taken" >&2; exit 1; }
+    echo "created" ;;
+  "secrets import") mine "$5" || unauthorized; cat > "$FAKE_STDIN" ;;
+  "deploy --app") mine "$3" || unauthorized; echo "deployed" ;;
 esac
 exit 0
 """
@@ -107,7 +123,7 @@ def test_creates_app_stages_secrets_on_stdin_and_deploys(fake: dict[str, str]) -
     assert result.returncode == 0, result.stderr
     log = calls(fake)
     assert log[0] == "auth whoami"
-    assert log[1] == "apps list --json"
+    assert log[1] == "status --app my-pump"
     assert log[2] == "apps create my-pump --org acme"
     assert log[3] == "secrets import --stage --app my-pump"
     assert log[4].startswith("deploy --app my-pump --config ")
@@ -125,7 +141,7 @@ def test_existing_app_is_not_created_again(fake: dict[str, str]) -> None:
     env = {
         **fake,
         **SECRETS,
-        "FAKE_APPS_JSON": '[{"Name": "queue-pump", "Status": "deployed"}]',
+        "FAKE_APPS": "other-app queue-pump",
         "SUPABASE_ANON_KEY": "anon-key-value",
     }
     result = run(env)
@@ -146,3 +162,88 @@ def test_value_with_a_line_break_is_refused(fake: dict[str, str]) -> None:
 @pytest.mark.skipif(os.name != "posix", reason="POSIX only")
 def test_script_is_executable() -> None:
     assert os.access(SCRIPT, os.X_OK)
+
+
+DEPLOY_TOKEN = "FlyV1 fm2_deploy-token-value"
+
+
+def test_deploy_token_deploys_an_existing_app_named_by_fly_app_name(fake: dict[str, str]) -> None:
+    # The runbook's setup: FLY_APP_NAME and an app-scoped deploy token, app already created.
+    env = {
+        **fake,
+        **SECRETS,
+        "FLY_APP_NAME": "my-pump",
+        "FLY_API_TOKEN": DEPLOY_TOKEN,
+        "FAKE_TOKEN_KIND": "deploy",
+        "FAKE_DEPLOY_APP": "my-pump",
+        "FAKE_APPS": "my-pump",
+    }
+    result = run(env)
+    assert result.returncode == 0, result.stderr
+    log = calls(fake)
+    assert log[0] == "status --app my-pump"  # no whoami, no apps list: a deploy token has neither
+    assert log[1] == "secrets import --stage --app my-pump"
+    assert log[2].startswith("deploy --app my-pump ")
+    assert len(log) == 3
+    assert "app my-pump exists" in result.stdout
+    assert DEPLOY_TOKEN not in "\n".join(log) + result.stdout + result.stderr
+
+
+def test_deploy_token_for_a_missing_app_stops_instead_of_creating(fake: dict[str, str]) -> None:
+    env = {
+        **fake,
+        **SECRETS,
+        "FLY_APP": "new-pump",
+        "FLY_API_TOKEN": DEPLOY_TOKEN,
+        "FAKE_TOKEN_KIND": "deploy",
+        "FAKE_DEPLOY_APP": "old-pump",
+    }
+    result = run(env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "status --app new-pump failed: Error: unauthorized" in result.stderr
+    assert calls(fake) == ["status --app new-pump"]  # no create, no secrets, no deploy
+
+
+def test_org_token_creates_the_missing_app_then_deploys(fake: dict[str, str]) -> None:
+    env = {**fake, **SECRETS, "FLY_APP_NAME": "fresh-pump", "FLY_API_TOKEN": "FlyV1 org-token"}
+    result = run(env)
+    assert result.returncode == 0, result.stderr
+    log = calls(fake)
+    assert log[:2] == ["status --app fresh-pump", "apps create fresh-pump"]
+    assert log[-1].startswith("deploy --app fresh-pump ")
+
+
+def test_taken_name_says_what_to_do(fake: dict[str, str]) -> None:
+    # The app exists but belongs to someone else: status says not found to us, create fails.
+    env = {**fake, **SECRETS, "FLY_APP": "taken", "FAKE_APPS": ""}
+    fly = Path(fake["PATH"].split(":")[0]) / "flyctl"
+    fly.write_text(FAKE_FLYCTL.replace('echo "created"', 'echo "Error: taken" >&2; exit 1'))
+    result = run(env)
+    assert result.returncode == 1
+    assert "could not create app taken" in result.stderr
+    assert "personal or org token" in result.stderr
+    assert not any(c.startswith("deploy") for c in calls(fake))
+
+
+def test_other_status_errors_stop_without_guessing(fake: dict[str, str]) -> None:
+    env = {**fake, **SECRETS, "FAKE_STATUS_ERROR": "failed to connect to api.fly.io"}
+    result = run(env)
+    assert result.returncode == 1
+    assert "failed to connect" in result.stderr
+    assert not any(c.startswith("apps create") for c in calls(fake))
+
+
+def test_fly_app_and_fly_app_name_must_agree(fake: dict[str, str]) -> None:
+    result = run({**fake, **SECRETS, "FLY_APP": "a", "FLY_APP_NAME": "b"})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "disagree" in result.stderr
+    assert calls(fake) == []
+
+
+def test_fly_app_wins_when_both_agree(fake: dict[str, str]) -> None:
+    env = {**fake, **SECRETS, "FLY_APP": "same", "FLY_APP_NAME": "same", "FAKE_APPS": "same"}
+    result = run(env)
+    assert result.returncode == 0, result.stderr
+    assert any(c.startswith("deploy --app same ") for c in calls(fake))
