@@ -8,6 +8,7 @@
 --   fail         give a failed attempt back with a backoff, or end it `failed`
 --   requeue      give the job back on purpose with saved progress (a yield)
 --   stats        counts per status and the age of the oldest due job
+--   due_count    how many jobs could be claimed now (cheap: for autoscalers)
 --   purge        delete finished jobs older than an interval, in bounded batches
 -- complete, fail, requeue and heartbeat change nothing unless the caller still holds the lease,
 -- so a worker that lost its lease (it was presumed dead and the job reclaimed) cannot overwrite
@@ -382,6 +383,28 @@ as $$
   select c.queued, c.running, c.done, c.failed, d.due,
          coalesce(extract(epoch from now() - d.since)::double precision, 0)
     from counts c, due d;
+$$;
+
+-- How many jobs a call could claim now: queued and due, or running with an expired lease
+-- (below max_attempts). Reads only the partial indexes, so it stays cheap at any table size:
+-- what an autoscaler (KEDA's postgresql trigger) polls. The same rule as stats' `due`.
+create function queue_pump.due_count(
+  organization_id text,
+  queue text default 'agent'
+) returns bigint
+language sql
+stable
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+  select (select count(*) from queue_pump.jobs x
+           where x.organization_id = due_count.organization_id and x.queue = due_count.queue
+             and x.status = 'queued' and x.run_at <= now())
+       + (select count(*) from queue_pump.jobs x
+           where x.organization_id = due_count.organization_id and x.queue = due_count.queue
+             and x.status = 'running' and x.lease_expires_at < now()
+             and x.attempts < x.max_attempts);
 $$;
 
 -- Deletes done and failed jobs that finished more than older_than ago, at most max_rows per

@@ -95,7 +95,10 @@ def test_an_expired_lease_hands_the_job_to_the_next_claimer(db_url: str, org: st
         jid = enqueue(conn, org)
         assert claim(conn, org, "dead-worker") is not None
         assert claim(conn, org, "b") is None, "a live lease must not be taken"
+        due = "select queue_pump.due_count(%s) as n"
+        assert conn.execute(due, (org,)).fetchone() == {"n": 0}
         expire_lease(conn, jid)
+        assert conn.execute(due, (org,)).fetchone() == {"n": 1}
         again = claim(conn, org, "b")
         assert again is not None and again["id"] == jid and again["attempts"] == 2
         assert again["locked_by"] == "b"
@@ -170,9 +173,10 @@ def test_many_dead_jobs_on_their_last_attempt_never_run_again(db_url: str, org: 
         assert claim(conn, org, "w2") is None
         rows = conn.execute("select status, max(attempts) as a, count(*) as n"
                             " from queue_pump.jobs group by 1").fetchall()
-        stats = conn.execute("select due from queue_pump.stats(%s, 'agent')", (org,)).fetchone()
+        stats = conn.execute("select due, queue_pump.due_count(%s) as n"
+                             " from queue_pump.stats(%s, 'agent')", (org, org)).fetchone()
     assert rows == [{"status": "failed", "a": 3, "n": 150}]
-    assert stats == {"due": 0}
+    assert stats == {"due": 0, "n": 0}
 
 
 def test_a_claim_without_a_worker_name_gets_a_lease_of_its_own(db_url: str, org: str) -> None:
@@ -310,7 +314,7 @@ def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -
         ).fetchall()
     names = {r["proname"] for r in rows}
     assert names >= {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail",
-                     "requeue", "stats", "purge"}
+                     "requeue", "stats", "due_count", "purge"}
     for r in rows:
         # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging it.
         assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r
@@ -329,6 +333,9 @@ def test_stats_counts_and_the_age_of_the_oldest_due_job(db_url: str, org: str) -
         claim(conn, org, "b")
         stats = conn.execute("select * from queue_pump.stats(%s, 'agent')", (org,)).fetchone()
     assert stats is not None
+    with connect(db_url) as conn:
+        due = conn.execute("select queue_pump.due_count(%s, 'agent') as n", (org,)).fetchone()
+    assert due == {"n": stats["due"]}
     age = stats.pop("oldest_due_age_seconds")
     assert stats == {"queued": 2, "running": 1, "done": 1, "failed": 0, "due": 1}
     assert 89 <= age < 300
