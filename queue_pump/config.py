@@ -53,14 +53,18 @@ def is_loopback_host(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password, safe to log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    """The URL without user:password, safe to log; a URL that does not parse (a runner's
+    ``Location: http://[::1/x``, a port of 99999) is not shown at all: it may hide a password."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(a URL that does not parse)"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
