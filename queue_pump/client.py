@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import socket
 import ssl
 import sys
@@ -420,8 +421,9 @@ def classify(
             raise CallError(ErrorKind.RETRYABLE, "not_object", status,
                             detail=f"2xx answer is JSON {type(data).__name__}, not an object")
         if data.get("processed") is True:
-            return Processed(job_id=data.get("jobId"), job_type=data.get("jobType"),
-                             status=data.get("status"), yielded=bool(data.get("yielded")))
+            return Processed(job_id=loggable(data.get("jobId")),
+                             job_type=loggable(data.get("jobType")),
+                             status=loggable(data.get("status")), yielded=bool(data.get("yielded")))
         return IDLE
     message = runner_message(body)
     if 300 <= status < 400:
@@ -436,6 +438,25 @@ def classify(
     raise CallError(ErrorKind.CONFIGURATION, "http_status", status, None, message,
                     hint=_HINTS.get(status, "the runner rejects the request as sent: check the "
                                             "URL and the runner's version"))
+
+
+def loggable(value: Any) -> Any:
+    """A runner's field as the pump may log it: short strings, finite numbers, booleans and
+    None as they are; anything else (a 900 kB jobType, NaN, 1e999999, an object) as text
+    clipped like a message, so every log line stays short and valid JSON."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value[:_MAX_MESSAGE]
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    try:
+        text = json.dumps(value)  # NaN and Infinity become the text that names them
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text[:_MAX_MESSAGE]
 
 
 def runner_message(body: bytes) -> str:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import zlib
 
 import pytest
 
 from .fault_scenarios import peak_kb
-from .proc import Live, pump_env, start
+from .proc import Live, pump_env, run, start
 from .runner_double import Reply, runner_double
 
 pytestmark = pytest.mark.e2e
@@ -87,3 +88,26 @@ def test_a_redirect_to_a_location_that_does_not_parse_is_a_configuration_error(
         "configuration", "redirect", 302)
     assert failed["next_delay_s"] == 60.0  # the cap, as for every configuration error
     assert "does not parse" in failed["hint"] and "u:p" not in failed["hint"]
+
+
+def strict_json(line: str) -> dict[str, object]:
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    parsed = json.loads(line, parse_constant=refuse)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def test_huge_and_non_finite_runner_fields_leave_every_log_line_short_and_json() -> None:
+    body = (b'{"processed": true, "jobId": 1e999999, "jobType": NaN, "status": "'
+            + b"s" * 900_000 + b'", "yielded": true, "extra": -Infinity}')
+    with runner_double(lambda _i: Reply(raw=body)) as double:
+        done = run(pump_env(double.url, QUEUE_PUMP_LOG_EVERY="1"), "--once")
+    assert done.code == 0
+    lines = done.stdout.splitlines()
+    assert lines and all(len(line) < 4096 for line in lines), max(map(len, lines))
+    events = [strict_json(line) for line in lines]
+    progress = next(e for e in events if e["event"] == "progress")
+    assert progress["job_id"] == "Infinity" and progress["job_type"] == "NaN"
+    assert progress["job_status"] == "s" * 300
