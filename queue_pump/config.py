@@ -23,6 +23,7 @@ from .knobs import (
     KNOBS,
     MAX_HEADER_CHARS,
     MAX_TOTAL_CONCURRENCY,
+    MIN_SECRET_CHARS,
     MIN_WAKE_TOKEN,
     PLACEHOLDERS,
     SECRET_ATTRS,
@@ -333,6 +334,18 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
     return tuple(lanes)
 
 
+def _short_secrets(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for env_name, attr in (("AGENT_TOKEN", "agent_token"), ("SUPABASE_ANON_KEY", "anon_key")):
+        value = values.get(attr)
+        if value and len(value) < MIN_SECRET_CHARS:
+            # Masked everywhere, a short value would garble every log line and so show itself.
+            problems.append(f"{env_name} is {len(value)} characters long; expected at least "
+                            f"{MIN_SECRET_CHARS} (a value that short is no secret, and masking "
+                            "it would garble every log line)")
+    return problems
+
+
 def _rules(values: Mapping[str, Any]) -> list[str]:
     """The rules between fields, on parsed values. Settings checks them when it is built; and
     from_mapping checks them over whatever did parse when something did not, so that one run
@@ -350,6 +363,7 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
         # An empty host would bind every interface: the opposite of the safe default.
         problems.append(f"QUEUE_PUMP_HEALTH_HOST={health_host!r} is not an address; expected "
                         "an IP address or host name, e.g. 127.0.0.1 (default) or 0.0.0.0")
+    problems += _short_secrets(values)
     wake = values.get("wake_token")
     if wake and len(wake) < MIN_WAKE_TOKEN:
         problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "

@@ -127,7 +127,7 @@ def test_header_values_have_a_length_cap(name: str) -> None:
 
 
 def test_endpoint_override_makes_supabase_url_optional() -> None:
-    s = from_mapping({"AGENT_TOKEN": "t", "ORGANIZATION_ID": "o",
+    s = from_mapping({"AGENT_TOKEN": "t" * 8, "ORGANIZATION_ID": "o",
                       "QUEUE_PUMP_ENDPOINT": "https://runner.example/jobs/run"})
     assert s.endpoint == "https://runner.example/jobs/run"
 
@@ -206,3 +206,14 @@ def test_readme_documents_every_variable() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [knob.env for knob in KNOBS if f"`{knob.env}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("name", ["AGENT_TOKEN", "SUPABASE_ANON_KEY"])
+@pytest.mark.parametrize("value", ["e", "abcdefg"])
+def test_a_secret_too_short_to_mask_is_refused_without_showing_it(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({**BASE_ENV, name: value}, hostname="h")
+    problems = info.value.problems
+    assert problems == [f"{name} is {len(value)} characters long; expected at least 8 (a value "
+                        "that short is no secret, and masking it would garble every log line)"]
+    assert from_mapping({**BASE_ENV, name: value + "x" * (8 - len(value))}, hostname="h")
