@@ -10,6 +10,8 @@ import math
 import os
 import re
 import socket
+import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,5 +459,26 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError([f"--env-file {str(path)!r} cannot be read: "
                                f"{exc.__class__.__name__}"]) from None
         merged.update({k: v for k, v in file_values.items() if v is not None})
+        warning = world_readable_secrets(path, merged)
+        if warning:
+            print(f"queue-pump: warning: {warning}", file=sys.stderr)
     merged.update(environ)
     return merged
+
+
+def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
+    """A warning when ``path`` holds a secret and every user of the machine may read it.
+
+    A warning, not an error: the Node pump's users have such files, and refusing to start would
+    turn an upgrade into an outage."""
+    if os.name != "posix":
+        return None  # the mode bits mean nothing there
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    held = [k.env for k in KNOBS if k.secret and values.get(k.env)]
+    if not (mode & stat.S_IROTH and held):
+        return None
+    return (f"{str(path)!r} holds {', '.join(held)} and is readable by every user (mode "
+            f"{stat.S_IMODE(mode):o}); make it private: chmod 600 {str(path)!r}")

@@ -217,3 +217,27 @@ def test_a_secret_too_short_to_mask_is_refused_without_showing_it(name: str, val
     assert problems == [f"{name} is {len(value)} characters long; expected at least 8 (a value "
                         "that short is no secret, and masking it would garble every log line)"]
     assert from_mapping({**BASE_ENV, name: value + "x" * (8 - len(value))}, hostname="h")
+
+
+@pytest.mark.parametrize(("mode", "holds_secret", "warned"), [
+    (0o644, True, True), (0o604, True, True), (0o600, True, False), (0o640, True, False),
+    (0o644, False, False)])
+def test_a_world_readable_env_file_holding_a_secret_is_warned_about_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, holds_secret: bool,
+        warned: bool) -> None:
+    from queue_pump.cli import main
+
+    env = tmp_path / "pump.env"
+    secret = f"AGENT_TOKEN={TOKEN}\n" if holds_secret else ""
+    env.write_text(f"SUPABASE_URL=https://proj.supabase.co\n{secret}ORGANIZATION_ID=o\n")
+    env.chmod(mode)
+    main(["config", "--env-file", str(env)], {} if holds_secret else {"AGENT_TOKEN": TOKEN})
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("queue-pump: warning:")]
+    if warned:
+        assert warnings == [f"queue-pump: warning: {str(env)!r} holds AGENT_TOKEN and is "
+                            f"readable by every user (mode {mode:o}); make it private: "
+                            f"chmod 600 {str(env)!r}"]
+    else:
+        assert warnings == []
+    assert TOKEN not in err
