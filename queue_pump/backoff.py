@@ -13,6 +13,9 @@ from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
 IDLE_JITTER = 0.1
+# Retry-After is a floor, and every loop (and every pump) that got it would come back at the
+# same instant: each adds up to this share of it on top, drawn on its own.
+RETRY_AFTER_SPREAD = 0.25
 _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
 
 
@@ -69,13 +72,15 @@ def idle_delay(idle_s: float, rng: random.Random | None = None) -> float:
 
 def next_delay(
     strategy: wait_base, failures: int, cap_s: float, *, retry_after_s: float | None,
-    at_cap: bool,
+    at_cap: bool, rng: random.Random | None = None, spread: float = RETRY_AFTER_SPREAD,
 ) -> float:
     """The one rule for the wait after a failed call.
 
     The runner's own Retry-After is honoured as the least wait, even above the cap: it knows its
-    load better than we do. A configuration problem (wrong token, wrong URL) will not fix itself
-    quickly, so it waits the cap; anything else follows the jittered exponential.
+    load better than we do, and up to ``spread`` of it (a quarter) is added at random, so the
+    loops that got it do not all come back at once (never past the one-hour ceiling). A
+    configuration problem (wrong token, wrong URL) will not fix itself quickly, so it waits the
+    cap; anything else follows the jittered exponential.
     """
     if at_cap:
         return max(cap_s, retry_after_s or 0.0)
@@ -83,5 +88,7 @@ def next_delay(
     if retry_after_s is not None:
         # A floor, not a replacement: "Retry-After: 0" (some proxies send it) or a date in the
         # past must not turn the loop into a tight one.
-        return max(retry_after_s, jittered)
+        extra = (rng or random).uniform(0.0, spread * retry_after_s) if spread else 0.0
+        # ...and the jitter never takes it past the ceiling: an hour is the longest wait.
+        return min(max(retry_after_s, jittered) + extra, RETRY_AFTER_CEILING_S)
     return jittered

@@ -231,7 +231,8 @@ class Pump:
                         error.kind is ErrorKind.CONFIGURATION or failures >= DRAIN_MAX_FAILURES))
                     delay = next_delay(self._strategy, failures, self._policy.backoff_max_s,
                                        retry_after_s=error.retry_after_s,
-                                       at_cap=error.kind is ErrorKind.CONFIGURATION)
+                                       at_cap=error.kind is ErrorKind.CONFIGURATION,
+                                       rng=self._rng)
                     self._log_failure(lane, record, error, failures, None if gives_up else delay)
                     if gives_up:
                         return False

@@ -153,8 +153,10 @@ class Scheduler:
                 self._count(schedule, "failed")
                 self._log.error("schedule_failed", **fields, attempts=attempt, **failure)
                 return
+            # Exact: one POST per window, no herd of loops to spread (and the window's
+            # deadline cuts the wait anyway).
             delay = next_delay(self._strategy, attempt, self._backoff_max_s,
-                               retry_after_s=result.retry_after_s, at_cap=False)
+                               retry_after_s=result.retry_after_s, at_cap=False, spread=0.0)
             if deadline is not None:
                 delay = min(delay, max(0.0, (deadline - self._now()).total_seconds()))
             self._count(schedule, "retried")

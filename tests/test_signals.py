@@ -29,7 +29,7 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 15) -> None:
 
 
 # Backing off: a Retry-After of a minute, or a 401 that waits the cap (60 s by default). Both are
-# exact waits, so the pump is surely asleep in its backoff when the signal comes.
+# waits of a minute or more, so the pump is surely asleep in its backoff when the signal comes.
 BACKOFFS = {
     "retry-after": Reply(503, {"error": "busy"}, headers={"Retry-After": "60"}),
     "at-the-cap": Reply(401, {"error": "bad token"}),
@@ -42,7 +42,7 @@ def test_a_signal_while_backing_off_stops_at_once(sig: signal.Signals, backoff: 
     with runner_double(lambda i: BACKOFFS[backoff]) as double:
         pump = launch(double.url, QUEUE_PUMP_BACKOFF_MAX_MS="60000")
         failed = pump.wait_event("call_failed")
-        assert failed["next_delay_s"] == 60.0
+        assert 60.0 <= failed["next_delay_s"] <= 75.0  # Retry-After gets up to 25 % on top
         pump.proc.send_signal(sig)
         code, elapsed = pump.finish()
         assert code == 0
