@@ -92,3 +92,46 @@ def next_delay(
         # ...and the jitter never takes it past the ceiling: an hour is the longest wait.
         return min(max(retry_after_s, jittered) + extra, RETRY_AFTER_CEILING_S)
     return jittered
+
+
+class QueueGate:
+    """The failure state one queue's loops share: while the queue fails, one loop probes it and
+    the others hold.
+
+    Per-loop backoff let 256 loops against a runner that answers 503 make 1,037 calls in 5 s:
+    a runner that is down should see one loop's backoff from the whole process, not
+    concurrency times it. The first loop to fail becomes the prober and keeps its own
+    jittered backoff; the others, before each call, ask ``hold`` and wait until the prober's
+    next call, then ask again (with jitter of their own, up to ``spread_s``). The first answer
+    that is not a failure, from any loop, opens the gate for all. Pure: time comes in as
+    ``now``, randomness from the ``rng`` it is given.
+    """
+
+    def __init__(self, spread_s: float, rng: random.Random | None = None) -> None:
+        self.prober: str | None = None
+        self.next_probe_at = 0.0
+        self.given_up = False  # --drain/--once: the prober gave up, so does everyone
+        self._spread_s = spread_s
+        self._rng = rng or random.Random()
+
+    def failed(self, loop: str, now: float, delay_s: float) -> None:
+        if self.prober is None:
+            self.prober = loop
+        if self.prober == loop:
+            self.next_probe_at = now + delay_s
+
+    def succeeded(self) -> None:
+        self.prober = None
+
+    def leave(self, loop: str) -> None:
+        """A loop that ends hands the probing on (the next to ask takes it)."""
+        if self.prober == loop:
+            self.prober = None
+
+    def hold(self, loop: str, now: float) -> float:
+        """How long ``loop`` must wait before it may call (0: call now)."""
+        if self.prober is None or self.prober == loop:
+            return 0.0
+        # After the prober's next call (a fresh one, or one in flight), with this loop's own
+        # jitter, so the holders do not all ask again at the same instant.
+        return max(self.next_probe_at - now, 0.0) + self._rng.uniform(0.1, 1.0) * self._spread_s

@@ -81,3 +81,24 @@ def test_retry_after_is_a_floor_with_independent_jitter_above_it() -> None:
     per_100ms = Counter(int(d * 10) for d in delays)
     assert max(per_100ms.values()) <= 40  # spread over 1.25 s: about 20 per 100 ms
     assert max(delays) - min(delays) > 1.0
+
+
+def test_the_queue_gate_lets_one_loop_probe_and_holds_the_others() -> None:
+    from queue_pump.backoff import QueueGate
+
+    gate = QueueGate(spread_s=1.0, rng=random.Random(2))
+    assert gate.hold("a-0", 100.0) == 0 and gate.hold("a-1", 100.0) == 0  # open: all call
+    gate.failed("a-0", 100.0, delay_s=4.0)  # a-0 failed first: it probes
+    gate.failed("a-1", 100.1, delay_s=0.5)  # a-1's failure does not move the probe
+    assert gate.prober == "a-0" and gate.next_probe_at == 104.0
+    assert gate.hold("a-0", 100.2) == 0
+    held = [gate.hold("a-1", 100.2) for _ in range(50)]
+    assert all(3.8 + 0.1 <= h <= 3.8 + 1.0 for h in held)  # past the next probe, jittered
+    assert max(held) - min(held) > 0.5
+    gate.failed("a-0", 104.0, delay_s=8.0)  # the probe failed again: hold longer
+    assert gate.hold("a-1", 104.0) >= 8.0
+    gate.succeeded()  # any answer that is not a failure opens the gate for all
+    assert gate.hold("a-1", 104.1) == 0 and gate.prober is None
+    gate.failed("a-1", 105.0, delay_s=1.0)
+    gate.leave("a-1")  # a prober that ends hands the probing on
+    assert gate.prober is None and gate.hold("a-2", 105.0) == 0

@@ -1,0 +1,60 @@
+"""Herds of loops against a runner that is down, and wake-up floods, on the real process
+(issue 13, items 5 and 7): the whole process makes a bounded number of calls, not
+concurrency times one loop's."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .fault_scenarios import backoff_bound
+from .proc import Live, pump_env, start
+from .runner_double import IDLE, Reply, runner_double
+
+pytestmark = pytest.mark.e2e
+LOOPS = 64
+WINDOW_S = 2.5
+BASE_S, MAX_S = 0.05, 0.5
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def calls_between(seen: list[float], start_s: float, end_s: float) -> int:
+    return sum(1 for at in seen if start_s <= at < end_s)
+
+
+def test_the_loops_of_a_queue_share_one_backoff_while_the_runner_is_down() -> None:
+    down = True
+
+    def script(_i: int) -> Reply:
+        return Reply(status=503, body={"error": "down"}) if down else IDLE
+
+    with runner_double(script) as double:
+        pump = Live(start(pump_env(
+            double.url, QUEUE_PUMP_CONCURRENCY=str(LOOPS), QUEUE_PUMP_IDLE_SLEEP_MS="100",
+            QUEUE_PUMP_BACKOFF_BASE_MS=str(int(BASE_S * 1000)),
+            QUEUE_PUMP_BACKOFF_MAX_MS=str(int(MAX_S * 1000)))))
+        double.wait_for(1)
+        first = double.seen[0].at
+        # the window, measured by the double's clock: wait for its end, not a fixed sleep
+        wait_until(lambda: time.monotonic() >= first + WINDOW_S, timeout_s=WINDOW_S + 5)
+        in_window = calls_between([s.at for s in double.seen], first, first + WINDOW_S)
+        down = False
+        recovered_from = len(double.seen)
+        double.wait_for(recovered_from + LOOPS, timeout_s=15)  # every loop is back at work
+        pump.proc.send_signal(signal.SIGTERM)
+        code, _ = pump.finish()
+    assert code == 0
+    # The first call of every loop may be in flight before any answer came back; after that,
+    # one loop's backoff, whatever the concurrency. Per loop it was 64 x ~12 calls.
+    bound = LOOPS + backoff_bound(WINDOW_S, BASE_S, MAX_S)
+    assert in_window <= bound, (in_window, bound)
+    assert pump.events("recovered")
