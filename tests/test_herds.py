@@ -4,11 +4,15 @@ concurrency times one loop's."""
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import time
 from collections.abc import Callable
 
 import pytest
+
+from queue_pump.pump import WAKE_MIN_INTERVAL_S
 
 from .fault_scenarios import backoff_bound
 from .proc import Live, pump_env, start
@@ -58,3 +62,27 @@ def test_the_loops_of_a_queue_share_one_backoff_while_the_runner_is_down() -> No
     bound = LOOPS + backoff_bound(WINDOW_S, BASE_S, MAX_S)
     assert in_window <= bound, (in_window, bound)
     assert pump.events("recovered")
+
+
+def test_a_flood_of_wakes_is_merged_into_a_bounded_call_rate() -> None:
+    loops = 4
+    with runner_double(lambda _i: IDLE) as double:
+        pump = Live(start(pump_env(double.url, QUEUE_PUMP_CONCURRENCY=str(loops),
+                                   QUEUE_PUMP_IDLE_SLEEP_MS="60000")))
+        double.wait_for(loops)
+        wait_until(lambda: len(pump.events("idle")) >= 1 and all(s.answered for s in double.seen))
+        before = len(double.seen)
+        started = time.monotonic()
+        for _ in range(1000):  # ~1,000 SIGUSR1 a second, for about a second
+            os.kill(pump.proc.pid, signal.SIGUSR1)
+            time.sleep(0.001)
+        double.wait_for(before + loops)  # the wakes did wake the loops
+        elapsed = time.monotonic() - started
+        calls = len(double.seen) - before
+        pump.proc.send_signal(signal.SIGTERM)
+        code, _ = pump.finish()
+    assert code == 0
+    # at most one delivered wake per interval (plus the one at its end), at most one call per
+    # loop per delivered wake; it was ~3,000 calls for 1,000 signals
+    bound = loops * (math.ceil(elapsed / WAKE_MIN_INTERVAL_S) + 2)
+    assert loops <= calls <= bound, (calls, bound, elapsed)
