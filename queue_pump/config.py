@@ -342,7 +342,8 @@ def _short_secrets(values: Mapping[str, Any]) -> list[str]:
         value = values.get(attr)
         if value and len(value) < MIN_SECRET_CHARS:
             # Masked everywhere, a short value would garble every log line and so show itself.
-            problems.append(f"{env_name} is {len(value)} characters long; expected at least "
+            count = f"{len(value)} character" + ("s" if len(value) > 1 else "")
+            problems.append(f"{env_name} is {count} long; expected at least "
                             f"{MIN_SECRET_CHARS} (a value that short is no secret, and masking "
                             "it would garble every log line)")
     return problems
