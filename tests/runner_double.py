@@ -135,6 +135,9 @@ class RunnerDouble:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        # A pump with hundreds of loops connects all at once: the default backlog of 5 would
+        # drop SYNs, and measure the double's kernel queue instead of the pump.
+        self.server.request_queue_size = 1024
         self.server.server_bind()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
