@@ -102,3 +102,12 @@ def test_the_queue_gate_lets_one_loop_probe_and_holds_the_others() -> None:
     gate.failed("a-1", 105.0, delay_s=1.0)
     gate.leave("a-1")  # a prober that ends hands the probing on
     assert gate.prober is None and gate.hold("a-2", 105.0) == 0
+
+
+def test_the_retry_after_jitter_never_passes_the_ceiling() -> None:
+    strategy = full_jitter(1.0, 60.0)
+    rng = random.Random(9)
+    waits = [next_delay(strategy, 1, 60.0, retry_after_s=RETRY_AFTER_CEILING_S, at_cap=False,
+                        rng=rng) for _ in range(50)]
+    assert waits == [RETRY_AFTER_CEILING_S] * 50
+    assert next_delay(strategy, 1, 60.0, retry_after_s=7.0, at_cap=False, spread=0.0) == 7.0
