@@ -25,6 +25,13 @@ from .notify import Notifier, watchdog
 from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker, stop_or_timeout
 from .stats import Stats
 
+# What stops the pump gracefully (calls in flight get the grace): SIGTERM and SIGINT, SIGHUP
+# (a closed terminal, or a reload this pump does not have: its settings are read once) and
+# SIGQUIT (by default Python would die at once and lose the call in flight). Not on Windows:
+# only the first two exist there.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+                     if hasattr(signal, name))
+
 
 def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float,
                      wake: Any) -> None:
@@ -45,7 +52,7 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
         notifier.send("STOPPING=1")
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # Windows: fall back to the plain handler
@@ -53,6 +60,9 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
                 on_signal, signal.Signals(signum)))
     if hasattr(signal, "SIGUSR1"):  # not on Windows
         loop.add_signal_handler(signal.SIGUSR1, wake, "signal")
+        # Reserved: its default would kill the pump with the call in flight lost.
+        loop.add_signal_handler(signal.SIGUSR2, lambda: log.info(
+            "signal_ignored", signal="SIGUSR2", hint="SIGTERM stops the pump, SIGUSR1 wakes it"))
 
 
 async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> int:

@@ -13,6 +13,9 @@ from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
 IDLE_JITTER = 0.1
+# Retry-After is a floor, and every loop (and every pump) that got it would come back at the
+# same instant: each adds up to this share of it on top, drawn on its own.
+RETRY_AFTER_SPREAD = 0.25
 _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
 
 
@@ -69,13 +72,15 @@ def idle_delay(idle_s: float, rng: random.Random | None = None) -> float:
 
 def next_delay(
     strategy: wait_base, failures: int, cap_s: float, *, retry_after_s: float | None,
-    at_cap: bool,
+    at_cap: bool, rng: random.Random | None = None, spread: float = RETRY_AFTER_SPREAD,
 ) -> float:
     """The one rule for the wait after a failed call.
 
     The runner's own Retry-After is honoured as the least wait, even above the cap: it knows its
-    load better than we do. A configuration problem (wrong token, wrong URL) will not fix itself
-    quickly, so it waits the cap; anything else follows the jittered exponential.
+    load better than we do, and up to ``spread`` of it (a quarter) is added at random, so the
+    loops that got it do not all come back at once (never past the one-hour ceiling). A
+    configuration problem (wrong token, wrong URL) will not fix itself quickly, so it waits the
+    cap; anything else follows the jittered exponential.
     """
     if at_cap:
         return max(cap_s, retry_after_s or 0.0)
@@ -83,5 +88,50 @@ def next_delay(
     if retry_after_s is not None:
         # A floor, not a replacement: "Retry-After: 0" (some proxies send it) or a date in the
         # past must not turn the loop into a tight one.
-        return max(retry_after_s, jittered)
+        extra = (rng or random).uniform(0.0, spread * retry_after_s) if spread else 0.0
+        # ...and the jitter never takes it past the ceiling: an hour is the longest wait.
+        return min(max(retry_after_s, jittered) + extra, RETRY_AFTER_CEILING_S)
     return jittered
+
+
+class QueueGate:
+    """The failure state one queue's loops share: while the queue fails, one loop probes it and
+    the others hold.
+
+    Per-loop backoff let 256 loops against a runner that answers 503 make 1,037 calls in 5 s:
+    a runner that is down should see one loop's backoff from the whole process, not
+    concurrency times it. The first loop to fail becomes the prober and keeps its own
+    jittered backoff; the others, before each call, ask ``hold`` and wait until the prober's
+    next call, then ask again (with jitter of their own, up to ``spread_s``). The first answer
+    that is not a failure, from any loop, opens the gate for all. Pure: time comes in as
+    ``now``, randomness from the ``rng`` it is given.
+    """
+
+    def __init__(self, spread_s: float, rng: random.Random | None = None) -> None:
+        self.prober: str | None = None
+        self.next_probe_at = 0.0
+        self.given_up = False  # --drain/--once: the prober gave up, so does everyone
+        self._spread_s = spread_s
+        self._rng = rng or random.Random()
+
+    def failed(self, loop: str, now: float, delay_s: float) -> None:
+        if self.prober is None:
+            self.prober = loop
+        if self.prober == loop:
+            self.next_probe_at = now + delay_s
+
+    def succeeded(self) -> None:
+        self.prober = None
+
+    def leave(self, loop: str) -> None:
+        """A loop that ends hands the probing on (the next to ask takes it)."""
+        if self.prober == loop:
+            self.prober = None
+
+    def hold(self, loop: str, now: float) -> float:
+        """How long ``loop`` must wait before it may call (0: call now)."""
+        if self.prober is None or self.prober == loop:
+            return 0.0
+        # After the prober's next call (a fresh one, or one in flight), with this loop's own
+        # jitter, so the holders do not all ask again at the same instant.
+        return max(self.next_probe_at - now, 0.0) + self._rng.uniform(0.1, 1.0) * self._spread_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import socket
 import ssl
 import sys
@@ -37,6 +38,16 @@ _HINTS = {
 }
 _MESSAGE_KEYS = ("error", "message", "msg", "detail")
 _MAX_MESSAGE = 300
+# Bytes the pump would have to inflate are never read: it asks for the body as sent, and an
+# answer coded anyway (gzip, "gzip, gzip", br, ...) is refused before one byte of it is decoded.
+# 1.8 KB of "gzip, gzip" inflate to 1 GiB; no cap on decoded bytes bounds what one step inflates.
+IDENTITY = "identity"
+# A body arrives in pieces (one per HTTP chunk or per socket read); chunk headers may carry
+# extensions of kilobytes around a single data byte, so the body cap alone bounds the body, not
+# the bytes read off the wire. Capping the pieces too bounds those: an answer of at most
+# ``max_bytes`` in more than this many pieces is refused as too large.
+_MIN_PIECES = 1024
+_BYTES_PER_PIECE = 4096
 
 
 class ErrorKind(StrEnum):
@@ -78,7 +89,20 @@ class CallError(Exception):
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _Encoded(Exception):
+    def __init__(self, encoding: str) -> None:
+        super().__init__(encoding)
+        self.encoding = encoding
+
+
+def max_pieces(max_bytes: int) -> int:
+    """The most pieces an answer of at most ``max_bytes`` may arrive in."""
+    return _MIN_PIECES + max_bytes // _BYTES_PER_PIECE
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -100,6 +124,7 @@ def build_http_client(
         verify = _ssl_context()
     return httpx.AsyncClient(
         timeout=timeout,
+        headers={"Accept-Encoding": IDENTITY},
         limits=limits,
         verify=verify,
         # Redirects would resend the token to wherever the Location points: never follow.
@@ -184,12 +209,14 @@ class RunnerClient:
         self._http = http
         self.queue = queue or settings.queue
         self._max_bytes = settings.max_response_bytes
+        self._max_pieces = max_pieces(settings.max_response_bytes)
         self._deadline_s = settings.http_timeout_s
         self._url = httpx.URL(settings.endpoint).copy_merge_params(
             {"worker": "1", "queue": self.queue})
         self.url_for_logs = redact_url(str(self._url))
-        headers = httpx.Headers(http.headers)  # the client's defaults: Accept-Encoding, ...
+        headers = httpx.Headers(http.headers)  # the client's defaults: User-Agent, ...
         headers.update(contract_headers(settings))
+        headers["Accept-Encoding"] = IDENTITY
         if self._url.userinfo:
             # What httpx does for credentials in the URL (BasicAuth), done once; the URL sent
             # goes without them (aiohttp refuses both an Authorization header and URL ones).
@@ -219,9 +246,13 @@ class RunnerClient:
         except TimeoutError:
             raise CallError(ErrorKind.RETRYABLE, "timeout",
                             detail=f"no complete answer within {self._deadline_s:g} s") from None
-        except _TooLarge:
-            raise CallError(ErrorKind.RETRYABLE, "too_large",
-                            detail=f"answer larger than {self._max_bytes} bytes") from None
+        except _TooLarge as exc:
+            raise CallError(ErrorKind.RETRYABLE, "too_large", detail=exc.detail) from None
+        except _Encoded as exc:
+            raise CallError(ErrorKind.RETRYABLE, "bad_encoding", detail=(
+                f"answer has Content-Encoding: {exc.encoding}"[:_MAX_MESSAGE]),
+                hint="the pump asks for Accept-Encoding: identity and never inflates an answer; "
+                     "make the runner (or the proxy in front of it) send it uncompressed") from None
         except httpx.InvalidURL as exc:
             raise CallError(ErrorKind.CONFIGURATION, "bad_url", detail=_short(exc),
                             hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT") from None
@@ -242,19 +273,78 @@ class RunnerClient:
         else:
             response = await self._transport.handle_async_request(request)
         try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_bytes:
-                raise _TooLarge
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self._max_bytes:
-                    raise _TooLarge  # stop reading: never buffer an unbounded body
-                chunks.append(chunk)
-            return response.status_code, response.headers, b"".join(chunks)
+            body = await read_bounded(response, self._max_bytes, self._max_pieces)
+            return response.status_code, response.headers, body
         finally:
             await response.aclose()
+
+
+async def read_bounded(response: httpx.Response, max_bytes: int, pieces: int) -> bytes:
+    """The body as sent, or _TooLarge / _Encoded: never more than ``max_bytes`` held, never
+    more than ``pieces`` reads nor about twice ``max_bytes`` off the wire, never a byte
+    decompressed."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", IDENTITY):
+        raise _Encoded(encoding)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _TooLarge(f"answer larger than {max_bytes} bytes")
+    try:
+        loaded = response.content  # a transport may hand over an answer already in memory
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(loaded) > max_bytes:
+            raise _TooLarge(f"answer larger than {max_bytes} bytes")
+        return loaded
+    chunks: list[bytes] = []
+    size = 0
+    wire_cap = 2 * max_bytes + 65536  # chunked framing of honest answers costs far less
+    meter = _WireMeter(response)
+    try:
+        # aiter_raw: the bytes as they came; with no Content-Encoding there is nothing to decode.
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _TooLarge(f"answer larger than {max_bytes} bytes")  # never buffer it all
+            chunks.append(chunk)
+            if len(chunks) > pieces or meter.read > wire_cap:
+                raise _TooLarge(f"answer framed in more than {pieces} pieces or "
+                                f"{wire_cap} bytes for {size} bytes of body")
+    finally:
+        meter.close()
+    return b"".join(chunks)
+
+
+class _WireMeter:
+    """Counts the bytes aiohttp's connection reads while one body is read.
+
+    aiohttp parses chunk framing as it reads the socket, whoever consumes the body, and hands
+    the data on in merged pieces: a flood of one-byte chunks behind 8 kB extensions reads
+    hundreds of MB in a few hundred pieces. So the count is taken where aiohttp reads, on the
+    connection's protocol, for this one answer. httpx's own transport (h11) needs no meter:
+    each of its pieces is one chunk, whose header h11 caps at 16 kB. Where the attributes are
+    not found (another httpx-aiohttp release), the meter reads 0 and the piece cap remains.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.read = 0
+        native = getattr(response.stream, "_aiohttp_response", None)
+        connection = getattr(native, "connection", None)
+        self._protocol: Any = getattr(connection, "protocol", None)
+        if self._protocol is None:
+            return
+        original = self._protocol.data_received
+
+        def counting(data: bytes) -> None:
+            self.read += len(data)
+            original(data)
+
+        self._protocol.data_received = counting
+
+    def close(self) -> None:
+        if self._protocol is not None and "data_received" in vars(self._protocol):
+            del self._protocol.data_received  # the pooled connection reads as before
 
 
 def _direct_transport(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport | None:
@@ -331,8 +421,9 @@ def classify(
             raise CallError(ErrorKind.RETRYABLE, "not_object", status,
                             detail=f"2xx answer is JSON {type(data).__name__}, not an object")
         if data.get("processed") is True:
-            return Processed(job_id=data.get("jobId"), job_type=data.get("jobType"),
-                             status=data.get("status"), yielded=bool(data.get("yielded")))
+            return Processed(job_id=loggable(data.get("jobId")),
+                             job_type=loggable(data.get("jobType")),
+                             status=loggable(data.get("status")), yielded=bool(data.get("yielded")))
         return IDLE
     message = runner_message(body)
     if 300 <= status < 400:
@@ -347,6 +438,25 @@ def classify(
     raise CallError(ErrorKind.CONFIGURATION, "http_status", status, None, message,
                     hint=_HINTS.get(status, "the runner rejects the request as sent: check the "
                                             "URL and the runner's version"))
+
+
+def loggable(value: Any) -> Any:
+    """A runner's field as the pump may log it: short strings, finite numbers, booleans and
+    None as they are; anything else (a 900 kB jobType, NaN, 1e999999, an object) as text
+    clipped like a message, so every log line stays short and valid JSON."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value[:_MAX_MESSAGE]
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    try:
+        text = json.dumps(value)  # NaN and Infinity become the text that names them
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text[:_MAX_MESSAGE]
 
 
 def runner_message(body: bytes) -> str:

@@ -10,6 +10,8 @@ import math
 import os
 import re
 import socket
+import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from .knobs import (
     KNOBS,
     MAX_HEADER_CHARS,
     MAX_TOTAL_CONCURRENCY,
+    MIN_SECRET_CHARS,
     MIN_WAKE_TOKEN,
     PLACEHOLDERS,
     SECRET_ATTRS,
@@ -53,14 +56,18 @@ def is_loopback_host(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password, safe to log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    """The URL without user:password, safe to log; a URL that does not parse (a runner's
+    ``Location: http://[::1/x``, a port of 99999) is not shown at all: it may hide a password."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(a URL that does not parse)"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -329,6 +336,19 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
     return tuple(lanes)
 
 
+def _short_secrets(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for env_name, attr in (("AGENT_TOKEN", "agent_token"), ("SUPABASE_ANON_KEY", "anon_key")):
+        value = values.get(attr)
+        if value and len(value) < MIN_SECRET_CHARS:
+            # Masked everywhere, a short value would garble every log line and so show itself.
+            count = f"{len(value)} character" + ("s" if len(value) > 1 else "")
+            problems.append(f"{env_name} is {count} long; expected at least "
+                            f"{MIN_SECRET_CHARS} (a value that short is no secret, and masking "
+                            "it would garble every log line)")
+    return problems
+
+
 def _rules(values: Mapping[str, Any]) -> list[str]:
     """The rules between fields, on parsed values. Settings checks them when it is built; and
     from_mapping checks them over whatever did parse when something did not, so that one run
@@ -346,6 +366,7 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
         # An empty host would bind every interface: the opposite of the safe default.
         problems.append(f"QUEUE_PUMP_HEALTH_HOST={health_host!r} is not an address; expected "
                         "an IP address or host name, e.g. 127.0.0.1 (default) or 0.0.0.0")
+    problems += _short_secrets(values)
     wake = values.get("wake_token")
     if wake and len(wake) < MIN_WAKE_TOKEN:
         problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "
@@ -439,5 +460,26 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError([f"--env-file {str(path)!r} cannot be read: "
                                f"{exc.__class__.__name__}"]) from None
         merged.update({k: v for k, v in file_values.items() if v is not None})
+        warning = world_readable_secrets(path, merged)
+        if warning:
+            print(f"queue-pump: warning: {warning}", file=sys.stderr)
     merged.update(environ)
     return merged
+
+
+def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
+    """A warning when ``path`` holds a secret and every user of the machine may read it.
+
+    A warning, not an error: the Node pump's users have such files, and refusing to start would
+    turn an upgrade into an outage."""
+    if os.name != "posix":
+        return None  # the mode bits mean nothing there
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    held = [k.env for k in KNOBS if k.secret and values.get(k.env)]
+    if not (mode & stat.S_IROTH and held):
+        return None
+    return (f"{str(path)!r} holds {', '.join(held)} and is readable by every user (mode "
+            f"{stat.S_IMODE(mode):o}); make it private: chmod 600 {str(path)!r}")

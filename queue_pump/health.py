@@ -1,42 +1,25 @@
-"""The health endpoint: /healthz, /readyz, /metrics, served by the standard library's WSGI server.
+"""The health endpoint: /healthz, /readyz, /metrics (and /wake), a WSGI app served by
+``health_wire.Acceptor`` in one thread of its own.
 
-It runs in its own thread on purpose: if the event loop wedges, /healthz still answers, and
-answers 503 because the loops' deadlines pass. It reads Stats and never touches the pump.
+Its own thread on purpose: if the event loop wedges, /healthz still answers, and answers 503
+because the loops' deadlines pass. It reads Stats and never touches the pump.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .health_wire import Acceptor
 from .stats import Stats
 
 StartResponse = Callable[..., Any]
 JSON = "application/json"
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    # A client that connects and says nothing must not hold a thread and a descriptor forever.
-    timeout = 10
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # probes every few seconds would drown the pump's own log
 
 
 class HealthApp:
@@ -93,27 +76,28 @@ def _reply(start_response: StartResponse, status: str, data: dict[str, Any]) -> 
 
 
 class HealthServer:
+    """The endpoint's socket and its one thread; requests are served by ``_wire.Acceptor``."""
+
     def __init__(self, stats: Stats, host: str, port: int, *,
-                 wake: Callable[[], None] | None = None, wake_token: str = "") -> None:
+                 wake: Callable[[], None] | None = None, wake_token: str = "",
+                 **limits: Any) -> None:
         self._app = HealthApp(stats, wake=wake, wake_token=wake_token)
         self._host = host
         self._port = port
-        self._server: WSGIServer | None = None
+        self._limits = limits  # max_connections, deadline_s: tests shrink them
+        self._acceptor: Acceptor | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Bind now, so a port in use fails start-up instead of a background thread."""
-        server_class = _Server6 if ":" in self._host else _Server
-        self._server = make_server(self._host, self._port, self._app,
-                                   server_class=server_class, handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self._acceptor = Acceptor(self._host, self._port, self._app, **self._limits)
+        self._thread = threading.Thread(target=self._acceptor.serve, name="health", daemon=True)
         self._thread.start()
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        assert self._acceptor is not None
+        return self._acceptor.port
 
     @property
     def url(self) -> str:
@@ -121,7 +105,8 @@ class HealthServer:
         return f"http://{host}:{self.port}"
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._acceptor is not None:
+            self._acceptor.stop()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._acceptor = None

@@ -34,6 +34,9 @@ class Knob:
 SECRET_ATTRS = frozenset({"agent_token", "anon_key", "alert_webhook_url", "wake_token"})
 MAX_TOTAL_CONCURRENCY = 256
 MIN_WAKE_TOKEN = 16
+# Every secret is masked wherever it appears in a log line: a one-letter token would turn
+# "call_failed" into "call_fail***d" and so show the token. Shorter than this is no secret.
+MIN_SECRET_CHARS = 8
 MAX_HEADER_CHARS = 4096
 
 HOUR_MS = 3_600_000
@@ -44,11 +47,13 @@ KNOBS: tuple[Knob, ...] = (
          "Project URL; the runner is {SUPABASE_URL}/functions/v1/ai-job-runner. "
          "Not needed when QUEUE_PUMP_ENDPOINT is set.", required=True),
     Knob("AGENT_TOKEN", "agent_token", "secret", None,
-         "Sent as X-Agent-Token on every call.", required=True),
+         f"Sent as X-Agent-Token on every call; at least {MIN_SECRET_CHARS} characters.",
+         required=True),
     Knob("ORGANIZATION_ID", "organization_id", "str", None,
          "Sent as X-Organization-Id on every call.", required=True),
     Knob("SUPABASE_ANON_KEY", "anon_key", "secret", "",
-         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying functions)."),
+         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying "
+         f"functions); at least {MIN_SECRET_CHARS} characters."),
     Knob("QUEUE_PUMP_ENDPOINT", "endpoint_override", "url", "",
          "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners)."),
     Knob("QUEUE_PUMP_QUEUE", "queue", "str", "agent",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -67,6 +68,24 @@ class Redactor:
         return event
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "nan": JSON has no such numbers, and a line must parse
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def finite_numbers(_logger: Any, _name: str,
+                   event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every value JSON can carry: structlog's renderer would write NaN and Infinity bare."""
+    for key, value in event.items():
+        event[key] = _json_safe(value)
+    return event
+
+
 def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
               stream: TextIO | None = None) -> None:
     """Called once at start-up; ``fmt`` empty means json unless stdout is a terminal."""
@@ -81,6 +100,7 @@ def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             Redactor(secrets),
+            finite_numbers,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

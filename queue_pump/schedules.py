@@ -30,6 +30,7 @@ MAX_NAP_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
 # Only `created` and an error message are read from an answer.
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_ANSWER_PIECES = 256  # and in as many reads at most: chunk framing is wire bytes too
 
 _HINTS = {
     401: "the endpoint rejected the credentials: check AGENT_TOKEN and ORGANIZATION_ID (and "
@@ -152,8 +153,10 @@ class Scheduler:
                 self._count(schedule, "failed")
                 self._log.error("schedule_failed", **fields, attempts=attempt, **failure)
                 return
+            # Exact: one POST per window, no herd of loops to spread (and the window's
+            # deadline cuts the wait anyway).
             delay = next_delay(self._strategy, attempt, self._backoff_max_s,
-                               retry_after_s=result.retry_after_s, at_cap=False)
+                               retry_after_s=result.retry_after_s, at_cap=False, spread=0.0)
             if deadline is not None:
                 delay = min(delay, max(0.0, (deadline - self._now()).total_seconds()))
             self._count(schedule, "retried")
@@ -207,10 +210,15 @@ class Scheduler:
         async with self._http.stream("POST", url, content=content, headers=headers) as response:
             chunks: list[bytes] = []
             size = 0
+            # The client asks for identity; a compressed answer anyway is not read at all, so
+            # no bomb is ever inflated (it was only read for "created", which it then lacks).
+            if response.headers.get("content-encoding", "identity").strip().lower() not in (
+                    "", "identity"):
+                return response.status_code, response.headers, b""
             async for chunk in response.aiter_bytes():
                 chunks.append(chunk)
                 size += len(chunk)
-                if size >= MAX_ANSWER_BYTES:
+                if size >= MAX_ANSWER_BYTES or len(chunks) > MAX_ANSWER_PIECES:
                     break  # what we read is enough; never buffer an unbounded answer
             return response.status_code, response.headers, b"".join(chunks)
 

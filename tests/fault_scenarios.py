@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from queue_pump.backoff import RETRY_AFTER_SPREAD
 from queue_pump.knobs import KNOBS_BY_ENV
 
 from .conftest import TOKEN
@@ -153,7 +154,8 @@ def calls_bound(fault: Fault) -> int:
 def recovery_bound_s(fault: Fault) -> float | None:
     if fault.target == "dns":
         return None  # the name never resolves: there is nothing to recover to
-    held = {"retry_after": fault.max_wait_s, "timeout": TIMEOUT_S}.get(fault.pacing, 0.0)
+    held = {"retry_after": fault.max_wait_s * (1 + RETRY_AFTER_SPREAD),
+            "timeout": TIMEOUT_S}.get(fault.pacing, 0.0)
     return max(MAX_S, held) + (MAX_S if fault.pacing == "timeout" else 0.0) + RECOVERY_SLACK_S
 
 
@@ -396,8 +398,8 @@ def _delay_ok(f: Fault, attempt: int, delay: Any, retry_after: Any) -> bool:
         return math.isclose(delay, MAX_S, abs_tol=0.001)
     if f.pacing == "retry_after":
         return (isinstance(retry_after, int | float)
-                and math.isclose(delay, retry_after, abs_tol=0.001)
-                and f.min_wait_s <= delay <= f.max_wait_s)
+                and retry_after - 0.001 <= delay <= retry_after * (1 + RETRY_AFTER_SPREAD) + 0.001
+                and f.min_wait_s - 0.001 <= delay)
     return 0 <= delay <= min(MAX_S, BASE_S * 2 ** min(attempt - 1, 60)) + 0.001
 
 

@@ -28,6 +28,8 @@ class Reply:
     drop: bool = False  # close the connection without answering
     partial: bool = False  # promise more bytes than are sent, then close
     stream_bytes: int = 0  # send this many bytes, chunked, generated as they go (never in memory)
+    # send this many chunks of one data byte behind 8 kB of chunk extensions (a framing flood)
+    ext_chunks: int = 0
 
 
 JOB = Reply(body={"processed": True, "jobId": "j", "jobType": "t", "status": "done"})
@@ -41,6 +43,7 @@ class Seen:
     headers: httpx.Headers  # case-insensitive, as HTTP headers are
     body: bytes
     answered: bool = False
+    sent_bytes: int = 0  # body bytes written on the wire (framing included), for floods
 
 
 class RunnerDouble:
@@ -92,6 +95,9 @@ class RunnerDouble:
                     self.send_header(key, value)
                 if "content-type" not in {k.lower() for k in reply.headers}:
                     self.send_header("Content-Type", "application/json")
+                if reply.ext_chunks:
+                    self._flood(reply, seen)
+                    return
                 if reply.stream_bytes:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
@@ -115,8 +121,23 @@ class RunnerDouble:
                     return
                 seen.answered = True
 
+            def _flood(self, reply: Reply, seen: Seen) -> None:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                # 64 chunks per write: 1 data byte each, behind an 8000-byte extension.
+                block = (b"1;e=" + b"a" * 8000 + b"\r\nx\r\n") * 64
+                for _ in range(reply.ext_chunks // 64):
+                    self.wfile.write(block)
+                    seen.sent_bytes += len(block)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+                seen.answered = True
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        # A pump with hundreds of loops connects all at once: the default backlog of 5 would
+        # drop SYNs, and measure the double's kernel queue instead of the pump.
+        self.server.request_queue_size = 1024
         self.server.server_bind()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -325,3 +325,23 @@ def test_the_call_budget_holds_under_load() -> None:
     assert calls >= 4
     assert len(done.named("budget_limiting")) == 1
     assert done.code == 0
+
+
+def test_wakes_within_an_interval_are_merged_into_one_at_its_end() -> None:
+    async def go() -> list[int]:
+        waker = Waker(min_interval_s=0.05)
+        seen = []
+        first = waker.current()
+        for _ in range(1000):
+            waker.wake()
+        seen.append(waker.generation)  # the first is delivered at once, the rest wait
+        assert first.is_set()
+        await waker.current().wait()  # the merged one, at the end of the interval
+        seen.append(waker.generation)
+        waker.wake()  # within the next interval again: one more, later
+        seen.append(waker.generation)
+        await waker.current().wait()
+        seen.append(waker.generation)
+        return seen
+
+    assert asyncio.run(go()) == [1, 2, 2, 3]

@@ -165,6 +165,19 @@ def test_redirects_are_not_followed() -> None:
     assert not other.called
 
 
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://u:p@runner:99999/x",
+                                      "https://u:p@[::1/x"])
+def test_a_redirect_whose_location_does_not_parse_is_still_a_configuration_error(
+        location: str) -> None:
+    from queue_pump.client import classify
+
+    with pytest.raises(CallError) as info:
+        classify(302, {"location": location}, b"")
+    error = info.value
+    assert (error.kind, error.reason, error.status) == (ErrorKind.CONFIGURATION, "redirect", 302)
+    assert "does not parse" in error.hint and "u:p" not in error.hint
+
+
 @respx.mock
 @pytest.mark.parametrize("content,reason", [
     (b"not json", "bad_json"),

@@ -127,7 +127,7 @@ def test_header_values_have_a_length_cap(name: str) -> None:
 
 
 def test_endpoint_override_makes_supabase_url_optional() -> None:
-    s = from_mapping({"AGENT_TOKEN": "t", "ORGANIZATION_ID": "o",
+    s = from_mapping({"AGENT_TOKEN": "t" * 8, "ORGANIZATION_ID": "o",
                       "QUEUE_PUMP_ENDPOINT": "https://runner.example/jobs/run"})
     assert s.endpoint == "https://runner.example/jobs/run"
 
@@ -206,3 +206,39 @@ def test_readme_documents_every_variable() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [knob.env for knob in KNOBS if f"`{knob.env}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("name", ["AGENT_TOKEN", "SUPABASE_ANON_KEY"])
+@pytest.mark.parametrize("value", ["e", "abcdefg"])
+def test_a_secret_too_short_to_mask_is_refused_without_showing_it(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({**BASE_ENV, name: value}, hostname="h")
+    problems = info.value.problems
+    count = "1 character" if value == "e" else f"{len(value)} characters"
+    assert problems == [f"{name} is {count} long; expected at least 8 (a value "
+                        "that short is no secret, and masking it would garble every log line)"]
+    assert from_mapping({**BASE_ENV, name: value + "x" * (8 - len(value))}, hostname="h")
+
+
+@pytest.mark.parametrize(("mode", "holds_secret", "warned"), [
+    (0o644, True, True), (0o604, True, True), (0o600, True, False), (0o640, True, False),
+    (0o644, False, False)])
+def test_a_world_readable_env_file_holding_a_secret_is_warned_about_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, holds_secret: bool,
+        warned: bool) -> None:
+    from queue_pump.cli import main
+
+    env = tmp_path / "pump.env"
+    secret = f"AGENT_TOKEN={TOKEN}\n" if holds_secret else ""
+    env.write_text(f"SUPABASE_URL=https://proj.supabase.co\n{secret}ORGANIZATION_ID=o\n")
+    env.chmod(mode)
+    main(["config", "--env-file", str(env)], {} if holds_secret else {"AGENT_TOKEN": TOKEN})
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("queue-pump: warning:")]
+    if warned:
+        assert warnings == [f"queue-pump: warning: {str(env)!r} holds AGENT_TOKEN and is "
+                            f"readable by every user (mode {mode:o}); make it private: "
+                            f"chmod 600 {str(env)!r}"]
+    else:
+        assert warnings == []
+    assert TOKEN not in err

@@ -319,10 +319,70 @@ def test_a_failing_webhook_never_disturbs_the_pump(status: int | None,
     assert [e["alert"] for e in logs if e["event"] == "alert_failed"] == ["outage", "recovered"]
 
 
-def test_a_silent_client_does_not_hold_a_health_thread_forever() -> None:
-    from queue_pump.health import _QuietHandler
+def test_a_client_that_trickles_is_cut_at_one_deadline_for_the_whole_request() -> None:
+    # The old server's timeout was per read: a byte every few seconds held it forever. Here a
+    # complete request trickled over ~3 s against a 0.5 s deadline must never be answered.
+    server = HealthServer(Stats(), "127.0.0.1", 0, deadline_s=0.5)
+    server.start()
+    request = b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 40 + b"\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            try:
+                for piece in request:
+                    sock.sendall(bytes([piece]))
+                    time.sleep(0.05)  # the trickle itself, not a wait for the server
+                answer = sock.recv(100)
+            except OSError:  # reset: closed while we were still sending
+                answer = b""
+        assert answer == b""  # closed at the deadline, never answered
+        assert get(server.url + "/healthz")[0] == 200  # a prompt request still is
+    finally:
+        server.close()
 
-    assert _QuietHandler.timeout is not None and _QuietHandler.timeout <= 30
+
+def test_held_connections_are_bounded_and_a_prober_is_still_answered() -> None:
+    before = threading.active_count()
+    server = HealthServer(Stats(), "127.0.0.1", 0, max_connections=8)
+    server.start()
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the end of the request
+        assert threading.active_count() == before + 1  # the server's one thread, no more
+        for _ in range(3):
+            assert get(server.url + "/healthz")[0] == 200
+        # the oldest held connections were closed to make room: at most 8 are still open
+        wait_until(lambda: sum(_closed_by_peer(s) for s in held) >= 40 - 8)
+    finally:
+        for sock in held:
+            sock.close()
+        server.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_nonsense_on_the_health_port_is_a_400_not_a_traceback(
+        served_stats: tuple[Stats, FakeTime, str], capfd: pytest.CaptureFixture[str]) -> None:
+    _, _, base = served_stats
+    port = int(base.rsplit(":", 1)[1])
+    for junk in (b"\x00\xff garbage\r\n\r\n", b"GET nothing\r\n\r\n",
+                 b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n",
+                 b"POST /wake HTTP/1.1\r\nContent-Length: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(junk)
+            assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 9000)
+        assert sock.recv(100).startswith(b"HTTP/1.1 413 ")
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_healthcheck_finds_the_port_in_dot_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,

@@ -94,7 +94,8 @@ def test_errors_back_off_with_full_jitter_and_reset_on_success(fake_time: FakeTi
 
 def test_retry_after_beats_the_cap(fake_time: FakeTime) -> None:
     run([err(status=429, retry_after=120.0), err(status=503, retry_after=3.0)], fake_time)
-    assert fake_time.pauses[:2] == [120.0, 3.0]
+    first, second = fake_time.pauses[:2]
+    assert 120.0 <= first <= 150.0 and 3.0 <= second <= 3.75  # the floor, and some jitter
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])

@@ -65,3 +65,24 @@ def test_the_redactor_masks_objects_rendered_by_repr() -> None:
     event = Redactor([TOKEN])(None, "info", {"event": "x", "obj": Leaky(),
                                             "err": RuntimeError(TOKEN)})
     assert TOKEN not in json.dumps(event, default=repr)
+
+
+def test_a_non_finite_number_in_any_event_still_renders_valid_json() -> None:
+    import io
+
+    import structlog
+
+    from queue_pump.logs import configure, get_logger
+
+    out = io.StringIO()
+    configure(fmt="json", level="info", secrets=[TOKEN], stream=out)
+    try:
+        get_logger().info("e", a=float("inf"), b={"c": [float("nan"), 1.5]}, d=-float("inf"))
+    finally:
+        structlog.reset_defaults()
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    line = json.loads(out.getvalue(), parse_constant=refuse)
+    assert (line["a"], line["b"], line["d"]) == ("inf", {"c": ["nan", 1.5]}, "-inf")
