@@ -3,6 +3,10 @@
 
 Its own thread on purpose: if the event loop wedges, /healthz still answers, and answers 503
 because the loops' deadlines pass. It reads Stats and never touches the pump.
+
+/healthz is 503 when a loop is stuck, and also while a queue's latest failure was a
+configuration error (no retry fixes a bad token or URL, so a container must not look healthy);
+the body's ``problems`` says why. Backing off from 5xx stays 200.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class HealthApp:
             return [body]
         snapshot = self._stats.snapshot()
         if path == "/healthz":
-            ok = snapshot["status"] == "ok"
+            ok = snapshot["healthy"]
         else:
             ok = snapshot["ready"]
             snapshot = {"ready": ok, "state": snapshot["state"],

@@ -23,6 +23,8 @@ from . import __version__
 STUCK_SLACK_S = 30.0
 # Runner statuses are free text; only these become metric labels, the rest count as "other".
 KNOWN_JOB_STATUSES = frozenset({"done", "completed", "succeeded", "retry", "failed", "yielded"})
+# The error kind (client.ErrorKind.CONFIGURATION) that no retry can fix: only a new setting can.
+CONFIGURATION = "configuration"
 
 
 class LoopState(StrEnum):
@@ -64,6 +66,9 @@ class Stats:
         self.last_success_mono: float | None = None
         self.counts: dict[str, int] = {"calls": 0, "processed": 0, "idle": 0, "errors": 0}
         self.errors_by_kind: dict[str, int] = {}
+        # Queues whose latest failure was a configuration error (401/403/404, 3xx, bad URL),
+        # with its reason: a retry cannot fix those, so health fails until a call succeeds.
+        self.misconfigured: dict[str, str] = {}
         self._listeners: list[StreakListener] = []
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -161,12 +166,15 @@ class Stats:
                 self.streaks[queue] = 0
                 loop.consecutive_failures = 0
                 self.ever_succeeded = True
+                self.misconfigured.pop(queue, None)
                 self.last_success_wall = self._wall()
                 self.last_success_mono = self._clock()
             else:
                 self.counts["errors"] += 1
                 key = f"{error[0]}:{error[1]}"
                 self.errors_by_kind[key] = self.errors_by_kind.get(key, 0) + 1
+                if error[0] == CONFIGURATION:
+                    self.misconfigured[queue] = key
                 self.streaks[queue] = old + 1
                 loop.consecutive_failures += 1
             new = self.streaks[queue]
@@ -257,8 +265,16 @@ class Stats:
         with self._lock:
             since = None if self.last_success_mono is None else round(
                 now - self.last_success_mono, 3)
+            problems = [f"queue {queue}: the latest failed call was a configuration error "
+                        f"({key}); the call_failed log line says which and what to check"
+                        for queue, key in sorted(self.misconfigured.items())]
             return {
                 "status": "ok" if not stuck else "stuck",
+                # status is liveness (the systemd watchdog reads it: a restart cures a wedge);
+                # healthy adds what a restart cannot cure, for /healthz and the healthcheck.
+                "healthy": not stuck and not problems,
+                "problems": problems,
+                "misconfigured": dict(self.misconfigured),
                 "state": state,
                 "ready": self.ever_succeeded and not any(self.streaks.values()),
                 "seconds_since_last_success": since,
