@@ -86,6 +86,29 @@ def finite_numbers(_logger: Any, _name: str,
     return event
 
 
+# What pump_started shows on a console, from its ``config``: enough to see which runner, which
+# queues and how fast it polls; the full configuration is one command away (queue-pump config).
+CONSOLE_START_KEYS = ("lanes", "worker_id", "idle_sleep_ms", "idle_max_sleep_ms",
+                      "max_calls_per_hour")
+
+
+def console_view(_logger: Any, _name: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines are read by a person: None says nothing there, and a 1,000-character
+    start line says too much. JSON lines keep every key (their readers rely on stable keys)."""
+    config = event.get("config")
+    if event.get("event") == "pump_started" and isinstance(config, dict):
+        del event["config"]
+        shown = {k: config.get(k) for k in CONSOLE_START_KEYS}
+        if shown["idle_max_sleep_ms"] == shown["idle_sleep_ms"]:
+            shown["idle_max_sleep_ms"] = None  # adaptive idle is off
+        event.update({k: v for k, v in shown.items() if v not in (None, "", 0)})
+        event["full_config"] = "queue-pump config"
+    for key in [k for k, v in event.items() if v is None]:
+        del event[key]
+    return event
+
+
 def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
               stream: TextIO | None = None) -> None:
     """Called once at start-up; ``fmt`` empty means json unless stdout is a terminal."""
@@ -101,6 +124,7 @@ def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             Redactor(secrets),
             finite_numbers,
+            *([console_view] if fmt == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
