@@ -18,7 +18,10 @@ import sqlite3
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from dotenv import dotenv_values
 
 from .app import DEFAULT_DRAIN_TIMEOUT_S
 from .faults import MAX_STALL_S, Faults, FaultsError
@@ -145,6 +148,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="Log every request (to stderr)."
     )
+    add_env_file_argument(parser)
+
+
+def add_env_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", metavar="PATH", default=None,
+                        help="read this file instead of ./.env (the real environment wins)")
+
+
+def with_env_file(env_file: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment over the .env file, read as the pump reads it (python-dotenv; ./.env
+    when it exists, a named file must exist): one .env serves the runner and the pump."""
+    path = Path(env_file) if env_file else Path(".env")
+    if env_file and not path.is_file():
+        raise UsageError(f"--env-file {env_file!r} does not exist or is not a file")
+    merged: dict[str, str] = {}
+    if path.is_file():
+        try:
+            values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--env-file {str(path)!r} cannot be read: "
+                             f"{exc.__class__.__name__}") from None
+        merged.update({k: v for k, v in values.items() if v is not None})
+    merged.update(environ)
+    return merged
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -187,6 +214,16 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     )
 
 
+def start_hint(host: str, port: int) -> str:
+    """What to do next, on the start line: the pump's setting and an enqueue that reads the
+    same .env. Names the variables, never their values."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard listens on loopback too
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return (f"  give the pump SUPABASE_URL={base} (and the same AGENT_TOKEN and ORGANIZATION_ID)\n"
+            f"  enqueue a job: python -m queue_pump.reference_runner enqueue demo --url {base}")
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -194,6 +231,11 @@ def _say(message: str) -> None:
 def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the reference runner until SIGTERM/SIGINT; 0 after a graceful stop, 2 on bad
     configuration, 1 when it cannot start (port taken, database unopenable)."""
+    try:
+        environ = with_env_file(getattr(args, "env_file", None), environ)
+    except UsageError as exc:
+        _say(f"{PROG}: {exc}")
+        return 2
     for var, what in (
         ("AGENT_TOKEN", "the token callers must send as X-Agent-Token"),
         ("ORGANIZATION_ID", "the id callers must send as X-Organization-Id"),
@@ -253,6 +295,7 @@ async def _serve(settings: Settings, token: str, organization_id: str) -> int:
                            queue=settings.seed_queue)
             running.store.enqueue_many([spec] * settings.seed_jobs)
         _say(f"runner listening on {running.url} db={settings.db}")
+        _say(start_hint(settings.host, running.port))
         await stop.wait()
         await running.close()
         calls = running.counters
