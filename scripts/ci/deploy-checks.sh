@@ -234,6 +234,13 @@ want(svc.get("stop_signal") == "SIGTERM", "stop_signal: SIGTERM")
 want(seconds(svc.get("stop_grace_period", 0)) > grace, f"stop_grace_period > {grace}s")
 hc = svc.get("healthcheck", {})
 want(hc.get("test", [])[1:] == ["queue-pump", "healthcheck"], "healthcheck runs queue-pump healthcheck")
+# A bad configuration (exit 2) restart-loops slowly and says so; a good one execs the pump (PID 1).
+ep = svc.get("entrypoint") or []
+script = (ep[2] if len(ep) > 2 else "").replace("$$", "$")   # config re-escapes a literal $
+want(ep[:2] == ["/bin/sh", "-c"] and script.startswith("queue-pump config >/dev/null")
+     and "Next try in 60 s." in script and 'exec queue-pump "$@"' in script,
+     "entrypoint: queue-pump config, a 60 s pause on exit 2, exec the pump")
+want(svc.get("command") == ["run"], "command: [run] (an entrypoint clears the image's CMD)")
 log = svc.get("logging", {})
 want(log.get("driver") == "json-file" and {"max-size", "max-file"} <= set(log.get("options", {})),
      "json-file logging with max-size/max-file")
