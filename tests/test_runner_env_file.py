@@ -86,7 +86,7 @@ def test_a_named_env_file_is_read_and_a_missing_one_is_one_line(tmp_path: Path) 
 def test_enqueue_says_when_no_runner_answers(tmp_path: Path) -> None:
     _write_env(tmp_path / ".env", AGENT_TOKEN=TOKEN, ORGANIZATION_ID=ORG)
     done = _py(tmp_path, "-m", "queue_pump.reference_runner", "enqueue",
-               "--url", "http://127.0.0.1:9")
+               "--url", "http://127.0.0.1:9", "--wait-s", "0.5")
     assert done.returncode == 1 and "no runner answers at http://127.0.0.1:9" in done.stderr
     bad = _py(tmp_path, "-m", "queue_pump.reference_runner", "enqueue", "--payload", "[1]")
     assert bad.returncode == 2 and "--payload must be a JSON object" in bad.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--payload", default='{"duration_ms": 100}',
                         help="the jobs' JSON payload (default %(default)s)")
     parser.add_argument("--queue", default="agent", help="queue (default agent)")
+    parser.add_argument("--wait-s", type=float, default=5.0,
+                        help="how long to retry while nothing listens yet, e.g. a runner just "
+                             "started in the background (default %(default)s)")
     parser.add_argument("--url", default=None,
                         help=f"the runner (default SUPABASE_URL, else {DEFAULT_URL})")
     add_env_file_argument(parser)
@@ -65,7 +69,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     headers = {"X-Agent-Token": environ["AGENT_TOKEN"],
                "X-Organization-Id": environ["ORGANIZATION_ID"]}
     try:
-        resp = httpx.post(url + "/jobs", json=body, headers=headers, timeout=10.0)
+        resp = _post(url + "/jobs", body, headers, args.wait_s)
     except httpx.HTTPError as exc:
         print(f"{PROG}: no runner answers at {url} ({type(exc).__name__}); is "
               "`queue-pump runner` running there?", file=sys.stderr)
@@ -81,6 +85,18 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     print(f"enqueued {len(jobs)} {args.type} job(s) in queue {args.queue} at {url}"
           + (f": ids {ids[0]}..{ids[-1]}" if ids else ""))
     return 0
+
+
+def _post(url: str, body: Any, headers: dict[str, str], wait_s: float) -> httpx.Response:
+    """POST once; while the connection is refused, try again every 0.2 s for ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return httpx.post(url, json=body, headers=headers, timeout=10.0)
+        except httpx.ConnectError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _error(resp: httpx.Response) -> str:
