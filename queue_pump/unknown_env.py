@@ -1,0 +1,33 @@
+"""Settings that look like ours but are not: a misspelled variable is otherwise silently
+ignored and its default used (QUEUE_PUMP_IDLE_SLEEP=5000 without _MS, QUEUE_PUMP_CONCURENCY)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+
+PREFIX = "QUEUE_PUMP_"
+# Variables of the QUEUE_PUMP_ family that are not pump settings: the reference runner's own
+# (QUEUE_PUMP_RUNNER_*), and those the tests, the demo and CI read.
+NOT_SETTINGS_PREFIXES = ("QUEUE_PUMP_RUNNER_",)
+NOT_SETTINGS = frozenset({"QUEUE_PUMP_DENO", "QUEUE_PUMP_REQUIRE_KIT", "QUEUE_PUMP_PG_BIN"})
+
+
+def unknown_settings(env: Mapping[str, str], known: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Each QUEUE_PUMP_* name in ``env`` that no setting declares, with the closest known name
+    (None when nothing is close), sorted by name."""
+    known = sorted(set(known))
+    ours = [k for k in known if k.startswith(PREFIX)]
+    found = []
+    for name in sorted(env):
+        if (not name.startswith(PREFIX) or name in known or name in NOT_SETTINGS
+                or name.startswith(NOT_SETTINGS_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
+        found.append((name, close[0] if close else None))
+    return found
+
+
+def warning_line(name: str, suggestion: str | None) -> str:
+    hint = f"; did you mean {suggestion}?" if suggestion else ""
+    return f"{name} is not a queue-pump setting and is ignored{hint}"
