@@ -17,13 +17,14 @@ from typing import Any
 from . import __version__
 from .alerts import Alerter
 from .budget import TokenBucket
-from .client import RunnerClient, build_http_client, contract_headers
+from .client import RunnerClient, contract_headers
 from .config import ConfigError, Settings
 from .health import HealthServer
 from .logs import configure, get_logger
 from .notify import Notifier, watchdog
 from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker, stop_or_timeout
 from .stats import Stats
+from .transport import build_http_client
 
 # What stops the pump gracefully (calls in flight get the grace): SIGTERM and SIGINT, SIGHUP
 # (a closed terminal, or a reload this pump does not have: its settings are read once) and

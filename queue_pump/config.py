@@ -5,10 +5,8 @@ Every knob is declared once in ``knobs.KNOBS``; this module parses and checks th
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
-import re
 import socket
 import stat
 import sys
@@ -16,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -31,6 +29,8 @@ from .knobs import (
     SECRET_ATTRS,
     Knob,
 )
+from .urls import USERINFO as _USERINFO
+from .urls import host_ok, is_loopback_host, redact_url
 
 
 class ConfigError(Exception):
@@ -43,34 +43,6 @@ class ConfigError(Exception):
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password, safe to log; a URL that does not parse (a runner's
-    ``Location: http://[::1/x``, a port of 99999) is not shown at all: it may hide a password."""
-    try:
-        parts = urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    except ValueError:
-        return "(a URL that does not parse)"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 @dataclass(frozen=True)
 class Settings:
     """The pump's whole configuration. Secrets are kept out of repr()."""
@@ -182,19 +154,7 @@ class Settings:
         return view
 
 
-_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
 _SHOWN_MAX = 60
-_USERINFO = re.compile(r"//[^/?#]*@")
-
-
-def host_ok(host: str) -> bool:
-    """A DNS name (underscores allowed, as in Compose service names) or an IP literal."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return bool(_HOST_NAME.fullmatch(host))
 
 
 def _show(knob: Knob, raw: str) -> str:

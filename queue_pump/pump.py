@@ -23,8 +23,9 @@ from .backoff import (
     retry_delay,
 )
 from .budget import TokenBucket
-from .client import CallError, ErrorKind, Outcome, Processed
+from .client import Outcome, Processed
 from .config import Settings
+from .failures import CallError, ErrorKind
 from .stats import LoopRecord, LoopState, Stats
 
 CallFn = Callable[[], Awaitable[Outcome]]

@@ -27,19 +27,13 @@ from hypothesis import strategies as st
 
 from queue_pump import cli
 from queue_pump.backoff import RETRY_AFTER_CEILING_S
-from queue_pump.client import (
-    CallError,
-    ErrorKind,
-    Idle,
-    Processed,
-    RunnerClient,
-    build_http_client,
-    classify,
-)
+from queue_pump.client import Idle, Processed, RunnerClient, classify
 from queue_pump.config import from_mapping
+from queue_pump.failures import CallError, ErrorKind
 from queue_pump.knobs import KNOBS, Knob
 from queue_pump.pump import Lane, Policy, Pump
 from queue_pump.stats import Stats
+from queue_pump.transport import build_http_client
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
 from .proc import pump_env, run

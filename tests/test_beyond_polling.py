@@ -82,7 +82,7 @@ def test_a_processed_job_snaps_back_to_tick_pace(fake_time: FakeTime) -> None:
 
 
 def test_only_idle_sleeps_are_wakeable(fake_time: FakeTime) -> None:
-    from queue_pump.client import CallError, ErrorKind
+    from queue_pump.failures import CallError, ErrorKind
 
     async def go() -> None:
         stop = asyncio.Event()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.config import ConfigError, from_mapping, is_loopback_host, load_env, redact_url
+from queue_pump.config import ConfigError, from_mapping, load_env
 from queue_pump.knobs import KNOBS, env_example
+from queue_pump.urls import is_loopback_host, redact_url
 
 from .conftest import ANON, BASE_ENV, TOKEN
 

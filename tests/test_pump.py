@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.client import IDLE, CallError, ErrorKind, Outcome, Processed
+from queue_pump.client import IDLE, Outcome, Processed
+from queue_pump.failures import CallError, ErrorKind
 from queue_pump.pump import ExitCode, Lane, Mode, Policy, Pump, stop_or_timeout
 from queue_pump.stats import Stats
 
