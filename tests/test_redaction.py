@@ -53,7 +53,9 @@ def test_the_redactor_masks_a_secret_cut_off_at_the_end(secret: str, before: str
     # Messages are clipped (300 characters): the clip may fall inside an echoed secret.
     keep = data.draw(st.integers(min(6, len(secret)), len(secret)))
     event = Redactor([secret])(None, "warning", {"event": "x", "detail": before + secret[:keep]})
-    assert event["detail"].endswith(MASK)
+    # Masked, though not always at the very end: with secret "00000000" after "000" the whole
+    # secret is found first and masked ("***0"), and the "0" left is no part of it worth hiding.
+    assert MASK in event["detail"]
     assert secret[:keep] not in event["detail"][len(before):]
 
 
