@@ -11,7 +11,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
 from .backoff import (
@@ -26,6 +25,7 @@ from .budget import TokenBucket
 from .client import Outcome, Processed
 from .config import Settings
 from .failures import CallError, ErrorKind
+from .modes import ExitCode, Mode
 from .stats import LoopRecord, LoopState, Stats
 
 CallFn = Callable[[], Awaitable[Outcome]]
@@ -39,19 +39,6 @@ class Pause(Protocol):
 IDLE_LOG_INTERVAL_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
 DRAIN_MAX_FAILURES = 5
-
-
-class Mode(StrEnum):
-    FOREVER = "forever"
-    ONCE = "once"
-    DRAIN = "drain"
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    CALL_FAILED = 1  # --once or --drain could not finish its calls, or a loop crashed
-    CONFIG = 2
-    GRACE_EXPIRED = 3  # calls in flight were cancelled when the shutdown grace ran out
 
 
 @dataclass(frozen=True)
