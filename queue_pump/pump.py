@@ -19,7 +19,6 @@ from .backoff import (
     full_jitter,
     idle_delay,
     next_delay,
-    retry_delay,
 )
 from .budget import TokenBucket
 from .client import Outcome, Processed
@@ -72,7 +71,7 @@ class Policy:
         """The idle sleep after ``idle_streak`` idle answers in a row (adaptive idle)."""
         if self.idle_max_s <= self.idle_s:
             return self.idle_s
-        return retry_delay(adaptive_idle(self.idle_s, self.idle_max_s), idle_streak)
+        return adaptive_idle(self.idle_s, self.idle_max_s).bound(idle_streak)
 
 
 # Wakes are merged: at most one is delivered per this interval, and any that come within it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,8 @@ class Scheduler:
                  now: Callable[[], datetime], pause: Pause, log: Any,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
                  request_timeout_s: float = REQUEST_TIMEOUT_S,
-                 on_count: Callable[[str, str], None] | None = None) -> None:
+                 on_count: Callable[[str, str], None] | None = None,
+                 rng: random.Random | None = None) -> None:
         self._schedules = list(schedules)
         self._http = http
         self._headers = dict(headers)
@@ -55,6 +57,7 @@ class Scheduler:
         self._pause = pause
         self._log = log
         self._strategy = full_jitter(backoff_base_s, backoff_max_s)
+        self._rng = rng or random.Random()
         self._backoff_max_s = backoff_max_s
         self._request_timeout_s = request_timeout_s
         self._on_count = on_count
@@ -138,7 +141,8 @@ class Scheduler:
             # Exact: one POST per window, no herd of loops to spread (and the window's
             # deadline cuts the wait anyway).
             delay = next_delay(self._strategy, attempt, self._backoff_max_s,
-                               retry_after_s=result.retry_after_s, at_cap=False, spread=0.0)
+                               retry_after_s=result.retry_after_s, at_cap=False, rng=self._rng,
+                               spread=0.0)
             if deadline is not None:
                 delay = min(delay, max(0.0, (deadline - self._now()).total_seconds()))
             self._count(schedule, "retried")

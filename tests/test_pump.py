@@ -83,8 +83,7 @@ def test_processed_sleeps_tick_idle_sleeps_jittered_idle(fake_time: FakeTime) ->
 
 
 def test_errors_back_off_with_full_jitter_and_reset_on_success(fake_time: FakeTime) -> None:
-    random.seed(11)
-    code, _, _ = run([err(), err(), err(), err(), JOB, err()], fake_time)
+    code, _, _ = run([err(), err(), err(), err(), JOB, err()], fake_time, rng=random.Random(11))
     assert code is ExitCode.OK
     backoffs = fake_time.pauses
     for attempt, delay in enumerate(backoffs[:4], start=1):
