@@ -10,9 +10,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .alerts import Alerter
@@ -38,8 +40,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
                      if hasattr(signal, name))
 
 
-def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float,
-                     wake: Any) -> None:
+def _install_signals(stop: asyncio.Event, log: FilteringBoundLogger, notifier: Notifier,
+                     grace_s: float, wake: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
 
     signalled: list[signal.Signals] = []
@@ -144,7 +146,7 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
 
 
 async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stats: Stats,
-                         stop: asyncio.Event, log: Any) -> bool:
+                         stop: asyncio.Event, log: FilteringBoundLogger) -> bool:
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from structlog.typing import FilteringBoundLogger
 
 from . import failures
 from .backoff import full_jitter, next_delay
@@ -44,7 +45,7 @@ class Scheduler:
 
     def __init__(self, schedules: Sequence[Schedule], http: httpx.AsyncClient,
                  headers: Mapping[str, str], *, stop: asyncio.Event,
-                 now: Callable[[], datetime], pause: Pause, log: Any,
+                 now: Callable[[], datetime], pause: Pause, log: FilteringBoundLogger,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
                  request_timeout_s: float = REQUEST_TIMEOUT_S,
                  on_count: Callable[[str, str], None] | None = None,
