@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ConfigError, Settings, from_mapping, load_env
-from .knobs import KNOBS, describe_knobs, env_example
+from .knobs import KNOBS, Kind, describe_knobs, env_example
 from .modes import Mode
 from .oneline import OneLineParser, print_problems
 
@@ -57,7 +57,7 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         if knob.secret:
             continue  # secrets on a command line show up in ps and shell history
         # A switch may stand alone (--allow-insecure-http) or take a value (... 0).
-        extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind == "bool" else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind is Kind.BOOL else {}
         knobs.add_argument(_flag(knob.env), dest=knob.env, metavar="VALUE", default=None,
                            help=argparse.SUPPRESS, **extra)
     return parser

@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -53,27 +53,26 @@ class Lane:
 
 @dataclass(frozen=True)
 class Policy:
-    idle_s: float
-    idle_max_s: float
-    tick_s: float
+    """What the loops need of the settings, under the settings' own names (knobs.py)."""
+
+    idle_sleep_s: float
+    idle_max_sleep_s: float
+    tick_sleep_s: float
     backoff_base_s: float
     backoff_max_s: float
-    call_timeout_s: float
+    http_timeout_s: float
     shutdown_grace_s: float
     log_every: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
-        return cls(idle_s=s.idle_sleep_s, idle_max_s=s.idle_max_sleep_s, tick_s=s.tick_sleep_s,
-                   backoff_base_s=s.backoff_base_s,
-                   backoff_max_s=s.backoff_max_s, call_timeout_s=s.http_timeout_s,
-                   shutdown_grace_s=s.shutdown_grace_s, log_every=s.log_every)
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
-    def idle_sleep_s(self, idle_streak: int) -> float:
+    def idle_pause_s(self, idle_streak: int) -> float:
         """The idle sleep after ``idle_streak`` idle answers in a row (adaptive idle)."""
-        if self.idle_max_s <= self.idle_s:
-            return self.idle_s
-        return adaptive_idle(self.idle_s, self.idle_max_s).bound(idle_streak)
+        if self.idle_max_sleep_s <= self.idle_sleep_s:
+            return self.idle_sleep_s
+        return adaptive_idle(self.idle_sleep_s, self.idle_max_sleep_s).bound(idle_streak)
 
 
 # Wakes are merged: at most one is delivered per this interval, and any that come within it
@@ -338,8 +337,8 @@ class Pump:
         self._note_processed(state.lane, outcome)
         if rules.ends_after_processed():
             return Next(end=True)
-        self._stats.sleeping(state.record, LoopState.WORKING, self._policy.tick_s)
-        return Next(pause_s=self._policy.tick_s)
+        self._stats.sleeping(state.record, LoopState.WORKING, self._policy.tick_sleep_s)
+        return Next(pause_s=self._policy.tick_sleep_s)
 
     def _on_idle(self, step: Step, state: _LoopState, rules: RunRules) -> Next:
         queue = state.lane.queue
@@ -349,7 +348,7 @@ class Pump:
             self._log.info("queue_drained", queue=queue, processed=self._processed)
             return Next(end=True)
         self._idle_streak[queue] += 1
-        base = self._policy.idle_sleep_s(self._idle_streak[queue])
+        base = self._policy.idle_pause_s(self._idle_streak[queue])
         if self._waker and self._waker.generation != step.woken_before:
             return Next()  # woken while the call was in flight: the news is newer
         delay = idle_delay(base, self._rng)
@@ -370,7 +369,7 @@ class Pump:
     async def _step(self, lane: Lane, record: LoopRecord) -> Step:
         """One call: its outcome or its error, and how long it took."""
         woken_before = self._waker.generation if self._waker else 0
-        self._stats.call_started(record, self._policy.call_timeout_s)
+        self._stats.call_started(record, self._policy.http_timeout_s)
         started = self._clock()
         outcome: Outcome | None = None
         error: CallError | None = None

@@ -29,8 +29,8 @@ from .proc import finish, pump_env, start
 from .reference_process import reference_runner
 from .runner_double import JOB, Reply, free_port, runner_double
 
-ADAPTIVE = Policy(idle_s=10.0, idle_max_s=60.0, tick_s=0.25, backoff_base_s=1.0,
-                  backoff_max_s=60.0, call_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
+ADAPTIVE = Policy(idle_sleep_s=10.0, idle_max_sleep_s=60.0, tick_sleep_s=0.25, backoff_base_s=1.0,
+                  backoff_max_s=60.0, http_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
 DONE = Processed(job_id="j", job_type="t", status="done")
 
 
@@ -66,10 +66,10 @@ def run_lanes(lanes: dict[str, list[Outcome]], fake: FakeTime, policy: Policy = 
 # --- adaptive idle ------------------------------------------------------------------------
 
 def test_idle_sleep_doubles_per_idle_answer_up_to_the_max() -> None:
-    assert [ADAPTIVE.idle_sleep_s(n) for n in range(1, 7)] == [10, 20, 40, 60, 60, 60]
-    off = Policy(**{**ADAPTIVE.__dict__, "idle_max_s": 10.0})
-    assert {off.idle_sleep_s(n) for n in range(1, 50)} == {10.0}
-    assert ADAPTIVE.idle_sleep_s(10_000) == 60.0  # no overflow on a long quiet spell
+    assert [ADAPTIVE.idle_pause_s(n) for n in range(1, 7)] == [10, 20, 40, 60, 60, 60]
+    off = Policy(**{**ADAPTIVE.__dict__, "idle_max_sleep_s": 10.0})
+    assert {off.idle_pause_s(n) for n in range(1, 50)} == {10.0}
+    assert ADAPTIVE.idle_pause_s(10_000) == 60.0  # no overflow on a long quiet spell
 
 
 def test_a_processed_job_snaps_back_to_tick_pace(fake_time: FakeTime) -> None:
@@ -191,7 +191,7 @@ def test_wake_endpoint_needs_the_token_and_exists_only_with_one() -> None:
 
 def test_the_budget_paces_calls_and_logs_once_when_it_bites(
         fake_time: FakeTime, logs: list[dict[str, Any]]) -> None:
-    policy = Policy(**{**ADAPTIVE.__dict__, "tick_s": 0.0})
+    policy = Policy(**{**ADAPTIVE.__dict__, "tick_sleep_s": 0.0})
     bucket = TokenBucket(per_hour=360, capacity=1, clock=fake_time.clock)  # one call per 10 s
     run_lanes({"agent": [DONE] * 6}, fake_time, policy=policy, budget=bucket)
     paced = [p for p in fake_time.pauses if p > 0]
@@ -229,7 +229,7 @@ def test_beyond_polling_config_errors(env: dict[str, str], needle: str) -> None:
 
 def test_defaults_keep_the_node_pumps_behaviour() -> None:
     s = from_mapping(BASE_ENV)
-    assert s.idle_max_sleep_ms == s.idle_sleep_ms == 10000
+    assert s.idle_max_sleep_s == s.idle_sleep_s == 10.0
     assert (s.max_calls_per_hour, s.wake_token, s.schedules) == (0, "", "")
 
 

@@ -17,8 +17,9 @@ from queue_pump.stats import Stats
 
 from .conftest import FakeTime
 
-POLICY = Policy(idle_s=10.0, idle_max_s=10.0, tick_s=0.25, backoff_base_s=1.0, backoff_max_s=60.0,
-                call_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
+POLICY = Policy(idle_sleep_s=10.0, idle_max_sleep_s=10.0, tick_sleep_s=0.25, backoff_base_s=1.0,
+                backoff_max_s=60.0,
+                http_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
 JOB = Processed(job_id="j1", job_type="t", status="done")
 
 
