@@ -236,7 +236,7 @@ BODY = (JSON.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200)
 ANSWER = st.tuples(st.integers(100, 599), HEADERS, BODY)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(ANSWER)
 def test_classify_any_answer(answer: tuple[int, dict[str, str], bytes]) -> None:
     status, headers, body = answer
@@ -257,7 +257,7 @@ SETTINGS = from_mapping({**BASE_ENV, "QUEUE_PUMP_BACKOFF_BASE_MS": "100",
                         hostname="box")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ANSWER, min_size=1, max_size=12))
 def test_any_answers_never_crash_a_loop(answers: list[tuple[int, dict[str, str], bytes]]
                                         ) -> None:

@@ -33,7 +33,7 @@ FORMS = {"plain": lambda s: s, "quote": lambda s: quote(s, safe=""), "quote_plus
          "json": lambda s: json.dumps(s)[1:-1]}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(SECRET_TEXT, st.text(max_size=50), st.text(max_size=50), st.sampled_from(list(FORMS)))
 def test_the_redactor_masks_a_secret_in_any_form_anywhere(
         secret: str, before: str, after: str, form: str) -> None:
@@ -46,7 +46,7 @@ def test_the_redactor_masks_a_secret_in_any_form_anywhere(
         assert shown(secret) not in out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(SECRET_TEXT, st.text(max_size=50), st.data())
 def test_the_redactor_masks_a_secret_cut_off_at_the_end(secret: str, before: str,
                                                         data: st.DataObject) -> None:
