@@ -35,25 +35,25 @@ def jobs_in(db: Path) -> list[dict[str, object]]:
         store.close()
 
 
-def test_three_pumps_drain_200_jobs_exactly_once(tmp_path: Path) -> None:
+def test_three_pumps_drain_500_jobs_exactly_once(tmp_path: Path) -> None:
     db = tmp_path / "jobs.sqlite3"
     with reference_runner(free_port(), str(db)) as runner:
-        runner.enqueue([{"type": "t", "payload": {"duration_ms": i % 3}} for i in range(200)])
+        runner.enqueue([{"type": "t", "payload": {"duration_ms": i % 3}} for i in range(500)])
         pumps = [start(pump_env(runner.url, QUEUE_PUMP_CONCURRENCY="4",
                                 QUEUE_PUMP_TICK_SLEEP_MS="0", QUEUE_PUMP_WORKER_ID=f"pump-{n}"),
                        "--drain") for n in range(3)]
         t0 = time.monotonic()
         results = [finish(p, t0, timeout_s=60) for p in pumps]
-        assert runner.stats()["done"] == 200
+        assert runner.stats()["done"] == 500
     assert [r.code for r in results] == [0, 0, 0]
     jobs = jobs_in(db)
-    assert len(jobs) == 200
+    assert len(jobs) == 500
     assert {j["status"] for j in jobs} == {"done"}
     assert {j["attempts"] for j in jobs} == {1}  # no job ran twice
     by_pump = Counter(j["workerId"] for j in jobs)
     assert set(by_pump) == {"pump-0", "pump-1", "pump-2"}  # every pump took its share
     reported = sum(r.named("pump_stopped")[0]["processed"] for r in results)
-    assert reported == 200  # and each one's own count agrees with the runner
+    assert reported == 500  # and each one's own count agrees with the runner
 
 
 def test_sigterm_in_the_middle_of_a_long_job_lets_it_complete(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ from .fault_scenarios import (
     run_matrix,
 )
 
-pytestmark = pytest.mark.e2e
+# One worker runs the whole module: the matrix fixture runs every scenario it sees collected,
+# and under xdist every worker collects them all (loadgroup keeps the group together).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fault_matrix")]
 
 
 @pytest.fixture(scope="module")

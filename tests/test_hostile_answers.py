@@ -45,6 +45,7 @@ def stop(pump: Live) -> None:
     assert code == 0
 
 
+@pytest.mark.xdist_group("bombs")  # built once per process (256 MiB deflated): one worker
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("encoding", ["gzip, gzip", "gzip"])
 def test_a_compression_bomb_is_refused_unread(transport: str, encoding: str) -> None:
