@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import httpx
+from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .config import Settings
@@ -20,7 +21,7 @@ WEBHOOK_TIMEOUT_S = 10.0
 
 
 class Alerter:
-    def __init__(self, url: str, after: int, worker_id: str, log: Any,
+    def __init__(self, url: str, after: int, worker_id: str, log: FilteringBoundLogger,
                  http: httpx.AsyncClient) -> None:
         self._url = url
         self._after = after
@@ -34,7 +35,7 @@ class Alerter:
         self.sent: list[str] = []  # the last few events, for tests and /healthz-style peeks
 
     @classmethod
-    def start(cls, settings: Settings, stats: Stats, log: Any,
+    def start(cls, settings: Settings, stats: Stats, log: FilteringBoundLogger,
               transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
         http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
                                  transport=transport)

@@ -10,20 +10,27 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .alerts import Alerter
 from .budget import TokenBucket
-from .client import RunnerClient, build_http_client, contract_headers
-from .config import ConfigError, Settings
+from .client import RunnerClient, contract_headers
+from .config import Settings
 from .health import HealthServer
 from .logs import configure, get_logger
+from .modes import ExitCode, Mode
 from .notify import Notifier, watchdog
-from .pump import ExitCode, Lane, Mode, Policy, Pump, Waker, stop_or_timeout
+from .pump import Lane, Policy, Pump, Waker, stop_or_timeout
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .schedule_file import Schedule
+from .transport import build_http_client
 
 # What stops the pump gracefully (calls in flight get the grace): SIGTERM and SIGINT, SIGHUP
 # (a closed terminal, or a reload this pump does not have: its settings are read once) and
@@ -33,8 +40,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
                      if hasattr(signal, name))
 
 
-def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s: float,
-                     wake: Any) -> None:
+def _install_signals(stop: asyncio.Event, log: FilteringBoundLogger, notifier: Notifier,
+                     grace_s: float, wake: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
 
     signalled: list[signal.Signals] = []
@@ -65,21 +72,11 @@ def _install_signals(stop: asyncio.Event, log: Any, notifier: Notifier, grace_s:
             "signal_ignored", signal="SIGUSR2", hint="SIGTERM stops the pump, SIGUSR1 wakes it"))
 
 
-async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> int:
+async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
+                schedules: Sequence[Schedule] = ()) -> int:
+    """The process until it stops; ``schedules`` were loaded and checked by the command line."""
     configure(fmt=settings.log_format, level=settings.log_level, secrets=settings.secrets())
     log = get_logger()
-    schedules: list[Any] = []
-    if settings.schedules and mode is Mode.FOREVER:
-        # Loaded before anything starts: a bad file is exit 2, like any other bad setting.
-        from .schedule_file import load_schedules
-
-        try:
-            schedules = load_schedules(settings.schedules,
-                                       allow_insecure_http=settings.allow_insecure_http)
-        except ConfigError as err:
-            for problem in err.problems:
-                print(f"queue-pump: config: {problem}", file=sys.stderr)
-            return int(ExitCode.CONFIG)
     stop = asyncio.Event()
     notifier = Notifier.from_environ(environ)
     stats = Stats()
@@ -148,8 +145,8 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str]) -> i
     return int(code)
 
 
-async def _run_schedules(schedules: list[Any], settings: Settings, stats: Stats,
-                         stop: asyncio.Event, log: Any) -> bool:
+async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stats: Stats,
+                         stop: asyncio.Event, log: FilteringBoundLogger) -> bool:
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True

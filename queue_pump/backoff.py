@@ -1,14 +1,15 @@
-"""How long to wait: pure functions over tenacity's wait strategies. No clock, no network."""
+"""How long to wait: backoff strategies as data, and pure functions over them. No clock, no
+network; randomness only from the ``random.Random`` a caller hands in, so tests pass a seeded
+one and never touch the global generator.
+"""
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-
-from tenacity import RetryCallState
-from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
@@ -17,30 +18,52 @@ IDLE_JITTER = 0.1
 # same instant: each adds up to this share of it on top, drawn on its own.
 RETRY_AFTER_SPREAD = 0.25
 _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
+_MAX_DOUBLINGS = 60  # 2**60 times any base is past every cap
 
 
-def full_jitter(base_s: float, max_s: float) -> wait_base:
+@dataclass(frozen=True)
+class Exponential:
+    """The n-th wait in a row is base * 2^(n-1), up to the max (adaptive idle uses it bare:
+    the idle sleep gets its own +-10 % on top, idle_delay)."""
+
+    base_s: float
+    max_s: float
+
+    def bound(self, n: int) -> float:
+        return min(self.max_s, self.base_s * 2.0 ** min(max(1, n) - 1, _MAX_DOUBLINGS))
+
+    def delay(self, n: int, rng: random.Random) -> float:
+        return self.bound(n)
+
+
+@dataclass(frozen=True)
+class FullJitter(Exponential):
     """AWS "full jitter": uniform(0, min(max, base * 2**(failures-1)))."""
-    return wait_random_exponential(multiplier=base_s, max=max_s)
+
+    def delay(self, n: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, self.bound(n))
 
 
-def adaptive_idle(idle_s: float, idle_max_s: float) -> wait_base:
-    """Adaptive idle: the n-th idle answer in a row waits idle * 2^(n-1), up to the max.
-
-    Not jittered here: the idle sleep gets its own +-10 % on top (idle_delay)."""
-    return wait_exponential(multiplier=idle_s, max=idle_max_s)
+Strategy = Exponential
 
 
-def _state(attempt: int) -> RetryCallState:
-    # tenacity strategies read only attempt_number; a real RetryCallState keeps us on its API.
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    return state
+def full_jitter(base_s: float, max_s: float) -> FullJitter:
+    return FullJitter(base_s, max_s)
 
 
-def retry_delay(strategy: wait_base, failures: int) -> float:
-    """The wait after the ``failures``-th consecutive failure (1-based)."""
-    return float(strategy(_state(max(1, failures))))
+def adaptive_idle(idle_s: float, idle_max_s: float) -> Exponential:
+    """Adaptive idle: the n-th idle answer in a row waits idle * 2^(n-1), up to the max."""
+    return Exponential(idle_s, idle_max_s)
+
+
+def retry_delay(strategy: Strategy, failures: int, rng: random.Random | None = None) -> float:
+    """The wait after the ``failures``-th consecutive failure (1-based); ``rng`` is needed by
+    jittered strategies only."""
+    if rng is None:
+        if isinstance(strategy, FullJitter):
+            raise TypeError("a jittered strategy needs the random source (rng=)")
+        return strategy.bound(failures)
+    return strategy.delay(failures, rng)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -64,15 +87,14 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return min(max(0.0, (when - now).total_seconds()), RETRY_AFTER_CEILING_S)
 
 
-def idle_delay(idle_s: float, rng: random.Random | None = None) -> float:
+def idle_delay(idle_s: float, rng: random.Random) -> float:
     """The idle sleep, +-10 % so replicas started together drift apart."""
-    r = rng or random
-    return idle_s * (1 + r.uniform(-IDLE_JITTER, IDLE_JITTER))
+    return idle_s * (1 + rng.uniform(-IDLE_JITTER, IDLE_JITTER))
 
 
 def next_delay(
-    strategy: wait_base, failures: int, cap_s: float, *, retry_after_s: float | None,
-    at_cap: bool, rng: random.Random | None = None, spread: float = RETRY_AFTER_SPREAD,
+    strategy: Strategy, failures: int, cap_s: float, *, retry_after_s: float | None,
+    at_cap: bool, rng: random.Random, spread: float = RETRY_AFTER_SPREAD,
 ) -> float:
     """The one rule for the wait after a failed call.
 
@@ -84,11 +106,11 @@ def next_delay(
     """
     if at_cap:
         return max(cap_s, retry_after_s or 0.0)
-    jittered = retry_delay(strategy, failures)
+    jittered = strategy.delay(failures, rng)
     if retry_after_s is not None:
         # A floor, not a replacement: "Retry-After: 0" (some proxies send it) or a date in the
         # past must not turn the loop into a tight one.
-        extra = (rng or random).uniform(0.0, spread * retry_after_s) if spread else 0.0
+        extra = rng.uniform(0.0, spread * retry_after_s) if spread else 0.0
         # ...and the jitter never takes it past the ceiling: an hour is the longest wait.
         return min(max(retry_after_s, jittered) + extra, RETRY_AFTER_CEILING_S)
     return jittered
@@ -107,12 +129,12 @@ class QueueGate:
     ``now``, randomness from the ``rng`` it is given.
     """
 
-    def __init__(self, spread_s: float, rng: random.Random | None = None) -> None:
+    def __init__(self, spread_s: float, rng: random.Random) -> None:
         self.prober: str | None = None
         self.next_probe_at = 0.0
         self.given_up = False  # --drain/--once: the prober gave up, so does everyone
         self._spread_s = spread_s
-        self._rng = rng or random.Random()
+        self._rng = rng
 
     def failed(self, loop: str, now: float, delay_s: float) -> None:
         if self.prober is None:

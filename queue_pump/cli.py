@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ConfigError, Settings, from_mapping, load_env
-from .knobs import KNOBS, describe_knobs, env_example
-from .pump import ExitCode, Mode
+from .knobs import KNOBS, Kind, describe_knobs, env_example
+from .modes import Mode
+from .oneline import OneLineParser, print_problems
+
+if TYPE_CHECKING:
+    from .schedule_file import Schedule
 
 COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
 
@@ -23,13 +26,6 @@ EXIT_CODES = """exit codes:
   2    bad configuration or bad arguments (one line per problem on stderr)
   3    the shutdown grace ran out and calls in flight were cancelled
   130  a second SIGINT; 143 a second SIGTERM: exit at once"""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one clear line and exit code 2, never a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _flag(env: str) -> str:
@@ -61,7 +57,7 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         if knob.secret:
             continue  # secrets on a command line show up in ps and shell history
         # A switch may stand alone (--allow-insecure-http) or take a value (... 0).
-        extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind == "bool" else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind is Kind.BOOL else {}
         knobs.add_argument(_flag(knob.env), dest=knob.env, metavar="VALUE", default=None,
                            help=argparse.SUPPRESS, **extra)
     return parser
@@ -76,22 +72,30 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     return from_mapping(merged)
 
 
-def fail_config(err: ConfigError) -> int:
-    for problem in err.problems:
-        print(f"queue-pump: config: {problem}", file=sys.stderr)
-    return int(ExitCode.CONFIG)
+def load_schedules(settings: Settings) -> list[Schedule]:
+    """The schedule file, read and checked once, before anything starts (ConfigError)."""
+    if not settings.schedules:
+        return []
+    from .schedule_file import load_schedules as load
+
+    return list(load(settings.schedules, allow_insecure_http=settings.allow_insecure_http))
 
 
 def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = build_run_parser().parse_args(argv)
+    mode = Mode.ONCE if args.once else Mode.DRAIN if args.drain else Mode.FOREVER
     try:
         settings = load_settings(args, environ)
+        # A bad file is exit 2, like any other bad setting; one-shot runs fire no schedules.
+        schedules = load_schedules(settings) if mode is Mode.FOREVER else []
     except ConfigError as err:
-        return fail_config(err)
-    mode = Mode.ONCE if args.once else Mode.DRAIN if args.drain else Mode.FOREVER
-    from .app import serve  # the wiring pulls in httpx & co; --help should stay instant
+        return print_problems(err.problems)
+    # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
+    import asyncio
 
-    return asyncio.run(serve(settings, mode, environ))
+    from .app import serve
+
+    return asyncio.run(serve(settings, mode, environ, schedules))
 
 
 def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -106,19 +110,16 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return 0
     try:
         settings = load_settings(args, environ)
+        # The file is configuration too: check it here, not at the first run.
+        schedules = load_schedules(settings)
     except ConfigError as err:
-        return fail_config(err)
+        return print_problems(err.problems)
     view = settings.public_view()
-    if settings.schedules:  # the file is configuration too: check it here, not at first run
+    if schedules:
         from datetime import UTC, datetime
 
-        from .schedule_file import describe, load_schedules
+        from .schedule_file import describe
 
-        try:
-            schedules = load_schedules(settings.schedules,
-                                       allow_insecure_http=settings.allow_insecure_http)
-        except ConfigError as err:
-            return fail_config(err)
         view["schedules"] = describe(schedules, datetime.now(UTC))
     import json
 
@@ -126,23 +127,38 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _lazy(module: str, func: str) -> Callable[[Sequence[str], Mapping[str, str]], int]:
-    def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-        import importlib
+# The small commands are imported when asked for: each pulls in only what it needs.
+def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .commands import cmd_runner
 
-        fn: Any = getattr(importlib.import_module(module, __package__), func)
-        return int(fn(argv, environ))
+    return cmd_runner(argv, environ)
 
-    return run
+
+def _cmd_demo(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .commands import cmd_demo
+
+    return cmd_demo(argv, environ)
+
+
+def _cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .commands import cmd_status
+
+    return cmd_status(argv, environ)
+
+
+def _cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .commands import cmd_healthcheck
+
+    return cmd_healthcheck(argv, environ)
 
 
 HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "run": cmd_run,
     "config": cmd_config,
-    "runner": _lazy(".commands", "cmd_runner"),
-    "demo": _lazy(".commands", "cmd_demo"),
-    "status": _lazy(".commands", "cmd_status"),
-    "healthcheck": _lazy(".commands", "cmd_healthcheck"),
+    "runner": _cmd_runner,
+    "demo": _cmd_demo,
+    "status": _cmd_status,
+    "healthcheck": _cmd_healthcheck,
 }
 
 

@@ -1,7 +1,8 @@
-"""The runner client: one HTTP call of the contract, and the one place failures are classified.
+"""The runner client: one HTTP call of the contract, and what its answer means.
 
 It knows nothing of loops, sleeping or logging policy: it returns ``Processed`` or ``Idle``, or
-raises ``CallError`` with a kind the loop acts on.
+raises ``CallError`` (failures.py, shared with the schedules) with a kind the loop acts on. The
+HTTP client it calls through is built in transport.py.
 """
 
 from __future__ import annotations
@@ -10,49 +11,27 @@ import asyncio
 import base64
 import json
 import math
-import socket
-import ssl
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from . import __version__
-from .backoff import parse_retry_after
-from .config import Settings, redact_url
+from . import __version__, failures, transport
+from .config import Settings
+from .failures import MAX_MESSAGE as _MAX_MESSAGE
+from .failures import CallError, ErrorKind
 from .logs import Redactor
+from .transport import IDENTITY
+from .urls import redact_url
 
-# Statuses that mean "the runner or something in front of it is busy or down: try again".
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
-_HINTS = {
-    401: "the runner rejected the credentials: check AGENT_TOKEN and ORGANIZATION_ID "
-         "(and SUPABASE_ANON_KEY if the function verifies JWTs)",
-    403: "the runner refused this caller: check ORGANIZATION_ID and the token's rights",
-    404: "nothing answers at this URL: check SUPABASE_URL or QUEUE_PUMP_ENDPOINT, and that the "
-         "function is deployed",
-}
-_MESSAGE_KEYS = ("error", "message", "msg", "detail")
-_MAX_MESSAGE = 300
-# Bytes the pump would have to inflate are never read: it asks for the body as sent, and an
-# answer coded anyway (gzip, "gzip, gzip", br, ...) is refused before one byte of it is decoded.
-# 1.8 KB of "gzip, gzip" inflate to 1 GiB; no cap on decoded bytes bounds what one step inflates.
-IDENTITY = "identity"
 # A body arrives in pieces (one per HTTP chunk or per socket read); chunk headers may carry
 # extensions of kilobytes around a single data byte, so the body cap alone bounds the body, not
 # the bytes read off the wire. Capping the pieces too bounds those: an answer of at most
 # ``max_bytes`` in more than this many pieces is refused as too large.
 _MIN_PIECES = 1024
 _BYTES_PER_PIECE = 4096
-
-
-class ErrorKind(StrEnum):
-    RETRYABLE = "retryable"
-    CONFIGURATION = "configuration"
 
 
 @dataclass(frozen=True)
@@ -72,22 +51,6 @@ Outcome = Processed | Idle
 IDLE = Idle()
 
 
-@dataclass
-class CallError(Exception):
-    """A failed call: ``reason`` is a short stable label for metrics and logs."""
-
-    kind: ErrorKind
-    reason: str
-    status: int | None = None
-    retry_after_s: float | None = None
-    detail: str = ""
-    hint: str = field(default="")
-
-    def __str__(self) -> str:
-        code = f" {self.status}" if self.status else ""
-        return f"{self.reason}{code}: {self.detail}" if self.detail else f"{self.reason}{code}"
-
-
 class _TooLarge(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -103,81 +66,6 @@ class _Encoded(Exception):
 def max_pieces(max_bytes: int) -> int:
     """The most pieces an answer of at most ``max_bytes`` may arrive in."""
     return _MIN_PIECES + max_bytes // _BYTES_PER_PIECE
-
-
-def _ssl_context() -> ssl.SSLContext:
-    # Verification is always on; only the trust store is the system's, so corporate CAs work.
-    return ssl.create_default_context()
-
-
-def build_http_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The one AsyncClient of the process, its pool sized to the loops that share it."""
-    timeout = httpx.Timeout(settings.http_timeout_s, connect=settings.connect_timeout_s)
-    loops = max(settings.total_concurrency, settings.concurrency)
-    limits = httpx.Limits(max_connections=loops + 2, max_keepalive_connections=loops)
-    verify: ssl.SSLContext | bool = True  # unused when httpx is handed a transport
-    if transport is None and settings.http_transport == "aiohttp":
-        transport = _aiohttp_transport(settings.endpoint, limits)
-    elif transport is None:
-        verify = _ssl_context()
-    return httpx.AsyncClient(
-        timeout=timeout,
-        headers={"Accept-Encoding": IDENTITY},
-        limits=limits,
-        verify=verify,
-        # Redirects would resend the token to wherever the Location points: never follow.
-        follow_redirects=False,
-        # Proxy env vars are honoured (corporate networks); .netrc auth is not wanted.
-        trust_env=True,
-        transport=transport,
-    )
-
-
-def _aiohttp_transport(endpoint: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport over a session configured here, not by its defaults.
-
-    - the pool: at most ``max_connections`` (aiohttp has no separate keep-alive count);
-    - no cookie jar: like the Node pump's fetch, nothing a runner sets is sent back;
-    - proxies from the environment, resolved once here for the one endpoint, because httpx
-      ignores them when handed a transport, and aiohttp's own ``trust_env`` would also read
-      ~/.netrc for credentials and look the proxy up again on every call;
-    - TLS: aiohttp's verifying default (``ssl.create_default_context()``, the system trust
-      store, built when aiohttp is imported), not a third copy of the trust store (~0.8 MB).
-    """
-    # Imported only when chosen, so the default pays nothing for it at start-up.
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
-
-    def session() -> aiohttp.ClientSession:
-        # Called by the transport on its first request, inside the running event loop.
-        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0,
-                                         keepalive_timeout=limits.keepalive_expiry, ssl=True)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=False)
-
-    # httpx-aiohttp builds a context from ``verify`` for its own session, which ``session``
-    # replaces: a bare client context (it verifies, and trusts nothing) costs nothing to build.
-    unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
-        verify=unused, limits=limits, proxy=_env_proxy(endpoint), client=session)
-    return transport
-
-
-def _env_proxy(url: str) -> httpx.Proxy | None:
-    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
-    NO_PROXY, either case), as httpx itself would pick it for its own transport."""
-    import urllib.request
-
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    chosen = proxies.get(parts.scheme) or proxies.get("all")
-    if not chosen or urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    if "://" not in chosen:
-        chosen = "http://" + chosen
-    return httpx.Proxy(chosen)
 
 
 def contract_headers(settings: Settings) -> dict[str, str]:
@@ -227,7 +115,7 @@ class RunnerClient:
         self._body = json.dumps({"worker": True, "queue": self.queue},
                                 separators=(",", ":")).encode()
         self._extensions = {"timeout": http.timeout.as_dict()}
-        self._transport = _direct_transport(http, self._url)
+        self._transport = transport.direct_transport(http, self._url)
         self._scrub = Redactor(settings.secrets()).scrub
 
     async def call(self, now: datetime | None = None) -> Outcome:
@@ -253,16 +141,13 @@ class RunnerClient:
                 f"answer has Content-Encoding: {exc.encoding}"[:_MAX_MESSAGE]),
                 hint="the pump asks for Accept-Encoding: identity and never inflates an answer; "
                      "make the runner (or the proxy in front of it) send it uncompressed") from None
-        except httpx.InvalidURL as exc:
-            raise CallError(ErrorKind.CONFIGURATION, "bad_url", detail=_short(exc),
-                            hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT") from None
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise _transport_failure(exc) from None
         except Exception as exc:
-            # httpx-aiohttp lets through the aiohttp errors its map does not name.
-            if _aiohttp_error(exc) is None:
+            # httpx-aiohttp lets through the aiohttp errors its map does not name: those are
+            # classified too; anything else is a bug, for the loop to count as "internal".
+            error = failures.from_exception(exc, failures.RUNNER)
+            if error is None:
                 raise
-            raise _transport_failure(exc) from None
+            raise error from None
         return classify(status, headers, body, now=now)
 
     async def _post(self) -> tuple[int, httpx.Headers, bytes]:
@@ -347,66 +232,6 @@ class _WireMeter:
             del self._protocol.data_received  # the pooled connection reads as before
 
 
-def _direct_transport(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport | None:
-    """The transport httpx would pick for ``url`` (the pool, or an environment proxy's), found
-    through httpx's private ``_transport_for_url``; None should a release drop it, and then
-    calls go through the public ``send()``."""
-    pick = getattr(http, "_transport_for_url", None)
-    return pick(url) if pick else None
-
-
-def _transport_failure(exc: BaseException) -> CallError:
-    """A failure below HTTP (connect, DNS, reset, timeout, cut body) as one CallError.
-
-    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``, so
-    a refused connection, a failed DNS lookup or a connection dropped after the request all
-    read "timeout" there; the aiohttp error it chains as the cause says what really happened.
-    """
-    native = _aiohttp_error(exc)
-    if native is not None:
-        return _from_aiohttp(native)
-    if isinstance(exc, httpx.TimeoutException):
-        return CallError(ErrorKind.RETRYABLE, "timeout", detail=type(exc).__name__)
-    if isinstance(exc, httpx.ConnectError):
-        reason = "dns" if _caused_by(exc, socket.gaierror) else "connect"
-        return CallError(ErrorKind.RETRYABLE, reason, detail=_short(exc))
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return CallError(ErrorKind.CONFIGURATION, "bad_url", detail=_short(exc),
-                         hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT")
-    return CallError(ErrorKind.RETRYABLE, "network", detail=_short(exc))
-
-
-def _aiohttp_error(exc: BaseException) -> BaseException | None:
-    """The aiohttp exception in ``exc``'s chain, if aiohttp is loaded at all."""
-    if "aiohttp" not in sys.modules:
-        return None
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return None
-        if type(seen).__module__.partition(".")[0] == "aiohttp":
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _from_aiohttp(native: BaseException) -> CallError:
-    import aiohttp
-
-    detail = _short(native)
-    if isinstance(native, aiohttp.InvalidURL):
-        return CallError(ErrorKind.CONFIGURATION, "bad_url", detail=detail,
-                         hint="check SUPABASE_URL or QUEUE_PUMP_ENDPOINT")
-    if isinstance(native, aiohttp.ClientConnectorError):  # refused, DNS, TLS, proxy connect
-        dns = isinstance(native, getattr(aiohttp, "ClientConnectorDNSError", ())) or _caused_by(
-            native, socket.gaierror)
-        return CallError(ErrorKind.RETRYABLE, "dns" if dns else "connect", detail=detail)
-    if isinstance(native, aiohttp.ServerTimeoutError | TimeoutError):  # connect or read timeout
-        return CallError(ErrorKind.RETRYABLE, "timeout", detail=type(native).__name__)
-    # Disconnected, reset, cut or malformed answer: the wire failed after the connect.
-    return CallError(ErrorKind.RETRYABLE, "network", detail=detail)
-
-
 def classify(
     status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
 ) -> Outcome:
@@ -425,19 +250,7 @@ def classify(
                              job_type=loggable(data.get("jobType")),
                              status=loggable(data.get("status")), yielded=bool(data.get("yielded")))
         return IDLE
-    message = runner_message(body)
-    if 300 <= status < 400:
-        location = redact_url(headers.get("location", "")) or "(no Location)"
-        raise CallError(ErrorKind.CONFIGURATION, "redirect", status, detail=message,
-                        hint=f"the runner redirects to {location}; point the pump at the final "
-                             "URL (redirects are not followed, they would resend the token)")
-    retry_after = parse_retry_after(headers.get("retry-after"), now) if status in (
-        429, 503) else None
-    if status >= 500 or status in _RETRYABLE_4XX:
-        raise CallError(ErrorKind.RETRYABLE, "http_status", status, retry_after, message)
-    raise CallError(ErrorKind.CONFIGURATION, "http_status", status, None, message,
-                    hint=_HINTS.get(status, "the runner rejects the request as sent: check the "
-                                            "URL and the runner's version"))
+    raise failures.from_status(status, headers, body, failures.RUNNER, now=now)
 
 
 def loggable(value: Any) -> Any:
@@ -456,36 +269,4 @@ def loggable(value: Any) -> Any:
         text = json.dumps(value)  # NaN and Infinity become the text that names them
     except (ValueError, RecursionError):
         text = type(value).__name__
-    return text[:_MAX_MESSAGE]
-
-
-def runner_message(body: bytes) -> str:
-    """The runner's own error message from a JSON error body, short; nothing from HTML pages."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return ""
-    if isinstance(data, dict):
-        for key in _MESSAGE_KEYS:
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                return value[:_MAX_MESSAGE]
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return str(value["message"])[:_MAX_MESSAGE]
-    return ""
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
     return text[:_MAX_MESSAGE]

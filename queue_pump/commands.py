@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .cli import OneLineParser
+from .oneline import OneLineParser
 
 
 def _health_url(environ: Mapping[str, str]) -> str | None:

@@ -5,32 +5,34 @@ Every knob is declared once in ``knobs.KNOBS``; this module parses and checks th
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
-import re
 import socket
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from .knobs import (
     HEADER_KNOBS,
     KNOBS,
+    KNOBS_BY_ENV,
     MAX_HEADER_CHARS,
     MAX_TOTAL_CONCURRENCY,
     MIN_SECRET_CHARS,
     MIN_WAKE_TOKEN,
     PLACEHOLDERS,
     SECRET_ATTRS,
+    Kind,
     Knob,
 )
+from .urls import USERINFO as _USERINFO
+from .urls import host_ok, is_loopback_host, redact_url
 
 
 class ConfigError(Exception):
@@ -43,34 +45,6 @@ class ConfigError(Exception):
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password, safe to log; a URL that does not parse (a runner's
-    ``Location: http://[::1/x``, a port of 99999) is not shown at all: it may hide a password."""
-    try:
-        parts = urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    except ValueError:
-        return "(a URL that does not parse)"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 @dataclass(frozen=True)
 class Settings:
     """The pump's whole configuration. Secrets are kept out of repr()."""
@@ -83,15 +57,15 @@ class Settings:
     queue: str
     concurrency: int
     queues: str
-    idle_sleep_ms: int
-    idle_max_sleep_ms: int
-    tick_sleep_ms: int
-    http_timeout_ms: int
-    connect_timeout_ms: int
+    idle_sleep_s: float
+    idle_max_sleep_s: float
+    tick_sleep_s: float
+    http_timeout_s: float
+    connect_timeout_s: float
     log_every: int
-    backoff_base_ms: int
-    backoff_max_ms: int
-    shutdown_grace_ms: int
+    backoff_base_s: float
+    backoff_max_s: float
+    shutdown_grace_s: float
     max_response_bytes: int
     http_transport: str
     log_format: str
@@ -113,42 +87,9 @@ class Settings:
         if problems:
             raise ConfigError(problems)
 
-    # Seconds are what the loop works in; milliseconds are what the environment speaks.
-    @property
-    def idle_sleep_s(self) -> float:
-        return self.idle_sleep_ms / 1000
-
-    @property
-    def idle_max_sleep_s(self) -> float:
-        return self.idle_max_sleep_ms / 1000
-
     @property
     def total_concurrency(self) -> int:
         return sum(n for _, n in self.lanes)
-
-    @property
-    def tick_sleep_s(self) -> float:
-        return self.tick_sleep_ms / 1000
-
-    @property
-    def http_timeout_s(self) -> float:
-        return self.http_timeout_ms / 1000
-
-    @property
-    def connect_timeout_s(self) -> float:
-        return self.connect_timeout_ms / 1000
-
-    @property
-    def backoff_base_s(self) -> float:
-        return self.backoff_base_ms / 1000
-
-    @property
-    def backoff_max_s(self) -> float:
-        return self.backoff_max_ms / 1000
-
-    @property
-    def shutdown_grace_s(self) -> float:
-        return self.shutdown_grace_ms / 1000
 
     @property
     def endpoint(self) -> str:
@@ -174,34 +115,24 @@ class Settings:
             value = getattr(self, knob.attr)
             if knob.secret:
                 value = "***" if value else ""
-            elif knob.kind == "url" and value:
+            elif knob.kind is Kind.URL and value:
                 value = redact_url(value)
-            view[knob.attr] = value
+            elif knob.kind is Kind.MS:
+                value = _ms(value)
+            view[knob.view_name] = value
         view["endpoint"] = redact_url(self.endpoint)
         view["lanes"] = {queue: n for queue, n in self.lanes}
         return view
 
 
-_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
 _SHOWN_MAX = 60
-_USERINFO = re.compile(r"//[^/?#]*@")
-
-
-def host_ok(host: str) -> bool:
-    """A DNS name (underscores allowed, as in Compose service names) or an IP literal."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return bool(_HOST_NAME.fullmatch(host))
 
 
 def _show(knob: Knob, raw: str) -> str:
     """The bad value as the problem line shows it: never a secret's, never a page long."""
     if knob.secret:
         return "(hidden)"
-    if knob.kind == "url":
+    if knob.kind is Kind.URL:
         # A URL that fails to parse may still carry user:password; mask anything before an @.
         raw = _USERINFO.sub("//***@", raw)
     if len(raw) > _SHOWN_MAX:
@@ -209,77 +140,101 @@ def _show(knob: Knob, raw: str) -> str:
     return repr(raw)
 
 
+def _ms(seconds: float) -> int:
+    """A duration as the environment writes it: whole milliseconds."""
+    return round(seconds * 1000)
+
+
 def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
-    shown = _show(knob, raw)
     value = raw.strip()
     if knob.optional and not value:
         return None
-    if knob.kind in ("int", "ms"):
-        unit = " ms" if knob.kind == "ms" else ""
-        rng = f"a whole number from {knob.low} to {knob.high}{unit}"
+    return _PARSERS[knob.kind](knob, value, _show(knob, raw), problems)
+
+
+def _parse_number(knob: Knob, value: str, shown: str, problems: list[str]) -> Any:
+    unit = " ms" if knob.kind is Kind.MS else ""
+    rng = f"a whole number from {knob.low} to {knob.high}{unit}"
+    try:
+        number = int(value, 10)
+    except ValueError:
         try:
-            number = int(value, 10)
+            as_float = float(value)
         except ValueError:
-            try:
-                as_float = float(value)
-            except ValueError:
-                problems.append(f"{knob.env}={shown} is not a number; expected {rng}")
-                return None
-            if not math.isfinite(as_float) or as_float != int(as_float):
-                problems.append(f"{knob.env}={shown} is not a whole number; expected {rng}")
-                return None
-            number = int(as_float)
-        if (knob.low is not None and number < knob.low) or (
-            knob.high is not None and number > knob.high
-        ):
-            problems.append(f"{knob.env}={shown} is out of range; expected {rng}")
+            problems.append(f"{knob.env}={shown} is not a number; expected {rng}")
             return None
-        return number
-    if knob.kind == "bool":
-        low = value.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        problems.append(f"{knob.env}={shown} is not a boolean; expected 1/0, true/false, yes/no")
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            problems.append(f"{knob.env}={shown} is not a whole number; expected {rng}")
+            return None
+        number = int(as_float)
+    if (knob.low is not None and number < knob.low) or (
+        knob.high is not None and number > knob.high
+    ):
+        problems.append(f"{knob.env}={shown} is out of range; expected {rng}")
         return None
-    if knob.kind == "choice":
-        low = value.lower()
-        if low == "" and knob.default == "":
-            return ""
-        if low not in knob.choices:
-            problems.append(f"{knob.env}={shown} is not accepted; expected one of "
-                            + ", ".join(knob.choices))
-            return None
-        return low
-    if knob.kind == "url" and value:
-        try:
-            parts = urlsplit(value)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
-            problems.append(f"{knob.env}={shown} is not a valid URL; expected e.g. "
-                            "https://xyz.supabase.co")
-            return None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(f"{knob.env}={shown if not parts.password else '(hidden)'} is not an "
-                            "http(s) URL; expected e.g. https://xyz.supabase.co")
-            return None
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
-            return None
-        if knob.env == "SUPABASE_URL" and (parts.query or parts.fragment):
-            problems.append(f"{knob.env}={shown} has a query or fragment; expected the project "
-                            "URL alone, e.g. https://xyz.supabase.co")
-            return None
-        if parts.fragment:
-            problems.append(f"{knob.env}={shown} has a #fragment, which is never sent; remove it")
-            return None
-        if not host_ok(parts.hostname):
-            # Caught here, it is one line at start-up; later, a DNS error retried forever.
-            problems.append(f"{knob.env} has host {_show(knob, parts.hostname)}, which is not a "
-                            "valid host name or IP address")
-            return None
+    # The environment speaks milliseconds; the loop works in seconds.
+    return number / 1000 if knob.kind is Kind.MS else number
+
+
+def _parse_bool(knob: Knob, value: str, shown: str, problems: list[str]) -> bool | None:
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    problems.append(f"{knob.env}={shown} is not a boolean; expected 1/0, true/false, yes/no")
+    return None
+
+
+def _parse_choice(knob: Knob, value: str, shown: str, problems: list[str]) -> str | None:
+    low = value.lower()
+    if low == "" and knob.default == "":
+        return ""
+    if low not in knob.choices:
+        problems.append(f"{knob.env}={shown} is not accepted; expected one of "
+                        + ", ".join(knob.choices))
+        return None
+    return low
+
+
+def _parse_url(knob: Knob, value: str, shown: str, problems: list[str]) -> str | None:
+    if value and not _url_ok(knob, value, shown, problems):
+        return None
+    return _parse_text(knob, value, shown, problems)
+
+
+def _url_ok(knob: Knob, value: str, shown: str, problems: list[str]) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        problems.append(f"{knob.env}={shown} is not a valid URL; expected e.g. "
+                        "https://xyz.supabase.co")
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{knob.env}={shown if not parts.password else '(hidden)'} is not an "
+                        "http(s) URL; expected e.g. https://xyz.supabase.co")
+        return False
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
+        return False
+    if knob.env == "SUPABASE_URL" and (parts.query or parts.fragment):
+        problems.append(f"{knob.env}={shown} has a query or fragment; expected the project "
+                        "URL alone, e.g. https://xyz.supabase.co")
+        return False
+    if parts.fragment:
+        problems.append(f"{knob.env}={shown} has a #fragment, which is never sent; remove it")
+        return False
+    if not host_ok(parts.hostname):
+        # Caught here, it is one line at start-up; later, a DNS error retried forever.
+        problems.append(f"{knob.env} has host {_show(knob, parts.hostname)}, which is not a "
+                        "valid host name or IP address")
+        return False
+    return True
+
+
+def _parse_text(knob: Knob, value: str, shown: str, problems: list[str]) -> str | None:
     if any(ch in value for ch in "\r\n\x00"):
         # A header value with a newline would be a request-smuggling vector.
         problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
@@ -295,6 +250,13 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
                         "printable ASCII only")
         return None
     return value
+
+
+_PARSERS: dict[Kind, Callable[[Knob, str, str, list[str]], Any]] = {
+    Kind.MS: _parse_number, Kind.INT: _parse_number, Kind.BOOL: _parse_bool,
+    Kind.CHOICE: _parse_choice, Kind.URL: _parse_url, Kind.STR: _parse_text,
+    Kind.SECRET: _parse_text,
+}
 
 
 def _queue_name_ok(name: str) -> bool:
@@ -315,15 +277,17 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
                         "one form: QUEUE_PUMP_QUEUES=name:concurrency,... alone, or the single "
                         "queue variables")
     lanes: list[tuple[str, int]] = []
+    per_queue = KNOBS_BY_ENV["QUEUE_PUMP_CONCURRENCY"]  # one queue's loops: as for the one queue
+    low, high = per_queue.low or 1, per_queue.high or MAX_TOTAL_CONCURRENCY
     for part in spec.split(","):
         name, _, count = part.strip().partition(":")
         name = name.strip()
         count = count.strip() or "1"
         if (not _queue_name_ok(name) or not (count.isascii() and count.isdigit())
-                or not 1 <= int(count) <= 256):
+                or not low <= int(count) <= high):
             problems.append(f"QUEUE_PUMP_QUEUES has {part.strip()!r}; expected name:concurrency "
-                            "with a name without spaces and a concurrency from 1 to 256, e.g. "
-                            "agent:2,render:1")
+                            f"with a name without spaces and a concurrency from {low} to {high}, "
+                            "e.g. agent:2,render:1")
             continue
         if any(name == known for known, _ in lanes):
             problems.append(f"QUEUE_PUMP_QUEUES names {name!r} twice; expected each queue once")
@@ -357,10 +321,11 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
     if values.get("queue") is not None and not _queue_name_ok(values["queue"]):
         problems.append(f"QUEUE_PUMP_QUEUE={values['queue']!r} is not a queue name; expected "
                         "a non-empty name without spaces, ':' or ','")
-    idle, idle_max = values.get("idle_sleep_ms"), values.get("idle_max_sleep_ms")
-    if isinstance(idle, int) and isinstance(idle_max, int) and idle_max < idle:
-        problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={idle_max} is below QUEUE_PUMP_IDLE_SLEEP_MS"
-                        f"={idle}; expected max >= the idle sleep (or unset: adaptive idle off)")
+    idle, idle_max = values.get("idle_sleep_s"), values.get("idle_max_sleep_s")
+    if isinstance(idle, float) and isinstance(idle_max, float) and idle_max < idle:
+        problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={_ms(idle_max)} is below "
+                        f"QUEUE_PUMP_IDLE_SLEEP_MS={_ms(idle)}; expected max >= the idle sleep "
+                        "(or unset: adaptive idle off)")
     health_host = values.get("health_host")
     if health_host is not None and not host_ok(health_host):
         # An empty host would bind every interface: the opposite of the safe default.
@@ -371,10 +336,10 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
     if wake and len(wake) < MIN_WAKE_TOKEN:
         problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "
                         f"{MIN_WAKE_TOKEN} (anyone who guesses it can wake the pump)")
-    base, cap = values.get("backoff_base_ms"), values.get("backoff_max_ms")
-    if isinstance(base, int) and isinstance(cap, int) and cap < base:
-        problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={cap} is below QUEUE_PUMP_BACKOFF_BASE_MS="
-                        f"{base}; expected max >= base")
+    base, cap = values.get("backoff_base_s"), values.get("backoff_max_s")
+    if isinstance(base, float) and isinstance(cap, float) and cap < base:
+        problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={_ms(cap)} is below "
+                        f"QUEUE_PUMP_BACKOFF_BASE_MS={_ms(base)}; expected max >= base")
 
     if values.get("allow_insecure_http") is False:
         runner_urls = [("QUEUE_PUMP_ENDPOINT", values.get("endpoint_override") or "")]
@@ -399,12 +364,14 @@ def _out_of_range(settings: Settings) -> list[str]:
     problems = []
     for knob in KNOBS:
         value = getattr(settings, knob.attr)
-        if knob.kind in ("int", "ms") and not (
+        if knob.kind is Kind.MS and isinstance(value, int | float) and math.isfinite(value):
+            value = _ms(value)
+        if knob.kind in (Kind.INT, Kind.MS) and not (
                 isinstance(value, int) and (knob.low is None or value >= knob.low)
                 and (knob.high is None or value <= knob.high)):
             problems.append(f"{knob.env}={value!r} is out of range; expected a whole number from "
                             f"{knob.low} to {knob.high}")
-        elif knob.kind == "choice" and value not in (*knob.choices, knob.default):
+        elif knob.kind is Kind.CHOICE and value not in (*knob.choices, knob.default):
             problems.append(f"{knob.env}={value!r} is not accepted; expected one of "
                             + ", ".join(knob.choices))
     return problems
@@ -432,9 +399,8 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
             problems.append(f"{name} is still the placeholder from .env.example; set your own")
 
     values["lanes"] = _lanes(env, values, problems)
-    idle_max_sleep = values.get("idle_max_sleep_ms")
-    if idle_max_sleep is None:
-        values["idle_max_sleep_ms"] = values.get("idle_sleep_ms")  # adaptive idle off
+    if values.get("idle_max_sleep_s") is None:
+        values["idle_max_sleep_s"] = values.get("idle_sleep_s")  # adaptive idle off
     if problems:
         raise ConfigError(problems + _rules(values))
     if not values["worker_id"]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli import OneLineParser
+from .oneline import OneLineParser
 
 DEMO_ORG = "demo-org"
 # The deployment's variables: the demo's pump must not inherit any of them.

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 MASK = "***"
 # Messages are clipped (e.g. a runner's error at 300 characters), and the clip may fall inside an
@@ -134,5 +135,6 @@ def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
     )
 
 
-def get_logger(**initial: Any) -> Any:
-    return structlog.get_logger("queue_pump").bind(**initial)
+def get_logger(**initial: Any) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger("queue_pump").bind(**initial)
+    return logger

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .stats import Stats
@@ -69,9 +69,13 @@ def status_line(snapshot: Mapping[str, Any]) -> str:
     return line
 
 
-async def watchdog(notifier: Notifier, stats: Stats, environ: Mapping[str, str]) -> None:
+async def watchdog(notifier: Notifier, stats: Stats, environ: Mapping[str, str],
+                   pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Ping while every loop is healthy, with a STATUS= line. A stuck loop (or a wedged event
-    loop, which stops this task too) stops the pings, and systemd restarts the service."""
+    loop, which stops this task too) stops the pings, and systemd restarts the service.
+
+    ``pause`` is a plain sleep, not the pump's stop-or-timeout: the pings go on through the
+    shutdown grace (the task is cancelled at the end). Tests hand in a fake one."""
     if not notifier.enabled:
         return
     interval = watchdog_interval_s(environ)
@@ -82,4 +86,4 @@ async def watchdog(notifier: Notifier, stats: Stats, environ: Mapping[str, str])
         if interval is not None and snapshot["status"] == "ok":
             message = "WATCHDOG=1\n" + message
         notifier.send(message)
-        await asyncio.sleep(min(interval or STATUS_INTERVAL_S, STATUS_INTERVAL_S))
+        await pause(min(interval or STATUS_INTERVAL_S, STATUS_INTERVAL_S))

@@ -10,9 +10,10 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
+
+from structlog.typing import FilteringBoundLogger
 
 from .backoff import (
     QueueGate,
@@ -20,11 +21,12 @@ from .backoff import (
     full_jitter,
     idle_delay,
     next_delay,
-    retry_delay,
 )
 from .budget import TokenBucket
-from .client import CallError, ErrorKind, Outcome, Processed
+from .client import Outcome, Processed
 from .config import Settings
+from .failures import CallError, ErrorKind, internal
+from .modes import ExitCode, Mode
 from .stats import LoopRecord, LoopState, Stats
 
 CallFn = Callable[[], Awaitable[Outcome]]
@@ -40,19 +42,6 @@ IDLE_LOG_INTERVAL_S = 60.0
 DRAIN_MAX_FAILURES = 5
 
 
-class Mode(StrEnum):
-    FOREVER = "forever"
-    ONCE = "once"
-    DRAIN = "drain"
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    CALL_FAILED = 1  # --once or --drain could not finish its calls, or a loop crashed
-    CONFIG = 2
-    GRACE_EXPIRED = 3  # calls in flight were cancelled when the shutdown grace ran out
-
-
 @dataclass(frozen=True)
 class Lane:
     """One queue and the loops that pump it."""
@@ -64,27 +53,26 @@ class Lane:
 
 @dataclass(frozen=True)
 class Policy:
-    idle_s: float
-    idle_max_s: float
-    tick_s: float
+    """What the loops need of the settings, under the settings' own names (knobs.py)."""
+
+    idle_sleep_s: float
+    idle_max_sleep_s: float
+    tick_sleep_s: float
     backoff_base_s: float
     backoff_max_s: float
-    call_timeout_s: float
+    http_timeout_s: float
     shutdown_grace_s: float
     log_every: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
-        return cls(idle_s=s.idle_sleep_s, idle_max_s=s.idle_max_sleep_s, tick_s=s.tick_sleep_s,
-                   backoff_base_s=s.backoff_base_s,
-                   backoff_max_s=s.backoff_max_s, call_timeout_s=s.http_timeout_s,
-                   shutdown_grace_s=s.shutdown_grace_s, log_every=s.log_every)
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
-    def idle_sleep_s(self, idle_streak: int) -> float:
+    def idle_pause_s(self, idle_streak: int) -> float:
         """The idle sleep after ``idle_streak`` idle answers in a row (adaptive idle)."""
-        if self.idle_max_s <= self.idle_s:
-            return self.idle_s
-        return retry_delay(adaptive_idle(self.idle_s, self.idle_max_s), idle_streak)
+        if self.idle_max_sleep_s <= self.idle_sleep_s:
+            return self.idle_sleep_s
+        return adaptive_idle(self.idle_sleep_s, self.idle_max_sleep_s).bound(idle_streak)
 
 
 # Wakes are merged: at most one is delivered per this interval, and any that come within it
@@ -157,8 +145,74 @@ def stop_or_timeout(stop: asyncio.Event, waker: Waker | None = None) -> Pause:
     return pause
 
 
+@dataclass(frozen=True)
+class RunRules:
+    """The once/drain rules in one place: which loops run, when a loop ends, what the run
+    exits with. FOREVER ends only on stop; ONCE makes one call on one loop; DRAIN calls until
+    the queue answers idle, and gives up on a failure that will not fix itself."""
+
+    mode: Mode
+
+    def lanes(self, lanes: Sequence[Lane]) -> list[Lane]:
+        if self.mode is Mode.ONCE:
+            return [Lane(lanes[0].queue, 1, lanes[0].call)]
+        return list(lanes)
+
+    def gives_up(self, error: CallError, failures: int) -> bool:
+        if self.mode is Mode.ONCE:
+            return True
+        return self.mode is Mode.DRAIN and (
+            error.kind is ErrorKind.CONFIGURATION or failures >= DRAIN_MAX_FAILURES)
+
+    def ends_after_processed(self) -> bool:
+        return self.mode is Mode.ONCE
+
+    def ends_when_idle(self) -> bool:
+        return self.mode is not Mode.FOREVER
+
+    def exit_code(self, *, crashed: int, cancelled: int, results: Sequence[bool]) -> ExitCode:
+        if crashed:  # the bug is the news, even if the grace ran out after it
+            return ExitCode.CALL_FAILED
+        if cancelled:
+            return ExitCode.GRACE_EXPIRED
+        if self.mode is not Mode.FOREVER and not all(results):
+            return ExitCode.CALL_FAILED
+        return ExitCode.OK
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call gave: an outcome or an error, how long it took, and the wake generation
+    seen before it started."""
+
+    outcome: Outcome | None
+    error: CallError | None
+    duration_s: float
+    woken_before: int
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a loop does after a step: pause (``None``: call again at once), or end with
+    ``result`` (True: its work is done; False: it failed)."""
+
+    pause_s: float | None = None
+    wakeable: bool = False
+    end: bool = False
+    result: bool = True
+
+
+@dataclass
+class _LoopState:
+    lane: Lane
+    record: LoopRecord
+    gate: QueueGate
+    failures: int = 0
+
+
 class Pump:
-    def __init__(self, lanes: Sequence[Lane], policy: Policy, stats: Stats, log: Any, *,
+    def __init__(self, lanes: Sequence[Lane], policy: Policy, stats: Stats,
+                 log: FilteringBoundLogger, *,
                  stop: asyncio.Event, pause: Pause | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, budget: TokenBucket | None = None,
@@ -188,12 +242,9 @@ class Pump:
         self.stop_seen_at: float | None = None  # monotonic; the shutdown grace runs from here
 
     async def run(self, mode: Mode = Mode.FOREVER) -> ExitCode:
-        if mode is Mode.ONCE:
-            lanes = [Lane(self._lanes[0].queue, 1, self._lanes[0].call)]
-        else:
-            lanes = self._lanes
-        tasks = [asyncio.create_task(self._loop(lane, i, mode), name=f"{lane.queue}-{i}")
-                 for lane in lanes for i in range(lane.concurrency)]
+        rules = RunRules(mode)
+        tasks = [asyncio.create_task(self._loop(lane, i, rules), name=f"{lane.queue}-{i}")
+                 for lane in rules.lanes(self._lanes) for i in range(lane.concurrency)]
         # asyncio.wait, not gather: it never raises, so a call cancelled at the end of the grace
         # leaves no "exception was never retrieved" traceback behind.
         all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.wait(tasks))
@@ -207,13 +258,8 @@ class Pump:
             stop_wait.cancel()
             all_done.cancel()
         results = [t.result() for t in tasks if t.done() and not t.cancelled()]
-        if self.crashed:  # the bug is the news, even if the grace ran out after it
-            return ExitCode.CALL_FAILED
-        if self.cancelled_calls:
-            return ExitCode.GRACE_EXPIRED
-        if mode is not Mode.FOREVER and not all(results):
-            return ExitCode.CALL_FAILED
-        return ExitCode.OK
+        return rules.exit_code(crashed=self.crashed, cancelled=self.cancelled_calls,
+                               results=results)
 
     async def _drain_in_flight(self, tasks: list[asyncio.Task[bool]]) -> None:
         """After the stop: sleeping loops are already awake and leaving; calls get the grace."""
@@ -227,60 +273,26 @@ class Pump:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _loop(self, lane: Lane, index: int, mode: Mode) -> bool:
+    async def _loop(self, lane: Lane, index: int, rules: RunRules) -> bool:
+        """Until stop, or until ``rules`` end it: step, handle, pause. True: done; False: it
+        gave up or crashed."""
         record = self._stats.add_loop(f"{lane.queue}-{index}", lane.queue)
-        gate = self._gates[lane.queue]
-        failures = 0
+        state = _LoopState(lane, record, self._gates[lane.queue])
         try:
             while not self._stop.is_set() and lane.queue not in self._drained:
-                if gate.given_up:
+                if state.gate.given_up:
                     return False
-                if await self._held(gate, record):
+                if await self._held(state.gate, record):
                     continue
                 if self._budget is not None:
                     await self._wait_for_budget(lane, record)
                     if self._stop.is_set():
                         break
-                woken_before = self._waker.generation if self._waker else 0
-                outcome, error, duration = await self._attempt(lane, record)
-                if error is not None:
-                    failures += 1
-                    delay = self._after_failure(lane, record, error, failures, mode, duration)
-                    if delay is None:
-                        gate.given_up = True
-                        return False
-                    await self._pause(delay)
-                    continue
-                gate.succeeded()
-                if failures:
-                    self._log.info("recovered", queue=lane.queue, loop=record.name,
-                                   after_failures=failures)
-                    failures = 0
-                if isinstance(outcome, Processed):
-                    self._idle_streak[lane.queue] = 0
-                    self._stats.call_ended(record, duration, "processed",
-                                           job_status=str(outcome.status))
-                    self._note_processed(lane, outcome)
-                    if mode is Mode.ONCE:
-                        return True
-                    self._stats.sleeping(record, LoopState.WORKING, self._policy.tick_s)
-                    await self._pause(self._policy.tick_s)
-                else:
-                    self._stats.call_ended(record, duration, "idle")
-                    if mode is not Mode.FOREVER:
-                        self._drained.add(lane.queue)
-                        self._log.info("queue_drained", queue=lane.queue,
-                                       processed=self._processed)
-                        return True
-                    self._idle_streak[lane.queue] += 1
-                    base = self._policy.idle_sleep_s(self._idle_streak[lane.queue])
-                    if self._waker and self._waker.generation != woken_before:
-                        continue  # woken while the call was in flight: the news is newer
-                    delay = idle_delay(base, self._rng)
-                    self._note_idle(lane, delay)
-                    self._stats.idle_sleep(lane.queue, base)
-                    self._stats.sleeping(record, LoopState.IDLE, delay)
-                    await self._pause(delay, wakeable=True)
+                after = self._handle(await self._step(lane, record), state, rules)
+                if after.end:
+                    return after.result
+                if after.pause_s is not None:
+                    await self._pause(after.pause_s, wakeable=after.wakeable)
             return True
         except Exception as exc:
             # A bug outside the call. Crash-only: stop the whole pump (the other loops finish
@@ -292,8 +304,58 @@ class Pump:
             self._stop.set()
             return False
         finally:
-            gate.leave(record.name)
+            state.gate.leave(record.name)
             self._stats.set_state(record, LoopState.STOPPED)
+
+    def _handle(self, step: Step, state: _LoopState, rules: RunRules) -> Next:
+        if step.error is not None:
+            return self._on_error(step.error, step.duration_s, state, rules)
+        state.gate.succeeded()
+        if state.failures:
+            self._log.info("recovered", queue=state.lane.queue, loop=state.record.name,
+                           after_failures=state.failures)
+            state.failures = 0
+        if isinstance(step.outcome, Processed):
+            return self._on_processed(step.outcome, step.duration_s, state, rules)
+        return self._on_idle(step, state, rules)
+
+    def _on_error(self, error: CallError, duration_s: float, state: _LoopState,
+                  rules: RunRules) -> Next:
+        state.failures += 1
+        delay = self._after_failure(state.lane, state.record, error, state.failures,
+                                    rules.gives_up(error, state.failures), duration_s)
+        if delay is None:
+            state.gate.given_up = True
+            return Next(end=True, result=False)
+        return Next(pause_s=delay)
+
+    def _on_processed(self, outcome: Processed, duration_s: float, state: _LoopState,
+                      rules: RunRules) -> Next:
+        self._idle_streak[state.lane.queue] = 0
+        self._stats.call_ended(state.record, duration_s, "processed",
+                               job_status=str(outcome.status))
+        self._note_processed(state.lane, outcome)
+        if rules.ends_after_processed():
+            return Next(end=True)
+        self._stats.sleeping(state.record, LoopState.WORKING, self._policy.tick_sleep_s)
+        return Next(pause_s=self._policy.tick_sleep_s)
+
+    def _on_idle(self, step: Step, state: _LoopState, rules: RunRules) -> Next:
+        queue = state.lane.queue
+        self._stats.call_ended(state.record, step.duration_s, "idle")
+        if rules.ends_when_idle():
+            self._drained.add(queue)
+            self._log.info("queue_drained", queue=queue, processed=self._processed)
+            return Next(end=True)
+        self._idle_streak[queue] += 1
+        base = self._policy.idle_pause_s(self._idle_streak[queue])
+        if self._waker and self._waker.generation != step.woken_before:
+            return Next()  # woken while the call was in flight: the news is newer
+        delay = idle_delay(base, self._rng)
+        self._note_idle(state.lane, delay)
+        self._stats.idle_sleep(queue, base)
+        self._stats.sleeping(state.record, LoopState.IDLE, delay)
+        return Next(pause_s=delay, wakeable=True)
 
     async def _held(self, gate: QueueGate, record: LoopRecord) -> bool:
         """Wait while another loop probes this queue's failing runner; True if it waited."""
@@ -304,10 +366,10 @@ class Pump:
         await self._pause(wait)
         return True
 
-    async def _attempt(self, lane: Lane, record: LoopRecord
-                       ) -> tuple[Outcome | None, CallError | None, float]:
+    async def _step(self, lane: Lane, record: LoopRecord) -> Step:
         """One call: its outcome or its error, and how long it took."""
-        self._stats.call_started(record, self._policy.call_timeout_s)
+        woken_before = self._waker.generation if self._waker else 0
+        self._stats.call_started(record, self._policy.http_timeout_s)
         started = self._clock()
         outcome: Outcome | None = None
         error: CallError | None = None
@@ -320,20 +382,17 @@ class Pump:
                               reason="shutdown grace expired")
             raise
         except Exception as exc:  # a bug in one call must not kill the loop for good
-            error = CallError(ErrorKind.RETRYABLE, "internal",
-                              detail=f"{type(exc).__name__}: {exc}"[:300])
+            error = internal(exc)
         duration = self._clock() - started
         self._log.debug("call", queue=lane.queue, loop=record.name,
                         outcome="error" if error else type(outcome).__name__.lower(),
                         duration_ms=round(duration * 1000, 2))
-        return outcome, error, duration
+        return Step(outcome, error, duration, woken_before)
 
     def _after_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
-                       mode: Mode, duration: float) -> float | None:
+                       gives_up: bool, duration: float) -> float | None:
         """Record and log a failed call; the wait before the next one, None to give up."""
         self._stats.call_ended(record, duration, "error", error=(error.kind.value, error.reason))
-        gives_up = mode is Mode.ONCE or (mode is Mode.DRAIN and (
-            error.kind is ErrorKind.CONFIGURATION or failures >= DRAIN_MAX_FAILURES))
         delay = next_delay(self._strategy, failures, self._policy.backoff_max_s,
                            retry_after_s=error.retry_after_s,
                            at_cap=error.kind is ErrorKind.CONFIGURATION, rng=self._rng)

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-from .config import ConfigError, is_loopback_host, redact_url
+from .config import ConfigError
+from .urls import is_loopback_host, redact_url
 
 ENV = "QUEUE_PUMP_SCHEDULES"
 DEFAULT_DEDUPE_KEY = "{name}:{window}"
@@ -161,8 +162,12 @@ def parse_schedules(data: Mapping[str, Any], *, source: str = "schedules",
     return schedules
 
 
+Problem = Callable[[str], None]
+
+
 def _parse_entry(entry: Any, number: int, source: str, seen: dict[str, int],
                  allow_insecure_http: bool, problems: list[str]) -> Schedule | None:
+    """One [[schedule]] entry: every problem with it, one line each, or the Schedule."""
     if not isinstance(entry, dict):
         problems.append(f"{source}: schedule #{number} is not a table; expected [[schedule]] "
                         "with name, cron, url, body")
@@ -174,6 +179,29 @@ def _parse_entry(entry: Any, number: int, source: str, seen: dict[str, int],
     def problem(text: str) -> None:
         problems.append(f"{label}: {text}")
 
+    _check_keys(entry, problem)
+    if "name" in entry:
+        _check_name(name, number, seen, problem)
+    if "cron" in entry:
+        _check_cron(entry["cron"], problem)
+    if "url" in entry:
+        _check_url(entry["url"], allow_insecure_http, problem)
+    if "body" in entry:
+        _check_body_table(entry["body"], problem)
+    dedupe_key = entry.get("dedupe_key", DEFAULT_DEDUPE_KEY)
+    _check_dedupe_key(dedupe_key, problem)
+    headers = entry.get("headers", {})
+    _check_headers(headers, problem)
+    if len(problems) > before:
+        return None
+    cron, url, body = entry["cron"], entry["url"], entry["body"]
+    assert isinstance(name, str) and isinstance(cron, str) and isinstance(url, str)
+    assert isinstance(body, dict) and isinstance(dedupe_key, str) and isinstance(headers, dict)
+    return Schedule(name=name, cron=cron, url=url, body=body, dedupe_key=dedupe_key,
+                    headers=dict(headers))
+
+
+def _check_keys(entry: dict[str, Any], problem: Problem) -> None:
     unknown = sorted(set(entry) - set(_ENTRY_KEYS))
     if unknown:
         problem(f"unknown key(s) {', '.join(map(repr, unknown))}; expected "
@@ -182,90 +210,86 @@ def _parse_entry(entry: Any, number: int, source: str, seen: dict[str, int],
         if key not in entry:
             problem(f"{key} is missing")
 
-    if "name" in entry:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            problem(f"name {name!r} is not accepted; expected 1-64 letters, digits, '.', '_' "
-                    "or '-', starting with a letter or digit")
-        elif name in seen:
-            problem(f"name is used by schedule #{seen[name]} too; expected unique names")
-        else:
-            seen[name] = number
 
-    cron = entry.get("cron")
-    if "cron" in entry:
-        if not isinstance(cron, str) or len(cron.split()) != 5:
-            # cronsim would also take 6 fields (seconds first) where croniter puts seconds
-            # last: only the classic 5 fields mean the same thing everywhere.
-            problem(f"cron {cron!r} is not a 5-field cron expression; expected "
-                    f"{_CRON_FIELDS}, in UTC (e.g. '0 3 * * *')")
-        else:
-            try:
-                if _first(CronSim(cron, datetime.now(UTC))) is None:
-                    problem(f"cron {cron!r} never matches in the next 50 years")
-            except CronSimError as exc:
-                problem(f"cron {cron!r} is not valid ({exc}); expected {_CRON_FIELDS}, in UTC")
+def _check_name(name: Any, number: int, seen: dict[str, int], problem: Problem) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problem(f"name {name!r} is not accepted; expected 1-64 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit")
+    elif name in seen:
+        problem(f"name is used by schedule #{seen[name]} too; expected unique names")
+    else:
+        seen[name] = number
 
-    url = entry.get("url")
-    if "url" in entry:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        shown = repr(redact_url(url)) if isinstance(url, str) else repr(url)
-        try:
-            port_ok = parts is not None and (parts.port or 0) >= 0
-        except ValueError:
-            port_ok = False
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            problem(f"url {shown} is not an http(s) URL; expected e.g. "
-                    "https://proj.supabase.co/functions/v1/enqueue")
-        elif not port_ok:
-            problem(f"url {shown} has a bad port; expected a number from 1 to 65535")
-        elif (parts.scheme == "http" and not allow_insecure_http
-              and not is_loopback_host(parts.hostname)):
-            problem(f"url {shown} uses plain http to a host that is not loopback (the token "
-                    "would travel in clear); use https, or set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
 
-    body = entry.get("body")
-    if "body" in entry:
-        if not isinstance(body, dict):
-            problem(f"body is a {type(body).__name__}; expected a table, e.g. "
-                    "body = { type = \"digest\" }")
-        else:
-            _check_body(body, problem)
+def _check_cron(cron: Any, problem: Problem) -> None:
+    if not isinstance(cron, str) or len(cron.split()) != 5:
+        # cronsim would also take 6 fields (seconds first) where croniter puts seconds
+        # last: only the classic 5 fields mean the same thing everywhere.
+        problem(f"cron {cron!r} is not a 5-field cron expression; expected "
+                f"{_CRON_FIELDS}, in UTC (e.g. '0 3 * * *')")
+        return
+    try:
+        if _first(CronSim(cron, datetime.now(UTC))) is None:
+            problem(f"cron {cron!r} never matches in the next 50 years")
+    except CronSimError as exc:
+        problem(f"cron {cron!r} is not valid ({exc}); expected {_CRON_FIELDS}, in UTC")
 
-    dedupe_key = entry.get("dedupe_key", DEFAULT_DEDUPE_KEY)
+
+def _check_url(url: Any, allow_insecure_http: bool, problem: Problem) -> None:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    shown = repr(redact_url(url)) if isinstance(url, str) else repr(url)
+    try:
+        port_ok = parts is not None and (parts.port or 0) >= 0
+    except ValueError:
+        port_ok = False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        problem(f"url {shown} is not an http(s) URL; expected e.g. "
+                "https://proj.supabase.co/functions/v1/enqueue")
+    elif not port_ok:
+        problem(f"url {shown} has a bad port; expected a number from 1 to 65535")
+    elif (parts.scheme == "http" and not allow_insecure_http
+          and not is_loopback_host(parts.hostname)):
+        problem(f"url {shown} uses plain http to a host that is not loopback (the token "
+                "would travel in clear); use https, or set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
+
+
+def _check_body_table(body: Any, problem: Problem) -> None:
+    if not isinstance(body, dict):
+        problem(f"body is a {type(body).__name__}; expected a table, e.g. "
+                "body = { type = \"digest\" }")
+    else:
+        _check_body(body, problem)
+
+
+def _check_dedupe_key(dedupe_key: Any, problem: Problem) -> None:
     if not isinstance(dedupe_key, str):
         problem(f"dedupe_key is a {type(dedupe_key).__name__}; expected a string such as "
                 f"{DEFAULT_DEDUPE_KEY!r}")
-    else:
-        try:
-            used = _template_fields(dedupe_key, _KEY_FIELDS)
-        except ValueError as exc:
-            problem(f"dedupe_key {dedupe_key!r} is a bad template ({exc}); expected text with "
-                    "{window} and optionally {name} ({{ and }} for literal braces)")
-        else:
-            if "window" not in used:
-                problem(f"dedupe_key {dedupe_key!r} lacks {{window}}; every window needs its own "
-                        "key, or only the first would ever be enqueued")
+        return
+    try:
+        used = _template_fields(dedupe_key, _KEY_FIELDS)
+    except ValueError as exc:
+        problem(f"dedupe_key {dedupe_key!r} is a bad template ({exc}); expected text with "
+                "{window} and optionally {name} ({{ and }} for literal braces)")
+        return
+    if "window" not in used:
+        problem(f"dedupe_key {dedupe_key!r} lacks {{window}}; every window needs its own "
+                "key, or only the first would ever be enqueued")
 
-    headers = entry.get("headers", {})
+
+def _check_headers(headers: Any, problem: Problem) -> None:
     if not isinstance(headers, dict):
         problem(f"headers is a {type(headers).__name__}; expected a table of strings")
-    else:
-        for key, value in headers.items():
-            # Values are never shown: a header is where a credential would go.
-            if not _HEADER_NAME.fullmatch(key):
-                problem(f"headers: {key!r} is not a header name")
-            elif not isinstance(value, str) or any(ch in value for ch in "\r\n\x00"):
-                problem(f"headers.{key} is not a single-line string")
-
-    if len(problems) > before:
-        return None
-    assert isinstance(name, str) and isinstance(cron, str) and isinstance(url, str)
-    assert isinstance(body, dict) and isinstance(dedupe_key, str) and isinstance(headers, dict)
-    return Schedule(name=name, cron=cron, url=url, body=body, dedupe_key=dedupe_key,
-                    headers=dict(headers))
+        return
+    for key, value in headers.items():
+        # Values are never shown: a header is where a credential would go.
+        if not _HEADER_NAME.fullmatch(key):
+            problem(f"headers: {key!r} is not a header name")
+        elif not isinstance(value, str) or any(ch in value for ch in "\r\n\x00"):
+            problem(f"headers.{key} is not a single-line string")
 
 
-def _check_body(body: dict[str, Any], problem: Callable[[str], None]) -> None:
+def _check_body(body: dict[str, Any], problem: Problem) -> None:
     for path, value in _strings(body, "body"):
         if isinstance(value, str):
             try:

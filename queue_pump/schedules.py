@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
+from structlog.typing import FilteringBoundLogger
 
-from .backoff import full_jitter, next_delay, parse_retry_after
-from .client import runner_message
-from .config import redact_url
+from . import failures
+from .backoff import full_jitter, next_delay
+from .failures import CallError, ErrorKind
 from .schedule_file import Schedule, as_utc, iso_window
 
 COUNTERS = ("fired", "retried", "failed", "skipped")
@@ -32,24 +33,7 @@ REQUEST_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_ANSWER_PIECES = 256  # and in as many reads at most: chunk framing is wire bytes too
 
-_HINTS = {
-    401: "the endpoint rejected the credentials: check AGENT_TOKEN and ORGANIZATION_ID (and "
-         "SUPABASE_ANON_KEY, or this schedule's headers)",
-    403: "the endpoint refused this caller: check ORGANIZATION_ID and the token's rights",
-    404: "nothing answers at this URL: check this schedule's url",
-}
-
 Pause = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class _Failure:
-    retryable: bool
-    reason: str
-    status: int | None = None
-    retry_after_s: float | None = None
-    detail: str = ""
-    hint: str = ""
 
 
 class Scheduler:
@@ -61,10 +45,11 @@ class Scheduler:
 
     def __init__(self, schedules: Sequence[Schedule], http: httpx.AsyncClient,
                  headers: Mapping[str, str], *, stop: asyncio.Event,
-                 now: Callable[[], datetime], pause: Pause, log: Any,
+                 now: Callable[[], datetime], pause: Pause, log: FilteringBoundLogger,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
                  request_timeout_s: float = REQUEST_TIMEOUT_S,
-                 on_count: Callable[[str, str], None] | None = None) -> None:
+                 on_count: Callable[[str, str], None] | None = None,
+                 rng: random.Random | None = None) -> None:
         self._schedules = list(schedules)
         self._http = http
         self._headers = dict(headers)
@@ -73,6 +58,7 @@ class Scheduler:
         self._pause = pause
         self._log = log
         self._strategy = full_jitter(backoff_base_s, backoff_max_s)
+        self._rng = rng or random.Random()
         self._backoff_max_s = backoff_max_s
         self._request_timeout_s = request_timeout_s
         self._on_count = on_count
@@ -148,15 +134,16 @@ class Scheduler:
                 self._log.info("schedule_fired", **fields, status=status, created=created,
                                attempts=attempt)
                 return
-            failure = _failure_fields(result)
-            if not result.retryable:
+            failure = result.fields()
+            if result.kind is not ErrorKind.RETRYABLE:
                 self._count(schedule, "failed")
                 self._log.error("schedule_failed", **fields, attempts=attempt, **failure)
                 return
             # Exact: one POST per window, no herd of loops to spread (and the window's
             # deadline cuts the wait anyway).
             delay = next_delay(self._strategy, attempt, self._backoff_max_s,
-                               retry_after_s=result.retry_after_s, at_cap=False, spread=0.0)
+                               retry_after_s=result.retry_after_s, at_cap=False, rng=self._rng,
+                               spread=0.0)
             if deadline is not None:
                 delay = min(delay, max(0.0, (deadline - self._now()).total_seconds()))
             self._count(schedule, "retried")
@@ -172,38 +159,25 @@ class Scheduler:
                 return
 
     async def _attempt(self, url: str, content: bytes,
-                       headers: httpx.Headers) -> tuple[int, bool | None] | _Failure:
+                       headers: httpx.Headers) -> tuple[int, bool | None] | CallError:
+        """One POST: (status, created) when the window is done, else the CallError, classified
+        as a runner call's would be (failures.py)."""
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 status, answer_headers, answer = await self._post(url, content, headers)
         except TimeoutError:
-            return _Failure(True, "timeout",
-                            detail=f"no answer within {self._request_timeout_s:g} s")
-        except httpx.ConnectError as exc:
-            return _Failure(True, "connect", detail=str(exc)[:300] or type(exc).__name__)
-        except httpx.TransportError as exc:
-            return _Failure(True, "network", detail=str(exc)[:300] or type(exc).__name__)
+            return CallError(ErrorKind.RETRYABLE, "timeout",
+                             detail=f"no answer within {self._request_timeout_s:g} s")
         except Exception as exc:  # a bug must cost one retry, not the whole schedule
-            return _Failure(True, "internal", detail=f"{type(exc).__name__}: {exc}"[:300])
+            return failures.from_exception(exc, failures.SCHEDULE) or failures.internal(exc)
         if 200 <= status < 300:
             return status, _created(status, answer)
         if status == 409:
             # An enqueue endpoint that answers 409 Conflict for a known dedupe key has the job
             # already: that is this window done, not a failure to retry or to shout about.
             return status, False
-        detail = runner_message(answer)
-        if 300 <= status < 400:
-            location = redact_url(answer_headers.get("location", "")) or "(no Location)"
-            return _Failure(False, "redirect", status, detail=detail,
-                            hint=f"the endpoint redirects to {location}; use the final URL "
-                                 "(redirects are not followed, they would resend the token)")
-        retry_after = (parse_retry_after(answer_headers.get("retry-after"), self._now())
-                       if status in (429, 503) else None)
-        if status >= 500 or status in (408, 429):
-            return _Failure(True, "http_status", status, retry_after, detail)
-        return _Failure(False, "http_status", status, detail=detail, hint=_HINTS.get(
-            status, "the endpoint rejects the request as sent: check this schedule's body "
-                    "against what the endpoint accepts"))
+        return failures.from_status(status, answer_headers, answer, failures.SCHEDULE,
+                                    now=self._now())
 
     async def _post(self, url: str, content: bytes,
                     headers: httpx.Headers) -> tuple[int, httpx.Headers, bytes]:
@@ -221,19 +195,6 @@ class Scheduler:
                 if size >= MAX_ANSWER_BYTES or len(chunks) > MAX_ANSWER_PIECES:
                     break  # what we read is enough; never buffer an unbounded answer
             return response.status_code, response.headers, b"".join(chunks)
-
-
-def _failure_fields(failure: _Failure) -> dict[str, Any]:
-    fields: dict[str, Any] = {"reason": failure.reason}
-    if failure.status is not None:
-        fields["status"] = failure.status
-    if failure.retry_after_s is not None:
-        fields["retry_after_s"] = failure.retry_after_s
-    if failure.detail:
-        fields["detail"] = failure.detail
-    if failure.hint:
-        fields["hint"] = failure.hint
-    return fields
 
 
 def _created(status: int, answer: bytes) -> bool | None:

@@ -9,6 +9,11 @@ from typing import Any
 import pytest
 import structlog
 
+# Filled by tests/supabase/conftest.py: the kit tests left out, one count per hint. The hooks
+# that print it live here, because an xdist controller collects nothing and so never loads
+# tests/supabase/conftest.py.
+KIT_LEFT_OUT = pytest.StashKey[dict[str, int]]()
+
 TOKEN = "tok-SECRET-5f3a9c"  # recognisable, so tests can assert it never leaks
 ANON = "anon-SECRET-77b1"
 
@@ -46,3 +51,17 @@ def fake_time() -> FakeTime:
 def logs() -> Iterator[list[dict[str, Any]]]:
     with structlog.testing.capture_logs() as captured:
         yield captured
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """Under xdist every worker collects the whole suite and leaves out the same kit tests:
+    the controller keeps one worker's count, so the summary line prints once, not per worker."""
+    left_out = getattr(node, "workeroutput", {}).get("kit_left_out")
+    if left_out:
+        node.config.stash[KIT_LEFT_OUT] = left_out
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for hint, count in config.stash.get(KIT_LEFT_OUT, {}).items():
+        terminalreporter.write_line(f"SKIPPED {count} Supabase kit tests: {hint}", yellow=True)

@@ -72,6 +72,8 @@ class Live:
         self.proc = proc
         self.lines: list[str] = []
         self.err: list[str] = []
+        self._seen_lines: list[str] = []
+        self._parsed: list[dict[str, Any]] = []
         self._threads = [threading.Thread(target=self._read, args=(s, sink), daemon=True)
                          for s, sink in ((proc.stdout, self.lines), (proc.stderr, self.err))]
         for thread in self._threads:
@@ -83,8 +85,12 @@ class Live:
             sink.append(line)
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(self.lines)
-                if line.startswith("{") and json.loads(line).get("event") == name]
+        # Parsed once each: wait_event asks every 10 ms, and a busy pump prints thousands.
+        for line in self.lines[len(self._seen_lines):]:
+            self._seen_lines.append(line)
+            if line.startswith("{"):
+                self._parsed.append(json.loads(line))
+        return [event for event in self._parsed if event.get("event") == name]
 
     def wait_event(self, name: str, timeout_s: float = 15) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

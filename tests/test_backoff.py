@@ -20,16 +20,17 @@ from queue_pump.backoff import (
 def test_full_jitter_stays_within_its_exponential_bound(failures: int) -> None:
     strategy = full_jitter(1.0, 60.0)
     bound = min(60.0, 1.0 * 2 ** (failures - 1))
-    delays = [retry_delay(strategy, failures) for _ in range(300)]
+    rng = random.Random(failures)
+    delays = [retry_delay(strategy, failures, rng) for _ in range(300)]
     assert all(0 <= d <= bound for d in delays)
     # Full jitter spreads over the whole range, not a narrow band near the bound.
     assert min(delays) < bound * 0.2 and max(delays) > bound * 0.8
 
 
 def test_full_jitter_grows_then_caps() -> None:
-    random.seed(7)
+    rng = random.Random(7)
     strategy = full_jitter(0.5, 8.0)
-    means = [sum(retry_delay(strategy, n) for _ in range(2000)) / 2000 for n in (1, 3, 5, 9)]
+    means = [sum(retry_delay(strategy, n, rng) for _ in range(2000)) / 2000 for n in (1, 3, 5, 9)]
     assert means[0] < means[1] < means[2]
     assert means[3] == pytest.approx(4.0, rel=0.1)  # uniform(0, cap) averages cap / 2
 
@@ -51,17 +52,19 @@ def test_retry_after_garbage_is_ignored(garbage: str | None) -> None:
 
 def test_next_delay_rules() -> None:
     strategy = full_jitter(1.0, 60.0)
+    rng = random.Random(3)
     # The runner's Retry-After is the least wait, even above the cap (plus up to 25 %).
-    assert 120.0 <= next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=False) <= 150.0
-    assert next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=True) == 120.0
+    assert 120.0 <= next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=False,
+                               rng=rng) <= 150.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=120.0, at_cap=True, rng=rng) == 120.0
     # ...but never less than the backoff: "Retry-After: 0" must not make a tight loop.
-    random.seed(3)
-    zero = [next_delay(strategy, 5, 60.0, retry_after_s=0.0, at_cap=False) for _ in range(200)]
+    zero = [next_delay(strategy, 5, 60.0, retry_after_s=0.0, at_cap=False, rng=rng)
+            for _ in range(200)]
     assert max(zero) > 8 and sum(zero) / len(zero) > 4  # uniform(0, 16) averages 8
-    assert next_delay(strategy, 1, 60.0, retry_after_s=0.0, at_cap=True) == 60.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=0.0, at_cap=True, rng=rng) == 60.0
     # Configuration problems wait the cap from the first failure.
-    assert next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=True) == 60.0
-    assert 0 <= next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=False) <= 1.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=True, rng=rng) == 60.0
+    assert 0 <= next_delay(strategy, 1, 60.0, retry_after_s=None, at_cap=False, rng=rng) <= 1.0
 
 
 def test_idle_delay_jitters_ten_percent() -> None:
@@ -110,4 +113,18 @@ def test_the_retry_after_jitter_never_passes_the_ceiling() -> None:
     waits = [next_delay(strategy, 1, 60.0, retry_after_s=RETRY_AFTER_CEILING_S, at_cap=False,
                         rng=rng) for _ in range(50)]
     assert waits == [RETRY_AFTER_CEILING_S] * 50
-    assert next_delay(strategy, 1, 60.0, retry_after_s=7.0, at_cap=False, spread=0.0) == 7.0
+    assert next_delay(strategy, 1, 60.0, retry_after_s=7.0, at_cap=False, rng=rng,
+                      spread=0.0) == 7.0
+
+
+def test_the_jitter_comes_from_the_random_source_handed_in() -> None:
+    strategy = full_jitter(1.0, 60.0)
+    first = [retry_delay(strategy, 6, random.Random(42)) for _ in range(3)]
+    assert first[0] == first[1] == first[2]  # the same seed, the same wait: nothing global
+    assert retry_delay(strategy, 6, random.Random(43)) != first[0]
+    with pytest.raises(TypeError):
+        retry_delay(strategy, 6)  # a jittered wait without a source is a bug, not a default
+
+
+def test_exponential_bound_never_overflows() -> None:
+    assert retry_delay(full_jitter(1.0, 60.0), 10_000, random.Random(1)) <= 60.0

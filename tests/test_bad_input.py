@@ -27,19 +27,13 @@ from hypothesis import strategies as st
 
 from queue_pump import cli
 from queue_pump.backoff import RETRY_AFTER_CEILING_S
-from queue_pump.client import (
-    CallError,
-    ErrorKind,
-    Idle,
-    Processed,
-    RunnerClient,
-    build_http_client,
-    classify,
-)
+from queue_pump.client import Idle, Processed, RunnerClient, classify
 from queue_pump.config import from_mapping
+from queue_pump.failures import CallError, ErrorKind
 from queue_pump.knobs import KNOBS, Knob
 from queue_pump.pump import Lane, Policy, Pump
 from queue_pump.stats import Stats
+from queue_pump.transport import build_http_client
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
 from .proc import pump_env, run
@@ -242,7 +236,7 @@ BODY = (JSON.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200)
 ANSWER = st.tuples(st.integers(100, 599), HEADERS, BODY)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(ANSWER)
 def test_classify_any_answer(answer: tuple[int, dict[str, str], bytes]) -> None:
     status, headers, body = answer
@@ -263,7 +257,7 @@ SETTINGS = from_mapping({**BASE_ENV, "QUEUE_PUMP_BACKOFF_BASE_MS": "100",
                         hostname="box")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ANSWER, min_size=1, max_size=12))
 def test_any_answers_never_crash_a_loop(answers: list[tuple[int, dict[str, str], bytes]]
                                         ) -> None:

@@ -39,12 +39,13 @@ def report() -> Iterator[Any]:
 
 
 def test_throughput_round_drains_every_job_and_reports_it(tmp_path: Path, report: Any) -> None:
-    data = bench(tmp_path, "throughput", "--concurrency", "1,4", "--job-ms", "0", "--rounds",
-                 "1", "--target-s", "0.2", "--max-jobs", "400",
-                 "--variants", "pump-aiohttp,pump-httpx,bare-httpx-aiohttp")
+    # The smallest round that still exercises every part: one pump variant and its floor.
+    data = bench(tmp_path, "throughput", "--concurrency", "4", "--job-ms", "0", "--rounds",
+                 "1", "--target-s", "0.2", "--max-jobs", "200",
+                 "--variants", "pump-aiohttp,bare-httpx-aiohttp")
     runs = data["runs"]
     assert {(r["variant"], r["concurrency"]) for r in runs} == {
-        (v, c) for v in ("pump-aiohttp", "pump-httpx", "bare-httpx-aiohttp") for c in (1, 4)}
+        ("pump-aiohttp", 4), ("bare-httpx-aiohttp", 4)}
     for run in runs:
         assert run["rc"] == 0 and run["processed"] == run["jobs"] >= 50, run
         assert run["rate"] > 0 and run["cpu_s"] > 0
@@ -53,7 +54,7 @@ def test_throughput_round_drains_every_job_and_reports_it(tmp_path: Path, report
     assert pump["failed"] == 0 and pump["vs_floor"] > 0  # measured against its floor
     table = report.throughput_table(data)
     assert "pump, aiohttp (httpx-aiohttp)" in table
-    assert table.count("\n") == 1 + 2  # header, rule, one row per concurrency
+    assert table.count("\n") == 1 + 1  # header, rule, one row per concurrency
 
 
 def test_modes_wake_picks_up_every_job_and_counts_idle_calls(tmp_path: Path,

@@ -4,6 +4,7 @@ real process over loopback."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import signal
@@ -28,8 +29,8 @@ from .proc import finish, pump_env, start
 from .reference_process import reference_runner
 from .runner_double import JOB, Reply, free_port, runner_double
 
-ADAPTIVE = Policy(idle_s=10.0, idle_max_s=60.0, tick_s=0.25, backoff_base_s=1.0,
-                  backoff_max_s=60.0, call_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
+ADAPTIVE = Policy(idle_sleep_s=10.0, idle_max_sleep_s=60.0, tick_sleep_s=0.25, backoff_base_s=1.0,
+                  backoff_max_s=60.0, http_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
 DONE = Processed(job_id="j", job_type="t", status="done")
 
 
@@ -65,10 +66,10 @@ def run_lanes(lanes: dict[str, list[Outcome]], fake: FakeTime, policy: Policy = 
 # --- adaptive idle ------------------------------------------------------------------------
 
 def test_idle_sleep_doubles_per_idle_answer_up_to_the_max() -> None:
-    assert [ADAPTIVE.idle_sleep_s(n) for n in range(1, 7)] == [10, 20, 40, 60, 60, 60]
-    off = Policy(**{**ADAPTIVE.__dict__, "idle_max_s": 10.0})
-    assert {off.idle_sleep_s(n) for n in range(1, 50)} == {10.0}
-    assert ADAPTIVE.idle_sleep_s(10_000) == 60.0  # no overflow on a long quiet spell
+    assert [ADAPTIVE.idle_pause_s(n) for n in range(1, 7)] == [10, 20, 40, 60, 60, 60]
+    off = Policy(**{**ADAPTIVE.__dict__, "idle_max_sleep_s": 10.0})
+    assert {off.idle_pause_s(n) for n in range(1, 50)} == {10.0}
+    assert ADAPTIVE.idle_pause_s(10_000) == 60.0  # no overflow on a long quiet spell
 
 
 def test_a_processed_job_snaps_back_to_tick_pace(fake_time: FakeTime) -> None:
@@ -82,7 +83,7 @@ def test_a_processed_job_snaps_back_to_tick_pace(fake_time: FakeTime) -> None:
 
 
 def test_only_idle_sleeps_are_wakeable(fake_time: FakeTime) -> None:
-    from queue_pump.client import CallError, ErrorKind
+    from queue_pump.failures import CallError, ErrorKind
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -190,7 +191,7 @@ def test_wake_endpoint_needs_the_token_and_exists_only_with_one() -> None:
 
 def test_the_budget_paces_calls_and_logs_once_when_it_bites(
         fake_time: FakeTime, logs: list[dict[str, Any]]) -> None:
-    policy = Policy(**{**ADAPTIVE.__dict__, "tick_s": 0.0})
+    policy = Policy(**{**ADAPTIVE.__dict__, "tick_sleep_s": 0.0})
     bucket = TokenBucket(per_hour=360, capacity=1, clock=fake_time.clock)  # one call per 10 s
     run_lanes({"agent": [DONE] * 6}, fake_time, policy=policy, budget=bucket)
     paced = [p for p in fake_time.pauses if p > 0]
@@ -228,34 +229,40 @@ def test_beyond_polling_config_errors(env: dict[str, str], needle: str) -> None:
 
 def test_defaults_keep_the_node_pumps_behaviour() -> None:
     s = from_mapping(BASE_ENV)
-    assert s.idle_max_sleep_ms == s.idle_sleep_ms == 10000
+    assert s.idle_max_sleep_s == s.idle_sleep_s == 10.0
     assert (s.max_calls_per_hour, s.wake_token, s.schedules) == (0, "", "")
 
 
 # --- the real process ------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_adaptive_idle_cuts_idle_calls_by_the_expected_factor() -> None:
-    # 3 s of an empty queue at a 100 ms idle sleep: fixed polling makes ~30 calls; adaptive
-    # 100 ms -> 1.6 s makes ~6 (100+200+400+800+1600 ms: 5 sleeps fill 3.1 s).
-    with runner_double(lambda i: Reply()) as fixed, runner_double(lambda i: Reply()) as adaptive:
-        a = start(pump_env(fixed.url, QUEUE_PUMP_IDLE_SLEEP_MS="100"))
-        b = start(pump_env(adaptive.url, QUEUE_PUMP_IDLE_SLEEP_MS="100",
-                           QUEUE_PUMP_IDLE_MAX_SLEEP_MS="1600"))
-        time.sleep(3.0)
-        for proc in (a, b):
+def test_adaptive_idle_doubles_the_sleep_after_each_idle_answer() -> None:
+    # 100 ms -> 1.6 s: the gaps between idle calls are at least 90, 180, 360, 720 ms (the
+    # sleeps less their 10 % jitter). Lower bounds only: a busy machine makes gaps longer, never
+    # shorter. How many calls that saves over fixed polling is measured in bench/ (modes).
+    with runner_double(lambda i: Reply()) as adaptive:
+        proc = start(pump_env(adaptive.url, QUEUE_PUMP_IDLE_SLEEP_MS="100",
+                              QUEUE_PUMP_IDLE_MAX_SLEEP_MS="1600"))
+        try:
+            deadline = time.monotonic() + 30
+            while len(adaptive.seen) < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
             proc.send_signal(signal.SIGTERM)
-        finish(a, 0)
-        finish(b, 0)
-    assert len(fixed.seen) >= 20
-    assert 4 <= len(adaptive.seen) <= 8
-    assert len(fixed.seen) / len(adaptive.seen) >= 3
+            assert finish(proc, 0).code == 0
+    at = [seen.at for seen in adaptive.seen[:5]]
+    assert len(at) == 5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.9 * 0.1 * 2**n - 0.005, gaps
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("how", ["http", "signal"])
-def test_a_wake_makes_an_idle_pump_claim_a_new_job_within_100_ms(how: str,
-                                                                 tmp_path: Path) -> None:
+def test_a_wake_makes_an_idle_pump_claim_a_new_job_before_its_idle_sleep_ends(
+        how: str, tmp_path: Path) -> None:
+    # The pump sleeps 60 s when idle: a job claimed well before that was claimed by the wake.
+    # How fast (tens of ms) is a timing, measured in bench/ (modes, wake latencies).
     token = "wake-token-0123456789"
     health = free_port()
     with reference_runner(free_port(), str(tmp_path / "jobs.sqlite3")) as runner:
@@ -265,20 +272,19 @@ def test_a_wake_makes_an_idle_pump_claim_a_new_job_within_100_ms(how: str,
             deadline = time.monotonic() + 10
             while runner.stats()["calls"]["idle"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            time.sleep(0.2)  # well into its 60 s idle sleep
             job_id = runner.enqueue([{"type": "urgent"}])["jobs"][0]["id"]
             woke_at = time.time()
             if how == "http":
                 assert wake_request(f"http://127.0.0.1:{health}", token)[0] == 202
             else:
                 pump.send_signal(signal.SIGUSR1)
-            while runner.job(job_id)["startedAt"] is None and time.time() - woke_at < 5:
-                time.sleep(0.005)
+            while runner.job(job_id)["startedAt"] is None and time.time() - woke_at < 30:
+                time.sleep(0.01)
             pickup_s = runner.job(job_id)["startedAt"] - woke_at
         finally:
             pump.send_signal(signal.SIGTERM)
             done = finish(pump, time.monotonic())
-    assert pickup_s < 0.1, f"picked up {pickup_s * 1000:.0f} ms after the wake"
+    assert pickup_s < 30, f"picked up {pickup_s:.1f} s after the wake: not by the wake"
     assert done.code == 0
 
 

@@ -12,16 +12,10 @@ import httpx
 import pytest
 import respx
 
-from queue_pump.client import (
-    IDLE,
-    CallError,
-    ErrorKind,
-    Outcome,
-    Processed,
-    RunnerClient,
-    build_http_client,
-)
+from queue_pump.client import IDLE, Outcome, Processed, RunnerClient
 from queue_pump.config import from_mapping
+from queue_pump.failures import CallError, ErrorKind
+from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN
 
@@ -49,7 +43,7 @@ def test_without_httpxs_private_transport_lookup_the_call_goes_through_send(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # RunnerClient reaches for httpx's private AsyncClient._transport_for_url to skip the
     # client layer; should a release drop it, the same request must still go out via send().
-    monkeypatch.setattr("queue_pump.client._direct_transport", lambda _http, _url: None)
+    monkeypatch.setattr("queue_pump.transport.direct_transport", lambda _http, _url: None)
     route = respx.post(URL, params={"worker": "1", "queue": "agent"}).mock(side_effect=[
         httpx.Response(200, json={"processed": True, "jobId": "j1"}),
         httpx.Response(200, content=b"x" * 2_000_000)])

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.config import ConfigError, from_mapping, is_loopback_host, load_env, redact_url
+from queue_pump.config import ConfigError, from_mapping, load_env
 from queue_pump.knobs import KNOBS, env_example
+from queue_pump.urls import is_loopback_host, redact_url
 
 from .conftest import ANON, BASE_ENV, TOKEN
 
@@ -23,13 +24,15 @@ def problems(**env: str) -> list[str]:
 
 def test_defaults_are_the_node_pumps() -> None:
     s = from_mapping(BASE_ENV, hostname="h")
-    assert (s.idle_sleep_ms, s.tick_sleep_ms, s.http_timeout_ms, s.log_every) == (
-        10000, 250, 1800000, 10)
-    assert (s.idle_sleep_s, s.tick_sleep_s, s.http_timeout_s) == (10.0, 0.25, 1800.0)
-    assert (s.queue, s.concurrency, s.backoff_base_ms, s.backoff_max_ms) == ("agent", 1, 1000,
-                                                                             60000)
-    assert (s.connect_timeout_ms, s.shutdown_grace_ms, s.max_response_bytes) == (
-        10000, 30000, 1048576)
+    # Milliseconds in the environment, seconds in Settings; `config` shows milliseconds again.
+    assert (s.idle_sleep_s, s.tick_sleep_s, s.http_timeout_s, s.log_every) == (
+        10.0, 0.25, 1800.0, 10)
+    assert (s.queue, s.concurrency, s.backoff_base_s, s.backoff_max_s) == ("agent", 1, 1.0, 60.0)
+    assert (s.connect_timeout_s, s.shutdown_grace_s, s.max_response_bytes) == (
+        10.0, 30.0, 1048576)
+    view = s.public_view()
+    assert (view["idle_sleep_ms"], view["tick_sleep_ms"], view["http_timeout_ms"]) == (
+        10000, 250, 1800000)
     assert s.worker_id == "h"
     assert s.endpoint == "https://proj.supabase.co/functions/v1/ai-job-runner"
 
@@ -37,7 +40,7 @@ def test_defaults_are_the_node_pumps() -> None:
 def test_test_friendly_minimums_are_accepted() -> None:
     s = from_mapping({**BASE_ENV, "QUEUE_PUMP_IDLE_SLEEP_MS": "100",
                       "QUEUE_PUMP_TICK_SLEEP_MS": "0", "QUEUE_PUMP_HTTP_TIMEOUT_MS": "1000"})
-    assert (s.idle_sleep_ms, s.tick_sleep_ms, s.http_timeout_ms) == (100, 0, 1000)
+    assert (s.idle_sleep_s, s.tick_sleep_s, s.http_timeout_s) == (0.1, 0.0, 1.0)
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -100,10 +103,10 @@ def test_every_problem_is_reported_at_once() -> None:
 
 @pytest.mark.parametrize(("change", "needle"), [
     ({"concurrency": 0}, "QUEUE_PUMP_CONCURRENCY=0 is out of range"),
-    ({"idle_sleep_ms": 50}, "QUEUE_PUMP_IDLE_SLEEP_MS=50 is out of range"),
+    ({"idle_sleep_s": 0.05}, "QUEUE_PUMP_IDLE_SLEEP_MS=50 is out of range"),
     ({"http_transport": "curl"}, "QUEUE_PUMP_HTTP_TRANSPORT='curl' is not accepted"),
-    ({"backoff_base_ms": 5000, "backoff_max_ms": 1000}, "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below"),
-    ({"idle_max_sleep_ms": 500}, "QUEUE_PUMP_IDLE_MAX_SLEEP_MS=500 is below"),
+    ({"backoff_base_s": 5.0, "backoff_max_s": 1.0}, "QUEUE_PUMP_BACKOFF_MAX_MS=1000 is below"),
+    ({"idle_max_sleep_s": 0.5}, "QUEUE_PUMP_IDLE_MAX_SLEEP_MS=500 is below"),
     ({"wake_token": "short"}, "QUEUE_PUMP_WAKE_TOKEN is 5 characters long"),
     ({"health_host": ""}, "QUEUE_PUMP_HEALTH_HOST='' is not an address"),
     ({"supabase_url": "http://runner.example"}, "uses plain http"),

@@ -68,8 +68,7 @@ def test_sigterm_in_the_middle_of_a_long_job_lets_it_complete(tmp_path: Path) ->
         done = finish(pump, t0)
         stats = runner.stats()
     assert done.code == 0
-    assert 0.5 < done.elapsed_s < 10
-    assert stats["processing"] == 0
+    assert stats["processing"] == 0  # the long job finished before the exit
     assert (stats["done"], stats["queued"]) == (1, 1)  # finished the long one, took no other
     assert jobs_in(db)[0]["status"] == "done" and jobs_in(db)[0]["type"] == "long"
 

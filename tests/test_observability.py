@@ -213,19 +213,37 @@ def test_watchdog_pings_at_half_the_interval_only_while_healthy(
     stats = Stats(clock=fake.clock)
     loop = stats.add_loop("agent-0", "agent")
 
+    waits: list[float] = []
+
     async def go() -> tuple[list[bytes], list[bytes]]:
-        task = asyncio.create_task(watchdog(Notifier.from_environ(env), stats, env))
-        await asyncio.sleep(0.35)
+        healthy_seen, resume, stuck_seen = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def pause(seconds: float) -> None:
+            # Fake time: no real sleep; the test decides when each phase ends.
+            waits.append(seconds)
+            fake.now += seconds
+            if len(waits) == 4:
+                healthy_seen.set()
+                await resume.wait()
+            if len(waits) == 7:
+                stuck_seen.set()
+                await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.create_task(watchdog(Notifier.from_environ(env), stats, env,
+                                            pause=pause))
+        await healthy_seen.wait()
         sock.setblocking(False)
         healthy = _drain(sock)
         stats.call_started(loop, 1.0)
         fake.now += 1000  # the loop is now stuck: pings must stop, the status says so
-        await asyncio.sleep(0.3)
+        resume.set()
+        await stuck_seen.wait()
         task.cancel()
         return healthy, _drain(sock)
 
     healthy, stuck = asyncio.run(go())
-    assert 3 <= len(healthy) <= 5
+    assert waits == [0.1] * 7  # half of WATCHDOG_USEC
+    assert len(healthy) == 4
     assert all(m.startswith(b"WATCHDOG=1\nSTATUS=") for m in healthy)
     assert b"0 processed, 0 idle, 0 errors" in healthy[0]
     assert stuck and not any(b"WATCHDOG=1" in m for m in stuck)

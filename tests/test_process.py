@@ -78,12 +78,11 @@ def test_signal_while_idle_stops_at_once(sig: signal.Signals) -> None:
     with runner_double(lambda i: IDLE) as double:
         proc = start(pump_env(double.url, QUEUE_PUMP_IDLE_SLEEP_MS="60000"))
         double.wait_for(1)
-        time.sleep(0.2)  # let the loop reach its idle sleep
         t0 = time.monotonic()
         proc.send_signal(sig)
+        # finish() gives up after 20 s: an exit at all means the 60 s idle sleep was cut.
         done = finish(proc, t0)
     assert done.code == 0
-    assert done.elapsed_s < 2.0
     assert done.named("shutdown_requested")[0]["signal"] == sig.name
     assert len(double.seen) == 1  # no call after the signal
     done.assert_no_secret()
@@ -99,7 +98,6 @@ def test_sigterm_during_a_long_call_lets_it_finish() -> None:
     assert done.code == 0
     assert double.seen[0].answered  # the runner got to send its whole answer
     assert len(double.seen) == 1  # and no call started after the signal
-    assert 1.0 < done.elapsed_s < 5.0
     assert done.named("pump_stopped")[0]["processed"] == 1
 
 
@@ -110,8 +108,7 @@ def test_past_the_grace_the_call_is_cancelled_and_the_exit_code_says_so() -> Non
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         done = finish(proc, t0)
-    assert done.code == 3
-    assert done.elapsed_s < 3.0
+    assert done.code == 3  # the grace ran out: the 5 s call was cancelled, not waited for
     assert done.named("call_cancelled")
 
 
@@ -124,8 +121,7 @@ def test_a_second_signal_exits_at_once() -> None:
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         done = finish(proc, t0)
-    assert done.code == 128 + signal.SIGTERM
-    assert done.elapsed_s < 3.0
+    assert done.code == 128 + signal.SIGTERM  # out at once, not after the call
     assert done.named("second_signal")
 
 
@@ -147,11 +143,17 @@ def test_backoff_keeps_calls_bounded_while_the_runner_fails(retry_after: str | N
         env = pump_env(double.url, QUEUE_PUMP_BACKOFF_BASE_MS="100",
                        QUEUE_PUMP_BACKOFF_MAX_MS="1000")
         proc = start(env)
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGTERM)
-        done = finish(proc, time.monotonic())
+        try:
+            double.wait_for(8, timeout_s=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            done = finish(proc, time.monotonic())
     assert done.code == 0
-    assert 3 <= len(double.seen) <= 25
+    # Seven full-jitter waits (up to 0.1, 0.2, 0.4, 0.8, 1, 1, 1 s) add up to less than 0.2 s
+    # about once in a million runs; a tight loop makes the eight calls in a few ms. A lower
+    # bound: a busy machine only makes the span longer.
+    span = double.seen[7].at - double.seen[0].at
+    assert span >= 0.2, f"8 calls in {span * 1000:.0f} ms: not backing off"
     failed = done.named("call_failed")
     assert [e["attempt"] for e in failed] == list(range(1, len(failed) + 1))
 

@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.client import IDLE, CallError, ErrorKind, Outcome, Processed
+from queue_pump.client import IDLE, Outcome, Processed
+from queue_pump.failures import CallError, ErrorKind
 from queue_pump.pump import ExitCode, Lane, Mode, Policy, Pump, stop_or_timeout
 from queue_pump.stats import Stats
 
 from .conftest import FakeTime
 
-POLICY = Policy(idle_s=10.0, idle_max_s=10.0, tick_s=0.25, backoff_base_s=1.0, backoff_max_s=60.0,
-                call_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
+POLICY = Policy(idle_sleep_s=10.0, idle_max_sleep_s=10.0, tick_sleep_s=0.25, backoff_base_s=1.0,
+                backoff_max_s=60.0,
+                http_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)
 JOB = Processed(job_id="j1", job_type="t", status="done")
 
 
@@ -82,8 +84,7 @@ def test_processed_sleeps_tick_idle_sleeps_jittered_idle(fake_time: FakeTime) ->
 
 
 def test_errors_back_off_with_full_jitter_and_reset_on_success(fake_time: FakeTime) -> None:
-    random.seed(11)
-    code, _, _ = run([err(), err(), err(), err(), JOB, err()], fake_time)
+    code, _, _ = run([err(), err(), err(), err(), JOB, err()], fake_time, rng=random.Random(11))
     assert code is ExitCode.OK
     backoffs = fake_time.pauses
     for attempt, delay in enumerate(backoffs[:4], start=1):

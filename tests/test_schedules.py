@@ -16,12 +16,13 @@ import httpx
 import pytest
 import structlog
 
-from queue_pump.client import build_http_client, contract_headers
+from queue_pump.client import contract_headers
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.pump import stop_or_timeout
 from queue_pump.reference_runner import start_runner
 from queue_pump.schedule_file import Schedule, describe, iso_window, load_schedules
 from queue_pump.schedules import Scheduler
+from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN
 
@@ -242,7 +243,7 @@ def test_failed_posts_are_retried_with_the_same_key(logs: Logs) -> None:
     assert set(endpoint.keys) == {"digest:2026-11-24T05:00:00Z"}
     assert len({body for _, body, _ in endpoint.seen}) == 1  # the very same bytes each time
     retries = events(logs, "schedule_retry")
-    assert [r["reason"] for r in retries] == ["http_status", "connect", "network", "http_status"]
+    assert [r["reason"] for r in retries] == ["http_status", "connect", "timeout", "http_status"]
     # Full jitter: uniform in [0, min(cap, base * 2^(n-1))].
     for n, delay in enumerate(wall.pauses[:4], start=1):
         assert 0 <= delay <= min(5.0, 2.0 * 2 ** (n - 1))

@@ -22,9 +22,11 @@ import httpx
 import pytest
 
 from queue_pump import cli
-from queue_pump.client import CallError, ErrorKind, RunnerClient, build_http_client
+from queue_pump.client import RunnerClient
 from queue_pump.config import ConfigError, from_mapping
+from queue_pump.failures import CallError, ErrorKind
 from queue_pump.logs import MASK
+from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN
 from .proc import pump_env, run, start

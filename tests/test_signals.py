@@ -44,9 +44,8 @@ def test_a_signal_while_backing_off_stops_at_once(sig: signal.Signals, backoff: 
         failed = pump.wait_event("call_failed")
         assert 60.0 <= failed["next_delay_s"] <= 75.0  # Retry-After gets up to 25 % on top
         pump.proc.send_signal(sig)
-        code, elapsed = pump.finish()
+        code, _ = pump.finish()  # within its 15 s: the 60 s sleep was cut short
         assert code == 0
-        assert elapsed < 2.0  # the 60 s sleep was cut short
         assert len(double.seen) == 1  # no call after the signal
     assert pump.events("shutdown_requested")[0]["signal"] == sig.name
     stopped = pump.events("pump_stopped")[0]
@@ -58,11 +57,10 @@ def test_sigint_during_a_long_call_lets_it_finish() -> None:
         pump = launch(double.url)
         double.wait_for(1)
         pump.proc.send_signal(signal.SIGINT)
-        code, elapsed = pump.finish()
+        code, _ = pump.finish()
         assert code == 0
         assert double.seen[0].answered  # the call completed inside the grace
         assert len(double.seen) == 1
-    assert 0.5 < elapsed < 5.0
     assert pump.events("shutdown_started")[0]["in_flight"] == 1
     assert pump.events("pump_stopped")[0]["processed"] == 1
 
@@ -78,9 +76,8 @@ def past_the_grace(sig: signal.Signals, *, clean: bool) -> tuple[Live, int, floa
 
 
 def test_sigint_past_the_grace_cancels_the_call_with_exit_code_3() -> None:
-    pump, code, elapsed = past_the_grace(signal.SIGINT, clean=True)
-    assert code == 3
-    assert elapsed < 3.0
+    pump, code, _ = past_the_grace(signal.SIGINT, clean=True)
+    assert code == 3  # the grace ran out: the 5 s call was cancelled, not waited for
     assert pump.events("call_cancelled")
     assert pump.events("pump_stopped")[0]["exit_code"] == 3
 
@@ -102,13 +99,12 @@ def test_a_second_signal_exits_at_once_with_128_plus_its_number(
         double.wait_for(1)
         pump.proc.send_signal(first)
         pump.wait_event("shutdown_started")
-        t0 = time.monotonic()
         pump.proc.send_signal(second)
         code, _ = pump.finish()
-        elapsed = time.monotonic() - t0
+        answered_before_exit = double.seen[0].answered
         assert len(double.seen) == 1
     assert code == 128 + second.value
-    assert elapsed < 2.0  # not the 30 s grace, not the 5 s call
+    assert not answered_before_exit  # out before the 5 s call ended, let alone the 30 s grace
     assert pump.events("second_signal")[0]["signal"] == second.name
 
 
@@ -129,15 +125,14 @@ def test_with_several_loops_calls_in_flight_finish_and_none_starts(sig: signal.S
 
 
 def test_a_signal_in_the_tick_sleep_starts_no_new_call() -> None:
-    # A 1 s tick: once the second answer is out, the loop sleeps before its third call.
+    # A 60 s tick: once the second answer is out, the loop sleeps before its third call.
     with runner_double(lambda i: JOB) as double:
-        pump = launch(double.url, QUEUE_PUMP_TICK_SLEEP_MS="1000")
-        double.wait_for(2)
-        wait_until(lambda: double.seen[1].answered)
+        pump = launch(double.url, QUEUE_PUMP_TICK_SLEEP_MS="60000")
+        wait_until(lambda: len(double.seen) == 1 and double.seen[0].answered)
         pump.proc.send_signal(signal.SIGTERM)
-        code, elapsed = pump.finish()
-        assert code == 0 and elapsed < 0.9  # the tick sleep was cut short
-        assert len(double.seen) == 2
+        code, _ = pump.finish()  # within its 15 s: the tick sleep was cut short
+        assert code == 0
+        assert len(double.seen) == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)

@@ -7,15 +7,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from ..conftest import KIT_LEFT_OUT as _LEFT_OUT
 from . import kit
 
 REQUIRED = os.environ.get("QUEUE_PUMP_REQUIRE_KIT") == "1"
 TEMPLATE = "kit_template"
-_LEFT_OUT = pytest.StashKey[dict[str, int]]()
 _counter = itertools.count()
 
 
@@ -44,11 +43,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
         config.stash[_LEFT_OUT] = left_out
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    for hint, count in config.stash.get(_LEFT_OUT, {}).items():
-        terminalreporter.write_line(f"SKIPPED {count} Supabase kit tests: {hint}", yellow=True)
+        worker_output = getattr(config, "workeroutput", None)
+        if worker_output is not None:  # an xdist worker: the controller prints the summary
+            worker_output["kit_left_out"] = left_out
 
 
 def _missing(hint: str) -> None:

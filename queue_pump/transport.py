@@ -1,0 +1,102 @@
+"""The HTTP client of the process and what it is built on: the pool, TLS, the aiohttp
+transport, proxies from the environment, and the lookup of the transport a URL goes through.
+
+The contract call itself (what is sent, how an answer is read) is client.py.
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import urlsplit
+
+import httpx
+
+from .config import Settings
+
+# Bytes the pump would have to inflate are never read: it asks for the body as sent, and an
+# answer coded anyway (gzip, "gzip, gzip", br, ...) is refused before one byte of it is decoded.
+# 1.8 KB of "gzip, gzip" inflate to 1 GiB; no cap on decoded bytes bounds what one step inflates.
+IDENTITY = "identity"
+
+
+def _ssl_context() -> ssl.SSLContext:
+    # Verification is always on; only the trust store is the system's, so corporate CAs work.
+    return ssl.create_default_context()
+
+
+def build_http_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The one AsyncClient of the process, its pool sized to the loops that share it."""
+    timeout = httpx.Timeout(settings.http_timeout_s, connect=settings.connect_timeout_s)
+    loops = max(settings.total_concurrency, settings.concurrency)
+    limits = httpx.Limits(max_connections=loops + 2, max_keepalive_connections=loops)
+    verify: ssl.SSLContext | bool = True  # unused when httpx is handed a transport
+    if transport is None and settings.http_transport == "aiohttp":
+        transport = _aiohttp_transport(settings.endpoint, limits)
+    elif transport is None:
+        verify = _ssl_context()
+    return httpx.AsyncClient(
+        timeout=timeout,
+        headers={"Accept-Encoding": IDENTITY},
+        limits=limits,
+        verify=verify,
+        # Redirects would resend the token to wherever the Location points: never follow.
+        follow_redirects=False,
+        # Proxy env vars are honoured (corporate networks); .netrc auth is not wanted.
+        trust_env=True,
+        transport=transport,
+    )
+
+
+def _aiohttp_transport(endpoint: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport over a session configured here, not by its defaults.
+
+    - the pool: at most ``max_connections`` (aiohttp has no separate keep-alive count);
+    - no cookie jar: like the Node pump's fetch, nothing a runner sets is sent back;
+    - proxies from the environment, resolved once here for the one endpoint, because httpx
+      ignores them when handed a transport, and aiohttp's own ``trust_env`` would also read
+      ~/.netrc for credentials and look the proxy up again on every call;
+    - TLS: aiohttp's verifying default (``ssl.create_default_context()``, the system trust
+      store, built when aiohttp is imported), not a third copy of the trust store (~0.8 MB).
+    """
+    # Imported only when chosen, so the default pays nothing for it at start-up.
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    def session() -> aiohttp.ClientSession:
+        # Called by the transport on its first request, inside the running event loop.
+        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0,
+                                         keepalive_timeout=limits.keepalive_expiry, ssl=True)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=False)
+
+    # httpx-aiohttp builds a context from ``verify`` for its own session, which ``session``
+    # replaces: a bare client context (it verifies, and trusts nothing) costs nothing to build.
+    unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        verify=unused, limits=limits, proxy=_env_proxy(endpoint), client=session)
+    return transport
+
+
+def _env_proxy(url: str) -> httpx.Proxy | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+    NO_PROXY, either case), as httpx itself would pick it for its own transport."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    chosen = proxies.get(parts.scheme) or proxies.get("all")
+    if not chosen or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    if "://" not in chosen:
+        chosen = "http://" + chosen
+    return httpx.Proxy(chosen)
+
+
+def direct_transport(http: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport | None:
+    """The transport httpx would pick for ``url`` (the pool, or an environment proxy's), found
+    through httpx's private ``_transport_for_url``; None should a release drop it, and then
+    calls go through the public ``send()``."""
+    pick = getattr(http, "_transport_for_url", None)
+    return pick(url) if pick else None
