@@ -665,7 +665,7 @@ def _du_kb(path: Path) -> int:
 def cmd_size(args: argparse.Namespace) -> None:
     """Fresh venvs: the base runtime dependencies, then with aiohttp + httpx-aiohttp added."""
     pins = _pins()
-    base = ["httpx", "python-dotenv", "structlog", "prometheus-client"]
+    base = ["httpx", "tenacity", "python-dotenv", "structlog", "prometheus-client"]
     extra = ["aiohttp", "httpx-aiohttp"]
     out: dict[str, Any] = {"pins": {n: pins.get(n) for n in base + extra}}
     with tempfile.TemporaryDirectory() as tmp:

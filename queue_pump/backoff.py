@@ -1,6 +1,8 @@
 """How long to wait: backoff strategies as data, and pure functions over them. No clock, no
 network; randomness only from the ``random.Random`` a caller hands in, so tests pass a seeded
-one and never touch the global generator.
+one and never touch the global generator. The exponential schedule is tenacity's
+(``wait_exponential``, overflow-safe); the jitter on top is drawn here, since tenacity's own
+``wait_random_exponential`` draws from the global ``random``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from tenacity import RetryCallState
+from tenacity.wait import wait_exponential
+
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
 IDLE_JITTER = 0.1
@@ -18,7 +23,13 @@ IDLE_JITTER = 0.1
 # same instant: each adds up to this share of it on top, drawn on its own.
 RETRY_AFTER_SPREAD = 0.25
 _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
-_MAX_DOUBLINGS = 60  # 2**60 times any base is past every cap
+
+
+def _attempt(n: int) -> RetryCallState:
+    # tenacity's strategies read only attempt_number; a real RetryCallState keeps us on its API.
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, n)
+    return state
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class Exponential:
     max_s: float
 
     def bound(self, n: int) -> float:
-        return min(self.max_s, self.base_s * 2.0 ** min(max(1, n) - 1, _MAX_DOUBLINGS))
+        return float(wait_exponential(multiplier=self.base_s, max=self.max_s)(_attempt(n)))
 
     def delay(self, n: int, rng: random.Random) -> float:
         return self.bound(n)
