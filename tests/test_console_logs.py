@@ -54,7 +54,7 @@ def _log_through(fmt: str) -> str:
 
 def test_json_lines_are_unchanged_every_key_and_the_full_config() -> None:
     started, failed = (json.loads(line) for line in _log_through("json").splitlines())
-    assert started["health"] is None and set(started["config"]) >= {k.attr for k in KNOBS}
+    assert started["health"] is None and set(started["config"]) >= {k.view_name for k in KNOBS}
     assert failed["status"] is None and failed["hint"] is None
 
 

@@ -85,9 +85,9 @@ def stop(live: proc.Live) -> int:
     return code
 
 
-def test_three_pumps_of_eight_drain_600_jobs_over_two_functions_each_once(
+def test_three_pumps_of_eight_drain_1500_jobs_over_two_functions_each_once(
         deno_bin: Path, db_url: str, org: str) -> None:
-    enqueue_many(db_url, org, 600)
+    enqueue_many(db_url, org, 1500)
     with functions(deno_bin, "ai-job-runner", db_url, count=2, DB_POOL_MAX="12") as fns:
         pumps = [pump(fns[i % 2], org, "--drain", QUEUE_PUMP_CONCURRENCY="8",
                       QUEUE_PUMP_WORKER_ID=f"pump-{i}") for i in range(3)]
@@ -95,9 +95,9 @@ def test_three_pumps_of_eight_drain_600_jobs_over_two_functions_each_once(
     assert codes == [0, 0, 0]
     rows = query(db_url, "select status, attempts, count(*) as n from queue_pump.jobs"
                          " where organization_id = %s group by 1, 2", org)
-    assert rows == [{"status": "done", "attempts": 1, "n": 600}]
+    assert rows == [{"status": "done", "attempts": 1, "n": 1500}]
     per_pump = [sum(e.get("processed", 0) for e in p.events("pump_stopped")) for p in pumps]
-    assert sum(per_pump) == 600, per_pump
+    assert sum(per_pump) == 1500, per_pump
     assert all(n > 0 for n in per_pump), f"a pump got no work: {per_pump}"
     assert sum(1 for f in fns for _ in f.events("listening")) == 2
 
