@@ -114,10 +114,11 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
         stats.m_budget.set(settings.max_calls_per_hour)
     http = build_http_client(settings)
     clients = [RunnerClient(http, settings, queue=queue) for queue, _ in settings.lanes]
+    stats.worker_id, stats.runner = settings.worker_id, clients[0].url_for_logs
     log.info("pump_started", version=__version__, mode=mode.value,
              runner=clients[0].url_for_logs, health=health.url if health else None,
              config=settings.public_view())
-    lanes = [Lane(queue, concurrency, client.call)
+    lanes = [Lane(queue, concurrency, client.call, client.url_for_logs)
              for (queue, concurrency), client in zip(settings.lanes, clients, strict=True)]
     pump = Pump(lanes, Policy.from_settings(settings), stats, log, stop=stop, budget=budget,
                 waker=waker)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, Settings, from_mapping, load_env
+from .config import ConfigError, Settings, from_mapping, load_env, missing_env_note
 from .knobs import KNOBS, Kind, describe_knobs, env_example
 from .modes import Mode
 from .oneline import OneLineParser, print_problems
@@ -89,7 +89,7 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         # A bad file is exit 2, like any other bad setting; one-shot runs fire no schedules.
         schedules = load_schedules(settings) if mode is Mode.FOREVER else []
     except ConfigError as err:
-        return print_problems(err.problems)
+        return print_problems(missing_env_note(args.env_file, err.problems))
     # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
     import asyncio
 

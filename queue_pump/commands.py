@@ -29,16 +29,39 @@ def _health_url(environ: Mapping[str, str]) -> str | None:
     return f"http://{host}:{port}"
 
 
-def _fetch_health(base: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
-    """GET /healthz with the standard library: no curl in the image, no event loop needed."""
+def _fetch_health(base: str, timeout_s: float) -> tuple[int, dict[str, Any] | None]:
+    """GET /healthz with the standard library: no curl in the image, no event loop needed.
+    The body is None when the answer is not a queue-pump health document."""
     try:
         with urllib.request.urlopen(base.rstrip("/") + "/healthz", timeout=timeout_s) as resp:
-            return int(resp.status), json.loads(resp.read())
+            return int(resp.status), _pump_body(resp.read())
     except urllib.error.HTTPError as err:
-        try:
-            return err.code, json.loads(err.read())
-        except ValueError:
-            return err.code, {}
+        return err.code, _pump_body(err.read())
+
+
+def _pump_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and "version" in body and "loops" in body:
+        return body
+    return None
+
+
+def _bad_url(command: str, url: str) -> int | None:
+    """One line for a --url that cannot be a health endpoint (urllib would say less)."""
+    if url.startswith(("http://", "https://")):
+        return None
+    print(f"{command}: --url {url!r} has no http:// or https:// scheme; expected e.g. "
+          "http://127.0.0.1:8080", file=sys.stderr)
+    return 2
+
+
+def _not_a_pump(command: str, url: str, status: int) -> int:
+    print(f"{command}: {url} answered HTTP {status}, but not as a queue-pump health endpoint "
+          "(/healthz); is --url (or QUEUE_PUMP_HEALTH_PORT) the pump's?", file=sys.stderr)
+    return 1
 
 
 def _url_parser(prog: str, description: str, environ: Mapping[str, str]) -> OneLineParser:
@@ -62,26 +85,37 @@ def cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                        environ).parse_args(argv)
     if args.url is None:
         return _no_endpoint("queue-pump healthcheck")
+    bad = _bad_url("queue-pump healthcheck", args.url)
+    if bad is not None:
+        return bad
     try:
         status, body = _fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
         print(f"unhealthy: {args.url} did not answer ({type(exc).__name__})", file=sys.stderr)
         return 1
+    if body is None:
+        return _not_a_pump("unhealthy", args.url, status)
     if status == 200:
         print(f"healthy: {body.get('state', '?')}")
         return 0
     stuck = [loop["name"] for loop in body.get("loops", []) if loop.get("stuck")]
     print(f"unhealthy: HTTP {status}" + (f", stuck loops: {', '.join(stuck)}" if stuck else ""),
           file=sys.stderr)
+    for problem in body.get("problems", []):
+        print(f"  {problem}", file=sys.stderr)
     return 1
 
 
 def format_status(body: dict[str, Any], url: str) -> str:
     counters = body.get("counters", {})
     since = body.get("seconds_since_last_success")
+    healthy = body.get("healthy", body.get("status") == "ok")
     lines = [
-        f"queue-pump {body.get('version', '?')} at {url}: {body.get('status', '?')}, "
-        f"{body.get('state', '?')}, {'ready' if body.get('ready') else 'not ready'}",
+        f"queue-pump {body.get('version', '?')} at {url}: "
+        f"{'healthy' if healthy else 'UNHEALTHY'}, {body.get('state', '?')}, "
+        f"{'ready' if body.get('ready') else 'not ready'}",
+        f"  worker {body.get('worker_id') or '?'}, runner {body.get('runner') or '?'}",
+        *(f"  problem: {p}" for p in body.get("problems", [])),
         f"  uptime {_ago(body.get('uptime_s'))}, last success "
         + ("never" if since is None else f"{_ago(since)} ago")
         + f", {body.get('consecutive_failures', 0)} failures in a row, "
@@ -115,12 +149,17 @@ def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                        environ).parse_args(argv)
     if args.url is None:
         return _no_endpoint("queue-pump status")
+    bad = _bad_url("queue-pump status", args.url)
+    if bad is not None:
+        return bad
     try:
         status, body = _fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
         print(f"queue-pump status: no pump answers at {args.url} ({type(exc).__name__}); is it "
               "running, and is QUEUE_PUMP_HEALTH_PORT the same?", file=sys.stderr)
         return 1
+    if body is None:
+        return _not_a_pump("queue-pump status", args.url, status)
     print(format_status(body, args.url))
     return 0 if status == 200 else 1
 

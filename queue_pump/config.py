@@ -31,6 +31,7 @@ from .knobs import (
     Kind,
     Knob,
 )
+from .unknown_env import unknown_settings, warning_line
 from .urls import USERINFO as _USERINFO
 from .urls import host_ok, is_loopback_host, redact_url
 
@@ -341,6 +342,7 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={_ms(cap)} is below "
                         f"QUEUE_PUMP_BACKOFF_BASE_MS={_ms(base)}; expected max >= base")
 
+    problems += _supabase_url_path(values)
     if values.get("allow_insecure_http") is False:
         runner_urls = [("QUEUE_PUMP_ENDPOINT", values.get("endpoint_override") or "")]
         if not runner_urls[0][1]:  # the derived URL is used only without an override
@@ -355,6 +357,21 @@ def _rules(values: Mapping[str, Any]) -> list[str]:
                                 "set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
 
     return problems
+
+
+def _supabase_url_path(values: Mapping[str, Any]) -> list[str]:
+    """SUPABASE_URL is the project URL: the pump adds /functions/v1/ai-job-runner itself, so a
+    path would make it call .../ai-job-runner/functions/v1/ai-job-runner and retry a 404
+    forever. Unused (and unchecked) when QUEUE_PUMP_ENDPOINT is set."""
+    url = values.get("supabase_url") or ""
+    if not url or values.get("endpoint_override"):
+        return []
+    path = urlsplit(url).path
+    if not path.strip("/"):
+        return []
+    return [f"SUPABASE_URL={redact_url(url)!r} has a path ({path!r}); expected the project URL "
+            "only, e.g. https://<project>.supabase.co (the pump adds /functions/v1/"
+            "ai-job-runner), or a full runner URL in QUEUE_PUMP_ENDPOINT"]
 
 
 def _out_of_range(settings: Settings) -> list[str]:
@@ -430,7 +447,19 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
         if warning:
             print(f"queue-pump: warning: {warning}", file=sys.stderr)
     merged.update(environ)
+    # A misspelled name is otherwise ignored in silence and its default used. A warning, not an
+    # error: a newer .env must still start an older pump.
+    for name, suggestion in unknown_settings(merged, [k.env for k in KNOBS]):
+        print(f"queue-pump: warning: {warning_line(name, suggestion)}", file=sys.stderr)
     return merged
+
+
+def missing_env_note(env_file: str | None, problems: list[str]) -> list[str]:
+    """When a required setting is missing and no .env was read, say where the pump looked."""
+    if env_file or Path(".env").is_file() or not any(" is not set" in p for p in problems):
+        return problems
+    return [*problems, f"no .env in {str(Path.cwd())!r} (the working directory) was read; "
+                       "run the pump where .env is, or pass --env-file PATH"]
 
 
 def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:

@@ -8,6 +8,7 @@ Pure: an exception or a complete answer in, a CallError out. No I/O, no clock bu
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -131,10 +132,25 @@ def from_exception(exc: BaseException, hints: Hints) -> CallError | None:
                          hint=hints.bad_url)
     if isinstance(exc, httpx.ConnectError):
         dns = _in_chain(exc, lambda e: isinstance(e, socket.gaierror)) is not None
-        return CallError(ErrorKind.RETRYABLE, "dns" if dns else "connect", detail=short(exc))
+        return _unreachable(dns, short(exc), hints)
     if isinstance(exc, httpx.TransportError | httpx.DecodingError):
         return CallError(ErrorKind.RETRYABLE, "network", detail=short(exc))
     return None
+
+
+# aiohttp names the TLS context of every connection it could not open ("ssl:default"), even
+# for plain http: noise in the one line an operator reads.
+_SSL_NOISE = re.compile(r" ssl:(?:default|None|True|False|<[^>]*>)")
+
+
+def _unreachable(dns: bool, detail: str, hints: Hints) -> CallError:
+    detail = _SSL_NOISE.sub("", detail)
+    if dns:
+        return CallError(ErrorKind.RETRYABLE, "dns", detail=detail,
+                         hint=f"the host name does not resolve: {hints.bad_url}")
+    return CallError(ErrorKind.RETRYABLE, "connect", detail=detail,
+                     hint=f"nothing accepted the connection: is {hints.target} up, and are "
+                          f"the host and port right? ({hints.bad_url})")
 
 
 def internal(exc: BaseException) -> CallError:
@@ -153,7 +169,7 @@ def _from_aiohttp(native: BaseException, hints: Hints) -> CallError:
     if isinstance(native, aiohttp.ClientConnectorError):  # refused, DNS, TLS, proxy connect
         dns = isinstance(native, getattr(aiohttp, "ClientConnectorDNSError", ())) or _in_chain(
             native, lambda e: isinstance(e, socket.gaierror)) is not None
-        return CallError(ErrorKind.RETRYABLE, "dns" if dns else "connect", detail=detail)
+        return _unreachable(dns, detail, hints)
     if isinstance(native, aiohttp.ServerTimeoutError | TimeoutError):  # connect or read timeout
         return CallError(ErrorKind.RETRYABLE, "timeout", detail=type(native).__name__)
     # Disconnected, reset, cut or malformed answer: the wire failed after the connect.

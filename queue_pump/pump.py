@@ -49,6 +49,7 @@ class Lane:
     queue: str
     concurrency: int
     call: CallFn
+    url: str | None = None  # the runner's URL, redacted: shown with configuration errors
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class RunRules:
 
     def lanes(self, lanes: Sequence[Lane]) -> list[Lane]:
         if self.mode is Mode.ONCE:
-            return [Lane(lanes[0].queue, 1, lanes[0].call)]
+            return [Lane(lanes[0].queue, 1, lanes[0].call, lanes[0].url)]
         return list(lanes)
 
     def gives_up(self, error: CallError, failures: int) -> bool:
@@ -325,6 +326,11 @@ class Pump:
         delay = self._after_failure(state.lane, state.record, error, state.failures,
                                     rules.gives_up(error, state.failures), duration_s)
         if delay is None:
+            if rules.mode is Mode.DRAIN and not state.gate.given_up:
+                why = ("a configuration error" if error.kind is ErrorKind.CONFIGURATION
+                       else f"{state.failures} failed calls in a row")
+                self._log.error("drain_gave_up", queue=state.lane.queue, reason=error.reason,
+                                status=error.status, why=why)
             state.gate.given_up = True
             return Next(end=True, result=False)
         return Next(pause_s=delay)
@@ -423,6 +429,12 @@ class Pump:
     def _note_processed(self, lane: Lane, outcome: Processed) -> None:
         self._processed += 1
         self._quiet.discard(lane.queue)
+        # A job's own failure is a 200 to the pump, but an operator must see it without
+        # /metrics: every job that ended failed, and every retry, gets its own line.
+        if outcome.status in ("failed", "retry"):
+            log = self._log.warning if outcome.status == "failed" else self._log.info
+            log(f"job_{outcome.status}", queue=lane.queue, job_id=outcome.job_id,
+                job_type=outcome.job_type)
         every = self._policy.log_every
         if outcome.yielded or (every and self._processed % every == 0):
             elapsed = max(self._clock() - self._started, 1e-9)
@@ -453,6 +465,7 @@ class Pump:
             "next_delay_s": None if next_delay_s is None else round(next_delay_s, 3),
             "retry_after_s": error.retry_after_s, "detail": error.detail or None,
             "hint": error.hint or None,
+            "url": lane.url if error.kind is ErrorKind.CONFIGURATION else None,
         }
         if error.kind is ErrorKind.CONFIGURATION:
             self._log.error("call_failed", **fields)

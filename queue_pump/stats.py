@@ -69,6 +69,10 @@ class Stats:
         # Queues whose latest failure was a configuration error (401/403/404, 3xx, bad URL),
         # with its reason: a retry cannot fix those, so health fails until a call succeeds.
         self.misconfigured: dict[str, str] = {}
+        # Which pump this is, for `queue-pump status` (two pumps side by side): set once by the
+        # wiring, never a secret (the runner URL is redacted).
+        self.worker_id: str | None = None
+        self.runner: str | None = None
         self._listeners: list[StreakListener] = []
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -292,4 +296,6 @@ class Stats:
                            "consecutive_failures": loop.consecutive_failures,
                            "stuck": loop.name in stuck} for loop in self._loops],
                 "version": __version__,
+                "worker_id": self.worker_id,
+                "runner": self.runner,
             }
