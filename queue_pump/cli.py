@@ -22,7 +22,7 @@ COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
 
 EXIT_CODES = """exit codes:
   0    clean stop, or --once/--drain finished
-  1    --once/--drain: a call failed (or --drain gave up); or a loop died of a bug
+  1    --once/--drain: a call failed or --drain gave up; or a loop died of a bug
   2    bad configuration or bad arguments (one line per problem on stderr)
   3    the shutdown grace ran out and calls in flight were cancelled
   130  a second SIGINT; 143 a second SIGTERM: exit at once"""
@@ -33,17 +33,25 @@ def _flag(env: str) -> str:
     return f"--{name}"
 
 
+def _help_width() -> int:
+    import shutil
+
+    return min(shutil.get_terminal_size((80, 24)).columns, 100)
+
+
 def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
+    width = _help_width()
     parser = OneLineParser(
         prog=prog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Keep calling a job runner endpoint: fast while there is work, slow while "
+        description="Keep calling a job runner endpoint: fast while there is work, slow while\n"
                     "idle, patient when it fails.\n\nother commands: queue-pump "
-                    "{runner,demo,status,healthcheck,config} --help",
-        epilog="environment variables (also read from .env; the real environment wins; a flag "
-               "wins over both):\n" + describe_knobs() + "\n\nflags: every variable but the "
-               "secrets is also a flag: QUEUE_PUMP_IDLE_SLEEP_MS as --idle-sleep-ms,\n"
-               "SUPABASE_URL as --supabase-url, and so on (e.g. --concurrency 4).\n\n"
+                    "{run,runner,demo,status,healthcheck,config} --help",
+        epilog="environment variables (also read from .env; the real environment wins;\n"
+               "a flag wins over both):\n" + describe_knobs(width) + "\n\nflags: every "
+               "variable but the secrets is also a flag: QUEUE_PUMP_IDLE_SLEEP_MS\nas "
+               "--idle-sleep-ms, SUPABASE_URL as --supabase-url, and so on (e.g.\n"
+               "--concurrency 4). Secrets come from the environment or the .env file only.\n\n"
                + EXIT_CODES,
     )
     mode = parser.add_mutually_exclusive_group()
@@ -52,6 +60,11 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
                       help="call until the first idle answer, then exit 0 (for a cron pass)")
     parser.add_argument("--env-file", metavar="PATH", help="read this file instead of ./.env")
     parser.add_argument("--version", action="version", version=f"queue-pump {__version__}")
+    add_knob_flags(parser)
+    return parser
+
+
+def add_knob_flags(parser: argparse.ArgumentParser) -> None:
     knobs = parser.add_argument_group("settings (each overrides its environment variable)")
     for knob in KNOBS:
         if knob.secret:
@@ -60,16 +73,39 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         extra: dict[str, Any] = {"nargs": "?", "const": "1"} if knob.kind is Kind.BOOL else {}
         knobs.add_argument(_flag(knob.env), dest=knob.env, metavar="VALUE", default=None,
                            help=argparse.SUPPRESS, **extra)
-    return parser
+
+
+def refuse_secret_flags(argv: Sequence[str], prog: str) -> None:
+    """`--agent-token x` would otherwise read "unrecognized arguments": say why there is none."""
+    for knob in KNOBS:
+        flag = _flag(knob.env)
+        if knob.secret and any(a == flag or a.startswith(flag + "=") for a in argv):
+            print(f"{prog}: {flag} does not exist: {knob.env} is a secret and comes from the "
+                  "environment or the .env file (--env-file PATH), never the command line, "
+                  "where ps and shell history would show it", file=sys.stderr)
+            sys.exit(2)
 
 
 def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     merged = load_env(args.env_file, environ)
+    flags = {}
     for knob in KNOBS:
         value = getattr(args, knob.env, None)
         if value is not None:
             merged[knob.env] = value
-    return from_mapping(merged)
+            flags[knob.env] = _flag(knob.env)
+    try:
+        return from_mapping(merged)
+    except ConfigError as err:
+        # A value given as a flag is reported under that flag, as the user typed it.
+        raise ConfigError([_as_flag(p, flags) for p in err.problems]) from None
+
+
+def _as_flag(problem: str, flags: Mapping[str, str]) -> str:
+    for env, flag in flags.items():
+        if problem.startswith(f"{env}="):
+            return f"{flag} " + problem.removeprefix(f"{env}=")
+    return problem
 
 
 def load_schedules(settings: Settings) -> list[Schedule]:
@@ -82,6 +118,7 @@ def load_schedules(settings: Settings) -> list[Schedule]:
 
 
 def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    refuse_secret_flags(argv, "queue-pump")
     args = build_run_parser().parse_args(argv)
     mode = Mode.ONCE if args.once else Mode.DRAIN if args.drain else Mode.FOREVER
     try:
@@ -100,10 +137,13 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     parser = OneLineParser(prog="queue-pump config",
-                           description="Check the configuration and print it, secrets masked.")
+                           description="Check the configuration and print it, secrets masked. "
+                                       "Takes the same setting flags as run.")
     parser.add_argument("--env-file", metavar="PATH")
     parser.add_argument("--env-example", action="store_true",
                         help="print a .env.example listing every variable with its default")
+    add_knob_flags(parser)
+    refuse_secret_flags(argv, "queue-pump config")
     args = parser.parse_args(argv)
     if args.env_example:
         print(env_example(), end="")

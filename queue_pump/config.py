@@ -455,13 +455,18 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
 
 
 def missing_env_note(env_file: str | None, problems: list[str]) -> list[str]:
-    """When a required setting is missing and no .env was read, say where the pump looked."""
-    if env_file or Path(".env").is_file() or not any(" is not set" in p for p in problems):
+    """When a required setting is missing and no .env was read, the first such line also says
+    where the pump looked (still one line per problem)."""
+    if env_file or Path(".env").is_file():
         return problems
-    return [*problems, f"no .env in {str(Path.cwd())!r} (the working directory) was read; "
-                       "run the pump where .env is, or pass --env-file PATH"]
-
-
+    out, told = [], False
+    for problem in problems:
+        if not told and " is not set" in problem:
+            problem += (f"; no .env was read in {str(Path.cwd())!r} (the working directory): "
+                        "run the pump where .env is, or pass --env-file PATH")
+            told = True
+        out.append(problem)
+    return out
 def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
     """A warning when ``path`` holds a secret and every user of the machine may read it.
 

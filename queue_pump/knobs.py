@@ -148,12 +148,17 @@ HEADER_KNOBS = frozenset({"AGENT_TOKEN", "ORGANIZATION_ID", "SUPABASE_ANON_KEY",
                           "QUEUE_PUMP_WORKER_ID", "QUEUE_PUMP_WAKE_TOKEN"})
 
 
-def describe_knobs() -> str:
-    """The variables table for --help."""
+def describe_knobs(width: int = 80) -> str:
+    """The variables table for --help: each variable and its default on a line, its help
+    wrapped below, so no line is wider than ``width``."""
+    import textwrap
+
     lines = []
     for knob in KNOBS:
-        default = "(required)" if knob.required else (knob.default or "(empty)")
-        lines.append(f"  {knob.env:<31} {default:<10} {knob.help}")
+        default = "(required)" if knob.required else f"(default: {knob.default or 'empty'})"
+        lines.append(f"  {knob.env}  {default}")
+        lines += textwrap.wrap(knob.help, width=max(width, 40), initial_indent="      ",
+                               subsequent_indent="      ")
     return "\n".join(lines)
 
 

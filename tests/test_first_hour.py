@@ -77,9 +77,11 @@ def test_a_trailing_slash_or_an_endpoint_override_is_fine() -> None:
 def test_a_missing_env_file_says_where_the_pump_looked(tmp_path: Path) -> None:
     out = queue_pump("--once", env=base_env(), cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.splitlines()[-1] == (
-        f"queue-pump: config: no .env in {str(tmp_path)!r} (the working directory) was read;"
-        " run the pump where .env is, or pass --env-file PATH")
+    lines = out.stderr.splitlines()
+    assert len(lines) == 3  # one per missing setting; the first also says where it looked
+    assert lines[0].endswith(
+        f"; no .env was read in {str(tmp_path)!r} (the working directory): run the pump where"
+        " .env is, or pass --env-file PATH")
     assert "Traceback" not in out.stderr
 
 
@@ -193,3 +195,34 @@ def test_status_names_the_pump_and_its_problems() -> None:
     assert lines[0].endswith(": UNHEALTHY, backing-off, not ready")
     assert lines[1] == "  worker box-2, runner https://x.supabase.co/functions/v1/ai-job-runner"
     assert lines[2].startswith("  problem: queue agent:")
+
+
+def test_help_fits_80_columns_and_names_every_command(tmp_path: Path) -> None:
+    out = queue_pump("--help", env=base_env(COLUMNS="80"), cwd=tmp_path)
+    assert out.returncode == 0
+    wide = [line for line in out.stdout.splitlines() if len(line) > 80]
+    assert wide == []
+    assert "queue-pump {run,runner,demo,status,healthcheck,config} --help" in out.stdout
+    assert "  QUEUE_PUMP_CONCURRENCY  (default: 1)" in out.stdout
+
+
+def test_a_bad_flag_value_is_named_as_the_flag(tmp_path: Path) -> None:
+    out = queue_pump("--once", "--concurrency", "abc", env=base_env(**BASE_ENV), cwd=tmp_path)
+    assert out.returncode == 2
+    [line] = [x for x in out.stderr.splitlines() if "abc" in x]
+    assert line.startswith("queue-pump: config: --concurrency 'abc'"), line
+
+
+@pytest.mark.parametrize("command", [[], ["config"]])
+def test_a_secret_flag_says_where_secrets_come_from(command: list[str], tmp_path: Path) -> None:
+    out = queue_pump(*command, "--agent-token", "x" * 20, env=base_env(**BASE_ENV), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--agent-token does not exist: AGENT_TOKEN is a secret" in out.stderr
+    assert "x" * 20 not in out.stderr
+
+
+def test_config_takes_the_flags_run_takes(tmp_path: Path) -> None:
+    ok = queue_pump("config", "--concurrency", "4", env=base_env(**BASE_ENV), cwd=tmp_path)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["concurrency"] == 4
+    bad = queue_pump("config", "--concurrency", "abc", env=base_env(**BASE_ENV), cwd=tmp_path)
+    assert bad.returncode == 2 and "--concurrency 'abc'" in bad.stderr

@@ -59,7 +59,7 @@ def test_bad_flag_is_one_line() -> None:
     done = run(pump_env("http://127.0.0.1:9"), "--once", "--drain")
     assert done.code == 2 and len(done.stderr.strip().splitlines()) == 1
     done = run(pump_env("http://127.0.0.1:9"), "--concurrency", "lots")
-    assert done.code == 2 and "QUEUE_PUMP_CONCURRENCY='lots' is not a number" in done.stderr
+    assert done.code == 2 and "--concurrency 'lots' is not a number" in done.stderr
 
 
 def test_health_port_in_use_is_a_clear_startup_error() -> None:
