@@ -467,6 +467,8 @@ def missing_env_note(env_file: str | None, problems: list[str]) -> list[str]:
             told = True
         out.append(problem)
     return out
+
+
 def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
     """A warning when ``path`` holds a secret and every user of the machine may read it.
 
