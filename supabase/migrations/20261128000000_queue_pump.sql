@@ -7,8 +7,9 @@
 --   complete     finish a job as done
 --   fail         give a failed attempt back with a backoff, or end it `failed`
 --   requeue      give the job back on purpose with saved progress (a yield)
---   stats        counts per status and the age of the oldest due job
+--   due_since    the jobs a call could claim now (the one definition of "due")
 --   due_count    how many jobs could be claimed now (cheap: for autoscalers)
+--   stats        counts per status and the age of the oldest due job
 --   purge        delete finished jobs older than an interval, in bounded batches
 -- complete, fail, requeue and heartbeat change nothing unless the caller still holds the lease,
 -- so a worker that lost its lease (it was presumed dead and the job reclaimed) cannot overwrite
@@ -343,6 +344,44 @@ $$;
 
 -- observation and housekeeping ---------------------------------------------------------------
 
+-- The jobs a call could claim now, each with the time since which it has waited: queued and
+-- due (since run_at), or running with an expired lease below max_attempts (since the lease
+-- ran out). The one definition of "due", read by stats and due_count; it reads only the
+-- partial indexes of queued and running jobs, so it stays cheap at any table size.
+create function queue_pump.due_since(
+  organization_id text,
+  queue text default 'agent'
+) returns table (since timestamptz)
+language sql
+stable
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+  select x.run_at from queue_pump.jobs x
+   where x.organization_id = due_since.organization_id and x.queue = due_since.queue
+     and x.status = 'queued' and x.run_at <= now()
+  union all
+  select x.lease_expires_at from queue_pump.jobs x
+   where x.organization_id = due_since.organization_id and x.queue = due_since.queue
+     and x.status = 'running' and x.lease_expires_at < now()
+     and x.attempts < x.max_attempts;
+$$;
+
+-- How many jobs a call could claim now: what an autoscaler (KEDA's postgresql trigger) polls.
+create function queue_pump.due_count(
+  organization_id text,
+  queue text default 'agent'
+) returns bigint
+language sql
+stable
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+  select count(*) from queue_pump.due_since(due_count.organization_id, due_count.queue);
+$$;
+
 create function queue_pump.stats(
   organization_id text,
   queue text default 'agent'
@@ -369,42 +408,12 @@ as $$
     from queue_pump.jobs j
     where j.organization_id = stats.organization_id and j.queue = stats.queue
   ), due as (
-    select count(*) as due, min(d.since) as since from (
-      select x.run_at as since from queue_pump.jobs x
-       where x.organization_id = stats.organization_id and x.queue = stats.queue
-         and x.status = 'queued' and x.run_at <= now()
-      union all
-      select x.lease_expires_at from queue_pump.jobs x
-       where x.organization_id = stats.organization_id and x.queue = stats.queue
-         and x.status = 'running' and x.lease_expires_at < now()
-         and x.attempts < x.max_attempts
-    ) d
+    select count(*) as due, min(d.since) as since
+      from queue_pump.due_since(stats.organization_id, stats.queue) d
   )
   select c.queued, c.running, c.done, c.failed, d.due,
          coalesce(extract(epoch from now() - d.since)::double precision, 0)
     from counts c, due d;
-$$;
-
--- How many jobs a call could claim now: queued and due, or running with an expired lease
--- (below max_attempts). Reads only the partial indexes, so it stays cheap at any table size:
--- what an autoscaler (KEDA's postgresql trigger) polls. The same rule as stats' `due`.
-create function queue_pump.due_count(
-  organization_id text,
-  queue text default 'agent'
-) returns bigint
-language sql
-stable
-security definer
-set search_path = ''
-set lock_timeout = '5s'
-as $$
-  select (select count(*) from queue_pump.jobs x
-           where x.organization_id = due_count.organization_id and x.queue = due_count.queue
-             and x.status = 'queued' and x.run_at <= now())
-       + (select count(*) from queue_pump.jobs x
-           where x.organization_id = due_count.organization_id and x.queue = due_count.queue
-             and x.status = 'running' and x.lease_expires_at < now()
-             and x.attempts < x.max_attempts);
 $$;
 
 -- Deletes done and failed jobs that finished more than older_than ago, at most max_rows per

@@ -314,7 +314,7 @@ def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -
         ).fetchall()
     names = {r["proname"] for r in rows}
     assert names >= {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail",
-                     "requeue", "stats", "due_count", "purge"}
+                     "requeue", "stats", "due_since", "due_count", "purge"}
     for r in rows:
         # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging it.
         assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r

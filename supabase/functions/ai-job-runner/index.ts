@@ -5,10 +5,10 @@
 // Supabase), JOB_LEASE_SECONDS (default 600, above the platform's 400 s wall-clock limit),
 // JOB_TIME_BUDGET_MS (default 120000), ALLOWED_ORGANIZATION_IDS (optional, comma-separated),
 // DB_POOL_MAX (default 5); PORT and HOST under plain Deno.
-import { authenticate } from "../_shared/auth.ts";
 import { connect, dbPassword } from "../_shared/db.ts";
 import { intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
-import { BadRequest, error, isFunctionPath, readJsonObject } from "../_shared/http.ts";
+import { error } from "../_shared/http.ts";
+import { accept } from "../_shared/request.ts";
 import { start } from "../_shared/start.ts";
 import { handlers } from "./handlers.ts";
 import { queueOf, type RunnerOptions, runOne } from "./runner.ts";
@@ -25,20 +25,10 @@ start("ai-job-runner", () => {
   const sql = connect();
 
   return async (req: Request): Promise<Response> => {
-    const url = new URL(req.url);
-    if (!isFunctionPath(url, "ai-job-runner")) return error(404, "no such function");
-    if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
-    const caller = await authenticate(req, token, allowed);
-    if (caller instanceof Response) return caller;
-    let body: Record<string, unknown>;
-    try {
-      body = await readJsonObject(req);
-    } catch (err) {
-      if (err instanceof BadRequest) return error(400, err.message);
-      throw err;
-    }
-    const queue = queueOf(url, body);
+    const call = await accept(req, "ai-job-runner", token, allowed);
+    if (call instanceof Response) return call;
+    const queue = queueOf(call.url, call.body);
     if (queue === null) return error(400, "queue must be 1-100 characters of A-Z a-z 0-9 _ . : -");
-    return await runOne(sql, caller, queue, options);
+    return await runOne(sql, call.caller, queue, options);
   };
 });

@@ -2,10 +2,10 @@
 // dedupeKey is already known in that organization and queue; 400 with one line for a bad body.
 // The same X-Agent-Token and X-Organization-Id as ai-job-runner; what QUEUE_PUMP_SCHEDULES
 // entries point at (docs/SCHEDULES.md).
-import { authenticate } from "../_shared/auth.ts";
 import { connect, databaseError } from "../_shared/db.ts";
 import { listFromEnv, tokenFromEnv } from "../_shared/env.ts";
-import { BadRequest, error, isFunctionPath, json, readJsonObject } from "../_shared/http.ts";
+import { error, json } from "../_shared/http.ts";
+import { accept } from "../_shared/request.ts";
 import { start } from "../_shared/start.ts";
 import { parseNewJob } from "./validate.ts";
 
@@ -15,18 +15,9 @@ start("enqueue", () => {
   const sql = connect();
 
   return async (req: Request): Promise<Response> => {
-    const url = new URL(req.url);
-    if (!isFunctionPath(url, "enqueue")) return error(404, "no such function");
-    if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
-    const caller = await authenticate(req, token, allowed);
-    if (caller instanceof Response) return caller;
-    let body: Record<string, unknown>;
-    try {
-      body = await readJsonObject(req);
-    } catch (err) {
-      if (err instanceof BadRequest) return error(400, err.message);
-      throw err;
-    }
+    const call = await accept(req, "enqueue", token, allowed);
+    if (call instanceof Response) return call;
+    const { caller, body, url } = call;
     const job = parseNewJob(body, url.searchParams.get("queue"));
     if (typeof job === "string") return error(400, job);
     try {
