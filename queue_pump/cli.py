@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, Settings, from_mapping, load_env, missing_env_note
+from .config import ConfigError, Settings, from_mapping
+from .envfile import load_env, missing_env_note
 from .knobs import KNOBS, Kind, describe_knobs, env_example
 from .modes import Mode
 from .oneline import OneLineParser, print_problems

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.config import ConfigError, from_mapping, load_env
+from queue_pump.config import ConfigError, from_mapping
+from queue_pump.envfile import load_env
 from queue_pump.knobs import KNOBS, env_example
 from queue_pump.urls import is_loopback_host, redact_url
 
