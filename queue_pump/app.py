@@ -25,8 +25,9 @@ from .health import HealthServer
 from .logs import configure, get_logger
 from .modes import ExitCode, Mode
 from .notify import Notifier, watchdog
-from .pump import Lane, Policy, Pump, Waker, stop_or_timeout
+from .pump import Lane, Policy, Pump
 from .stats import Stats
+from .waits import Waker, stop_or_timeout
 
 if TYPE_CHECKING:
     from .schedule_file import Schedule

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -28,14 +28,10 @@ from .config import Settings
 from .failures import CallError, ErrorKind, internal
 from .modes import ExitCode, Mode
 from .stats import LoopRecord, LoopState, Stats
+from .waits import Pause, Waker, stop_or_timeout
 
 CallFn = Callable[[], Awaitable[Outcome]]
 
-
-class Pause(Protocol):
-    """Wait ``seconds``, or less: a stop always ends it; a wake ends it when ``wakeable``."""
-
-    def __call__(self, seconds: float, wakeable: bool = False) -> Awaitable[None]: ...
 
 IDLE_LOG_INTERVAL_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
@@ -74,76 +70,6 @@ class Policy:
         if self.idle_max_sleep_s <= self.idle_sleep_s:
             return self.idle_sleep_s
         return adaptive_idle(self.idle_sleep_s, self.idle_max_sleep_s).bound(idle_streak)
-
-
-# Wakes are merged: at most one is delivered per this interval, and any that come within it
-# make one more at its end (so the last insert is never missed). A loop makes at most one call
-# per delivered wake, so wakes alone can make a pump call at most loops / this per second.
-WAKE_MIN_INTERVAL_S = 0.25
-
-
-class Waker:
-    """Ends every wakeable pause at once (POST /wake, SIGUSR1), at most once per
-    ``min_interval_s``: 1,000 SIGUSR1 a second used to make 3,372 calls a second.
-
-    ``generation`` counts delivered wakes, so a loop whose call was in flight when the wake came
-    (the likely case for a trigger fired by the very insert that call just missed) can tell, and
-    calls again instead of sleeping through it.
-    """
-
-    def __init__(self, min_interval_s: float = WAKE_MIN_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._event = asyncio.Event()
-        self.generation = 0
-        self._min_interval_s = min_interval_s
-        self._clock = clock
-        self._last: float | None = None
-        self._pending: asyncio.TimerHandle | None = None
-
-    def wake(self) -> None:
-        """Called on the event loop's thread."""
-        if self._pending is not None:
-            return  # one is already due at the end of the interval: this one is in it
-        now = self._clock()
-        if self._last is None or now - self._last >= self._min_interval_s:
-            self._deliver()
-            return
-        self._pending = asyncio.get_running_loop().call_later(
-            self._last + self._min_interval_s - now, self._deliver)
-
-    def _deliver(self) -> None:
-        self._pending = None
-        self._last = self._clock()
-        self.generation += 1
-        self._event.set()
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-
-def stop_or_timeout(stop: asyncio.Event, waker: Waker | None = None) -> Pause:
-    """The only way the pump waits: until ``seconds`` pass or ``stop`` is set, whichever first;
-    with ``wakeable``, a wake ends it too."""
-
-    async def pause(seconds: float, wakeable: bool = False) -> None:
-        if seconds <= 0 or stop.is_set():
-            return
-        if not (wakeable and waker):
-            try:
-                async with asyncio.timeout(seconds):
-                    await stop.wait()
-            except TimeoutError:
-                pass
-            return
-        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(waker.current().wait())}
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-
-    return pause
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class Scheduler:
     """Fires every schedule's windows; everything it needs is handed in, so tests fake time.
 
     ``now`` is the wall clock (UTC); ``pause(seconds)`` must return early once ``stop`` is set
-    (pump.stop_or_timeout). ``on_count(name, counter)`` is called on every change of ``counts``.
+    (waits.stop_or_timeout). ``on_count(name, counter)`` is called on every change of ``counts``.
     """
 
     def __init__(self, schedules: Sequence[Schedule], http: httpx.AsyncClient,

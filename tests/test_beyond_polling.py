@@ -21,8 +21,9 @@ from queue_pump.budget import TokenBucket
 from queue_pump.client import IDLE, Outcome, Processed
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.health import HealthServer
-from queue_pump.pump import Lane, Policy, Pump, Waker, stop_or_timeout
+from queue_pump.pump import Lane, Policy, Pump
 from queue_pump.stats import Stats
+from queue_pump.waits import Waker, stop_or_timeout
 
 from .conftest import BASE_ENV, FakeTime
 from .proc import finish, pump_env, start

@@ -12,8 +12,9 @@ import structlog
 
 from queue_pump.client import IDLE, Outcome, Processed
 from queue_pump.failures import CallError, ErrorKind
-from queue_pump.pump import ExitCode, Lane, Mode, Policy, Pump, stop_or_timeout
+from queue_pump.pump import ExitCode, Lane, Mode, Policy, Pump
 from queue_pump.stats import Stats
+from queue_pump.waits import stop_or_timeout
 
 from .conftest import FakeTime
 
