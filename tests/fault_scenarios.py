@@ -268,6 +268,10 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
                                      f"stderr {text[-500:]!r}")
             t0 = double.seen[0].at if fault.target == "double" else failed_times()[0]
             time.sleep(max(0.0, t0 + WINDOW_S - time.monotonic()))
+            # The fault holds until a second failed call, however busy the machine: "it kept
+            # trying" must not hinge on a Retry-After wait fitting the window to the millisecond.
+            _wait(lambda: len(double.seen if fault.target == "double" else failed_times()) > 1,
+                  proc, 20)
             alive = proc.poll() is None
             health = [httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
                       for path in ("/healthz", "/metrics")] if alive else []
@@ -321,8 +325,14 @@ def run_matrix(faults: Iterable[Fault], jobs: int = 4, **env: str) -> dict[str, 
 
 
 # --- what must hold ----------------------------------------------------------------------------
-def check(r: Result) -> list[str]:
-    """Every broken promise in one result, one line each; empty means the pump behaved."""
+def check(r: Result, *, timed: bool = True) -> list[str]:
+    """Every broken promise in one result, one line each; empty means the pump behaved.
+
+    ``timed=False`` (the tests) leaves out the one wall-clock bound across processes, the
+    recovery time: a busy machine can stretch it, and the promise behind it is checked from the
+    log instead (every announced delay is within the pacing rule). bench/fault_matrix.py keeps
+    it. Every other check is an upper bound on calls or a lower bound on gaps, which load can
+    only make easier to meet."""
     f = r.fault
     problems = []
     if not r.alive_after_window:
@@ -331,10 +341,12 @@ def check(r: Result) -> list[str]:
         problems.append(f"exit code {r.exit_code} on SIGTERM, expected 0")
     if r.calls_in_window > r.bound:
         problems.append(f"{r.calls_in_window} calls in {WINDOW_S} s, bound {r.bound}")
-    if r.calls_in_window < 2:
-        problems.append(f"only {r.calls_in_window} call(s) in the window: it stopped trying")
-    if r.recovery_bound_s is not None and (r.recovery_s is None
-                                           or r.recovery_s > r.recovery_bound_s):
+    if len(r.call_times) < 2:
+        problems.append(f"only {len(r.call_times)} failed call(s): it stopped trying")
+    if r.recovery_bound_s is not None and r.recovery_s is None:
+        problems.append("no successful call after the fault cleared")
+    elif timed and r.recovery_bound_s is not None and r.recovery_s is not None \
+            and r.recovery_s > r.recovery_bound_s:
         problems.append(f"recovery took {r.recovery_s} s, bound {r.recovery_bound_s} s")
     if not 0 < r.peak_kb <= PEAK_LIMIT_KB:
         problems.append(f"peak memory {r.peak_kb} kB, limit {PEAK_LIMIT_KB} kB")
