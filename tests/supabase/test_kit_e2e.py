@@ -132,7 +132,8 @@ def test_postgres_down_then_up_the_pump_backs_off_and_every_job_finishes(
         url = pg.create_database("outage")
         kit.apply_migrations(url)
         enqueue_many(url, org, 300, "sleep", '{"ms": 20}')
-        with functions(deno_bin, "ai-job-runner", url, JOB_LEASE_SECONDS="3") as fns:
+        with functions(deno_bin, "ai-job-runner", url, JOB_LEASE_SECONDS="3",
+                       DB_RETRY_AFTER_SECONDS="2") as fns:
             live = pump(fns[0], org, QUEUE_PUMP_CONCURRENCY="4")
             kit.wait_until(lambda: query(url, "select 1 from queue_pump.jobs"
                                               " where status = 'done' offset 30"), 60, "30 jobs")
@@ -147,8 +148,8 @@ def test_postgres_down_then_up_the_pump_backs_off_and_every_job_finishes(
             assert stop(live) == 0
         rows = query(url, "select status, count(*) as n from queue_pump.jobs group by 1")
     assert rows == [{"status": "done", "n": 300}]
-    assert failed[0]["kind"] == "retryable" and failed[0]["retry_after_s"] == 5
-    assert failed[0]["next_delay_s"] >= 5, "Retry-After is a floor"
+    assert failed[0]["kind"] == "retryable" and failed[0]["retry_after_s"] == 2
+    assert failed[0]["next_delay_s"] >= 2, "Retry-After is a floor"
     assert TOKEN not in "".join(fns[0].lines)
 
 
@@ -268,6 +269,8 @@ def test_sigterm_lets_the_call_in_flight_finish_then_the_function_exits(
      "SUPABASE_DB_URL is not a postgresql:// URL"),
     ({"AGENT_TOKEN": TOKEN, "JOB_LEASE_SECONDS": "soon"},
      'JOB_LEASE_SECONDS must be a whole number from 2 to 86400, got "soon"'),
+    ({"AGENT_TOKEN": TOKEN, "DB_RETRY_AFTER_SECONDS": "0"},
+     'DB_RETRY_AFTER_SECONDS must be a whole number from 1 to 3600, got "0"'),
 ])
 def test_a_misconfigured_function_says_one_line_and_exits_2(
         deno_bin: Path, env: dict[str, str], expected: str) -> None:

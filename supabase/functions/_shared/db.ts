@@ -73,16 +73,20 @@ export function sqlState(err: unknown): string {
   return typeof code === "string" ? code.slice(0, 20) : "unknown";
 }
 
-export const RETRY_AFTER_S = 5;
+/** DB_RETRY_AFTER_SECONDS: the Retry-After a pump is asked to wait while the database is away
+ * (default 5: long enough to ride out a restart without a herd, short enough to resume soon). */
+export function retryAfterFromEnv(): number {
+  return intFromEnv("DB_RETRY_AFTER_SECONDS", 5, 1, 3600);
+}
 
 /** 503 + Retry-After while the database is away; 400 for data it refused; 500 for anything
  * else. None echoes the error's text, which can hold the connection string. */
-export function databaseError(err: unknown): Response {
+export function databaseError(err: unknown, retryAfterS: number): Response {
   if (isBadData(err)) {
     return error(400, `the database refused this data (SQLSTATE ${sqlState(err)})`);
   }
   if (isUnavailable(err)) {
-    return error(503, "database unavailable, try again later", { "retry-after": String(RETRY_AFTER_S) });
+    return error(503, "database unavailable, try again later", { "retry-after": String(retryAfterS) });
   }
   console.error(JSON.stringify({ event: "internal_error", code: sqlState(err) }));
   return error(500, "internal error");

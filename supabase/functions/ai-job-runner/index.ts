@@ -4,8 +4,8 @@
 // Secrets/environment: AGENT_TOKEN (required, 16+ characters), SUPABASE_DB_URL (set by
 // Supabase), JOB_LEASE_SECONDS (default 600, above the platform's 400 s wall-clock limit),
 // JOB_TIME_BUDGET_MS (default 120000), ALLOWED_ORGANIZATION_IDS (optional, comma-separated),
-// DB_POOL_MAX (default 5); PORT and HOST under plain Deno.
-import { connect, dbPassword } from "../_shared/db.ts";
+// DB_POOL_MAX (default 5), DB_RETRY_AFTER_SECONDS (default 5); PORT and HOST under plain Deno.
+import { connect, dbPassword, retryAfterFromEnv } from "../_shared/db.ts";
 import { intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
 import { accept } from "../_shared/request.ts";
@@ -21,6 +21,7 @@ start("ai-job-runner", () => {
     timeBudgetMs: intFromEnv("JOB_TIME_BUDGET_MS", 120_000, 100, 86_400_000),
     handlers,
     secrets: [token, dbPassword() ?? ""],
+    retryAfterSeconds: retryAfterFromEnv(),
   };
   const sql = connect();
 

@@ -12,6 +12,8 @@ export interface RunnerOptions {
   handlers: Record<string, Handler>;
   /** Masked out of every error text the function answers or logs (the token, the DB password). */
   secrets: string[];
+  /** Retry-After of the 503 answered while the database is away. */
+  retryAfterSeconds: number;
 }
 
 export class LeaseLost extends Error {}
@@ -52,7 +54,7 @@ export async function runOne(sql: Sql, caller: Caller, queue: string, opts: Runn
         from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
                               worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`;
   } catch (err) {
-    return databaseError(err);
+    return databaseError(err, opts.retryAfterSeconds);
   }
   if (rows.length === 0) return json(200, { processed: false });
   const row = rows[0];
@@ -72,7 +74,7 @@ export async function runOne(sql: Sql, caller: Caller, queue: string, opts: Runn
   } catch (err) {
     // The job ran but its outcome could not be written: it stays running until its lease ends,
     // then runs again (at least once). Tell the pump to back off from a database that is away.
-    return databaseError(err);
+    return databaseError(err, opts.retryAfterSeconds);
   }
   logOutcome(job, status, outcome);
   return json(200, {

@@ -2,7 +2,7 @@
 // dedupeKey is already known in that organization and queue; 400 with one line for a bad body.
 // The same X-Agent-Token and X-Organization-Id as ai-job-runner; what QUEUE_PUMP_SCHEDULES
 // entries point at (docs/SCHEDULES.md).
-import { connect, databaseError } from "../_shared/db.ts";
+import { connect, databaseError, retryAfterFromEnv } from "../_shared/db.ts";
 import { listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error, json } from "../_shared/http.ts";
 import { accept } from "../_shared/request.ts";
@@ -12,6 +12,7 @@ import { parseNewJob } from "./validate.ts";
 start("enqueue", () => {
   const token = tokenFromEnv("AGENT_TOKEN");
   const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
+  const retryAfterS = retryAfterFromEnv();
   const sql = connect();
 
   return async (req: Request): Promise<Response> => {
@@ -28,7 +29,7 @@ start("enqueue", () => {
           run_at => ${job.runAt}::timestamptz, max_attempts => ${job.maxAttempts})`;
       return json(row.created ? 201 : 200, { id: row.id, created: row.created });
     } catch (err) {
-      return databaseError(err);
+      return databaseError(err, retryAfterS);
     }
   };
 });
