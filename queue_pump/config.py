@@ -1,6 +1,5 @@
-"""Settings: one frozen dataclass, built once from the environment and validated at construction.
-
-Every knob is declared once in ``knobs.KNOBS``; this module parses and checks the values.
+"""Settings from the environment: each value parsed by its knob's kind (settings.py holds the
+table), every problem listed at once, one line each.
 """
 
 from __future__ import annotations
@@ -8,109 +7,19 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .knobs import (
-    HEADER_KNOBS,
-    KNOBS,
-    KNOBS_BY_ENV,
-    MAX_HEADER_CHARS,
-    MAX_TOTAL_CONCURRENCY,
-    PLACEHOLDERS,
-    SECRET_ATTRS,
-    Kind,
-    Knob,
-)
-from .rules import ConfigError, as_ms, between_fields, out_of_range, queue_name_ok
+from .knobs import MAX_HEADER_CHARS, MAX_TOTAL_CONCURRENCY, Kind, Knob
+from .rules import ConfigError, between_fields, queue_name_ok
+from .settings import KNOBS, KNOBS_BY_ENV, Settings
 from .urls import USERINFO as _USERINFO
-from .urls import host_ok, redact_url
+from .urls import host_ok
 
 __all__ = ["ConfigError", "Settings", "from_mapping"]
 
-
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-@dataclass(frozen=True)
-class Settings:
-    """The pump's whole configuration. Secrets are kept out of repr()."""
-
-    supabase_url: str
-    agent_token: str = field(repr=False)
-    organization_id: str
-    anon_key: str = field(repr=False)
-    endpoint_override: str
-    queue: str
-    concurrency: int
-    queues: str
-    idle_sleep_s: float
-    idle_max_sleep_s: float
-    tick_sleep_s: float
-    http_timeout_s: float
-    connect_timeout_s: float
-    log_every: int
-    backoff_base_s: float
-    backoff_max_s: float
-    shutdown_grace_s: float
-    max_response_bytes: int
-    http_transport: str
-    log_format: str
-    log_level: str
-    worker_id: str
-    allow_insecure_http: bool
-    health_host: str
-    health_port: int
-    wake_token: str = field(repr=False)
-    max_calls_per_hour: int
-    schedules: str
-    alert_webhook_url: str = field(repr=False)
-    alert_after: int
-    # Derived at construction: (queue, concurrency) for every queue pumped.
-    lanes: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        values = vars(self)
-        problems = out_of_range(KNOBS, values) + between_fields(values)
-        if problems:
-            raise ConfigError(problems)
-
-    @property
-    def total_concurrency(self) -> int:
-        return sum(n for _, n in self.lanes)
-
-    @property
-    def endpoint(self) -> str:
-        """The runner URL without its query; the client adds worker=1&queue=<queue>."""
-        if self.endpoint_override:
-            return self.endpoint_override
-        return self.supabase_url.rstrip("/") + "/functions/v1/ai-job-runner"
-
-    def __repr__(self) -> str:
-        # The dataclass repr would show URL credentials; this one shows what the logs show.
-        return f"Settings({self.public_view()!r})"
-
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value, for the log redactor; empty ones are no secret."""
-        values = [getattr(self, a) for a in SECRET_ATTRS]
-        values += [urlsplit(u).password for u in (self.supabase_url, self.endpoint_override)]
-        return tuple(v for v in values if v)
-
-    def public_view(self) -> dict[str, Any]:
-        """The effective configuration with secrets masked, for the start line and /healthz."""
-        view: dict[str, Any] = {}
-        for knob in KNOBS:
-            value = getattr(self, knob.attr)
-            if knob.secret:
-                value = "***" if value else ""
-            elif knob.kind is Kind.URL and value:
-                value = redact_url(value)
-            elif knob.kind is Kind.MS:
-                value = as_ms(value)
-            view[knob.view_name] = value
-        view["endpoint"] = redact_url(self.endpoint)
-        view["lanes"] = {queue: n for queue, n in self.lanes}
-        return view
 
 
 _SHOWN_MAX = 60
@@ -222,12 +131,12 @@ def _parse_text(knob: Knob, value: str, shown: str, problems: list[str]) -> str 
         # A header value with a newline would be a request-smuggling vector.
         problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
         return None
-    if knob.env in HEADER_KNOBS and len(value) > MAX_HEADER_CHARS:
+    if knob.header and len(value) > MAX_HEADER_CHARS:
         # Servers refuse headers past 8-16 KiB in all (431), on every call, forever.
         problems.append(f"{knob.env} is {len(value)} characters long; expected at most "
                         f"{MAX_HEADER_CHARS} (it is sent as an HTTP header)")
         return None
-    if knob.env in HEADER_KNOBS and not (value.isascii() and value.isprintable()):
+    if knob.header and not (value.isascii() and value.isprintable()):
         # Sent as an HTTP header: anything else fails every call, or the start-up, later.
         problems.append(f"{knob.env} has a character that cannot go in an HTTP header; expected "
                         "printable ASCII only")
@@ -295,9 +204,9 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
         if knob.attr == "supabase_url" and values.get("endpoint_override"):
             continue
         problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
-    for name, placeholder in PLACEHOLDERS.items():
-        if (env.get(name) or "").strip() == placeholder:
-            problems.append(f"{name} is still the placeholder from .env.example; set your own")
+    problems += [f"{knob.env} is still the placeholder from .env.example; set your own"
+                 for knob in KNOBS
+                 if knob.placeholder and (env.get(knob.env) or "").strip() == knob.placeholder]
 
     values["lanes"] = _lanes(env, values, problems)
     if values.get("idle_max_sleep_s") is None:
