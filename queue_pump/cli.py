@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import ConfigError, Settings, from_mapping
 from .envfile import load_env, missing_env_note
-from .knobs import KNOBS, Kind, describe_knobs, env_example
+from .knobs import Kind
 from .modes import Mode
 from .oneline import OneLineParser, print_problems
+from .settings import KNOBS, describe_knobs, env_example
 
 if TYPE_CHECKING:
     from .schedule_file import Schedule

@@ -1,6 +1,5 @@
-"""Settings: one frozen dataclass, built once from the environment and validated at construction.
-
-Every knob is declared once in ``knobs.KNOBS``; this module parses and checks the values.
+"""Settings from the environment: each value parsed by its knob's kind (settings.py holds the
+table), every problem listed at once, one line each.
 """
 
 from __future__ import annotations
@@ -8,115 +7,19 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .knobs import (
-    HEADER_KNOBS,
-    KNOBS,
-    KNOBS_BY_ENV,
-    MAX_HEADER_CHARS,
-    MAX_TOTAL_CONCURRENCY,
-    MIN_SECRET_CHARS,
-    MIN_WAKE_TOKEN,
-    PLACEHOLDERS,
-    SECRET_ATTRS,
-    Kind,
-    Knob,
-)
+from .knobs import MAX_HEADER_CHARS, MAX_TOTAL_CONCURRENCY, Kind, Knob
+from .rules import ConfigError, between_fields, queue_name_ok
+from .settings import KNOBS, KNOBS_BY_ENV, Settings
 from .urls import USERINFO as _USERINFO
-from .urls import host_ok, is_loopback_host, redact_url
+from .urls import host_ok
 
-
-class ConfigError(Exception):
-    """Every problem found in the configuration, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
+__all__ = ["ConfigError", "Settings", "from_mapping"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-@dataclass(frozen=True)
-class Settings:
-    """The pump's whole configuration. Secrets are kept out of repr()."""
-
-    supabase_url: str
-    agent_token: str = field(repr=False)
-    organization_id: str
-    anon_key: str = field(repr=False)
-    endpoint_override: str
-    queue: str
-    concurrency: int
-    queues: str
-    idle_sleep_s: float
-    idle_max_sleep_s: float
-    tick_sleep_s: float
-    http_timeout_s: float
-    connect_timeout_s: float
-    log_every: int
-    backoff_base_s: float
-    backoff_max_s: float
-    shutdown_grace_s: float
-    max_response_bytes: int
-    http_transport: str
-    log_format: str
-    log_level: str
-    worker_id: str
-    allow_insecure_http: bool
-    health_host: str
-    health_port: int
-    wake_token: str = field(repr=False)
-    max_calls_per_hour: int
-    schedules: str
-    alert_webhook_url: str = field(repr=False)
-    alert_after: int
-    # Derived at construction: (queue, concurrency) for every queue pumped.
-    lanes: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        problems = _out_of_range(self) + _rules(vars(self))
-        if problems:
-            raise ConfigError(problems)
-
-    @property
-    def total_concurrency(self) -> int:
-        return sum(n for _, n in self.lanes)
-
-    @property
-    def endpoint(self) -> str:
-        """The runner URL without its query; the client adds worker=1&queue=<queue>."""
-        if self.endpoint_override:
-            return self.endpoint_override
-        return self.supabase_url.rstrip("/") + "/functions/v1/ai-job-runner"
-
-    def __repr__(self) -> str:
-        # The dataclass repr would show URL credentials; this one shows what the logs show.
-        return f"Settings({self.public_view()!r})"
-
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value, for the log redactor; empty ones are no secret."""
-        values = [getattr(self, a) for a in SECRET_ATTRS]
-        values += [urlsplit(u).password for u in (self.supabase_url, self.endpoint_override)]
-        return tuple(v for v in values if v)
-
-    def public_view(self) -> dict[str, Any]:
-        """The effective configuration with secrets masked, for the start line and /healthz."""
-        view: dict[str, Any] = {}
-        for knob in KNOBS:
-            value = getattr(self, knob.attr)
-            if knob.secret:
-                value = "***" if value else ""
-            elif knob.kind is Kind.URL and value:
-                value = redact_url(value)
-            elif knob.kind is Kind.MS:
-                value = _ms(value)
-            view[knob.view_name] = value
-        view["endpoint"] = redact_url(self.endpoint)
-        view["lanes"] = {queue: n for queue, n in self.lanes}
-        return view
 
 
 _SHOWN_MAX = 60
@@ -132,11 +35,6 @@ def _show(knob: Knob, raw: str) -> str:
     if len(raw) > _SHOWN_MAX:
         return f"{raw[:_SHOWN_MAX]!r}... ({len(raw)} characters)"
     return repr(raw)
-
-
-def _ms(seconds: float) -> int:
-    """A duration as the environment writes it: whole milliseconds."""
-    return round(seconds * 1000)
 
 
 def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
@@ -233,12 +131,12 @@ def _parse_text(knob: Knob, value: str, shown: str, problems: list[str]) -> str 
         # A header value with a newline would be a request-smuggling vector.
         problems.append(f"{knob.env} contains a line break or NUL; expected a single line")
         return None
-    if knob.env in HEADER_KNOBS and len(value) > MAX_HEADER_CHARS:
+    if knob.header and len(value) > MAX_HEADER_CHARS:
         # Servers refuse headers past 8-16 KiB in all (431), on every call, forever.
         problems.append(f"{knob.env} is {len(value)} characters long; expected at most "
                         f"{MAX_HEADER_CHARS} (it is sent as an HTTP header)")
         return None
-    if knob.env in HEADER_KNOBS and not (value.isascii() and value.isprintable()):
+    if knob.header and not (value.isascii() and value.isprintable()):
         # Sent as an HTTP header: anything else fails every call, or the start-up, later.
         problems.append(f"{knob.env} has a character that cannot go in an HTTP header; expected "
                         "printable ASCII only")
@@ -251,11 +149,6 @@ _PARSERS: dict[Kind, Callable[[Knob, str, str, list[str]], Any]] = {
     Kind.CHOICE: _parse_choice, Kind.URL: _parse_url, Kind.STR: _parse_text,
     Kind.SECRET: _parse_text,
 }
-
-
-def _queue_name_ok(name: str) -> bool:
-    return (bool(name) and name.isprintable()
-            and not any(ch.isspace() or ch in ":,/?&#" for ch in name))
 
 
 def _lanes(env: Mapping[str, str], values: dict[str, Any],
@@ -277,7 +170,7 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
         name, _, count = part.strip().partition(":")
         name = name.strip()
         count = count.strip() or "1"
-        if (not _queue_name_ok(name) or not (count.isascii() and count.isdigit())
+        if (not queue_name_ok(name) or not (count.isascii() and count.isdigit())
                 or not low <= int(count) <= high):
             problems.append(f"QUEUE_PUMP_QUEUES has {part.strip()!r}; expected name:concurrency "
                             f"with a name without spaces and a concurrency from {low} to {high}, "
@@ -292,99 +185,6 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
         problems.append(f"QUEUE_PUMP_QUEUES adds up to {total} loops; expected at most "
                         f"{MAX_TOTAL_CONCURRENCY} in all")
     return tuple(lanes)
-
-
-def _short_secrets(values: Mapping[str, Any]) -> list[str]:
-    problems = []
-    for env_name, attr in (("AGENT_TOKEN", "agent_token"), ("SUPABASE_ANON_KEY", "anon_key")):
-        value = values.get(attr)
-        if value and len(value) < MIN_SECRET_CHARS:
-            # Masked everywhere, a short value would garble every log line and so show itself.
-            count = f"{len(value)} character" + ("s" if len(value) > 1 else "")
-            problems.append(f"{env_name} is {count} long; expected at least "
-                            f"{MIN_SECRET_CHARS} (a value that short is no secret, and masking "
-                            "it would garble every log line)")
-    return problems
-
-
-def _rules(values: Mapping[str, Any]) -> list[str]:
-    """The rules between fields, on parsed values. Settings checks them when it is built; and
-    from_mapping checks them over whatever did parse when something did not, so that one run
-    shows every problem at once."""
-    problems: list[str] = []
-    if values.get("queue") is not None and not _queue_name_ok(values["queue"]):
-        problems.append(f"QUEUE_PUMP_QUEUE={values['queue']!r} is not a queue name; expected "
-                        "a non-empty name without spaces, ':' or ','")
-    idle, idle_max = values.get("idle_sleep_s"), values.get("idle_max_sleep_s")
-    if isinstance(idle, float) and isinstance(idle_max, float) and idle_max < idle:
-        problems.append(f"QUEUE_PUMP_IDLE_MAX_SLEEP_MS={_ms(idle_max)} is below "
-                        f"QUEUE_PUMP_IDLE_SLEEP_MS={_ms(idle)}; expected max >= the idle sleep "
-                        "(or unset: adaptive idle off)")
-    health_host = values.get("health_host")
-    if health_host is not None and not host_ok(health_host):
-        # An empty host would bind every interface: the opposite of the safe default.
-        problems.append(f"QUEUE_PUMP_HEALTH_HOST={health_host!r} is not an address; expected "
-                        "an IP address or host name, e.g. 127.0.0.1 (default) or 0.0.0.0")
-    problems += _short_secrets(values)
-    wake = values.get("wake_token")
-    if wake and len(wake) < MIN_WAKE_TOKEN:
-        problems.append(f"QUEUE_PUMP_WAKE_TOKEN is {len(wake)} characters long; expected at least "
-                        f"{MIN_WAKE_TOKEN} (anyone who guesses it can wake the pump)")
-    base, cap = values.get("backoff_base_s"), values.get("backoff_max_s")
-    if isinstance(base, float) and isinstance(cap, float) and cap < base:
-        problems.append(f"QUEUE_PUMP_BACKOFF_MAX_MS={_ms(cap)} is below "
-                        f"QUEUE_PUMP_BACKOFF_BASE_MS={_ms(base)}; expected max >= base")
-
-    problems += _supabase_url_path(values)
-    if values.get("allow_insecure_http") is False:
-        runner_urls = [("QUEUE_PUMP_ENDPOINT", values.get("endpoint_override") or "")]
-        if not runner_urls[0][1]:  # the derived URL is used only without an override
-            runner_urls = [("SUPABASE_URL", values.get("supabase_url") or "")]
-        webhook = ("QUEUE_PUMP_ALERT_WEBHOOK_URL", values.get("alert_webhook_url") or "")
-        for env_name, url in [*runner_urls, webhook]:
-            parts = urlsplit(url)
-            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
-                shown = "(hidden)" if env_name == webhook[0] else repr(redact_url(url))
-                problems.append(f"{env_name}={shown} uses plain http to a host that is not "
-                                "loopback (its credentials would travel in clear); use https, or "
-                                "set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
-
-    return problems
-
-
-def _supabase_url_path(values: Mapping[str, Any]) -> list[str]:
-    """SUPABASE_URL is the project URL: the pump adds /functions/v1/ai-job-runner itself, so a
-    path would make it call .../ai-job-runner/functions/v1/ai-job-runner and retry a 404
-    forever. Unused (and unchecked) when QUEUE_PUMP_ENDPOINT is set."""
-    url = values.get("supabase_url") or ""
-    if not url or values.get("endpoint_override"):
-        return []
-    path = urlsplit(url).path
-    if not path.strip("/"):
-        return []
-    return [f"SUPABASE_URL={redact_url(url)!r} has a path ({path!r}); expected the project URL "
-            "only, e.g. https://<project>.supabase.co (the pump adds /functions/v1/"
-            "ai-job-runner), or a full runner URL in QUEUE_PUMP_ENDPOINT"]
-
-
-def _out_of_range(settings: Settings) -> list[str]:
-    """Each number within its knob's range, each choice among its choices: what parsing checks
-    on the way in, checked again on the values, so a Settings built any other way is held to
-    the same rules."""
-    problems = []
-    for knob in KNOBS:
-        value = getattr(settings, knob.attr)
-        if knob.kind is Kind.MS and isinstance(value, int | float) and math.isfinite(value):
-            value = _ms(value)
-        if knob.kind in (Kind.INT, Kind.MS) and not (
-                isinstance(value, int) and (knob.low is None or value >= knob.low)
-                and (knob.high is None or value <= knob.high)):
-            problems.append(f"{knob.env}={value!r} is out of range; expected a whole number from "
-                            f"{knob.low} to {knob.high}")
-        elif knob.kind is Kind.CHOICE and value not in (*knob.choices, knob.default):
-            problems.append(f"{knob.env}={value!r} is not accepted; expected one of "
-                            + ", ".join(knob.choices))
-    return problems
 
 
 def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Settings:
@@ -404,15 +204,15 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
         if knob.attr == "supabase_url" and values.get("endpoint_override"):
             continue
         problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
-    for name, placeholder in PLACEHOLDERS.items():
-        if (env.get(name) or "").strip() == placeholder:
-            problems.append(f"{name} is still the placeholder from .env.example; set your own")
+    problems += [f"{knob.env} is still the placeholder from .env.example; set your own"
+                 for knob in KNOBS
+                 if knob.placeholder and (env.get(knob.env) or "").strip() == knob.placeholder]
 
     values["lanes"] = _lanes(env, values, problems)
     if values.get("idle_max_sleep_s") is None:
         values["idle_max_sleep_s"] = values.get("idle_sleep_s")  # adaptive idle off
     if problems:
-        raise ConfigError(problems + _rules(values))
+        raise ConfigError(problems + between_fields(values))
     if not values["worker_id"]:
         values["worker_id"] = hostname or socket.gethostname()
     return Settings(**values)

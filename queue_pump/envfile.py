@@ -13,7 +13,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from .config import ConfigError
-from .knobs import KNOBS
+from .settings import KNOBS
 from .unknown_env import unknown_settings, warning_line
 
 

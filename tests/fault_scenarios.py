@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from queue_pump.backoff import RETRY_AFTER_SPREAD
-from queue_pump.knobs import KNOBS_BY_ENV
+from queue_pump.settings import KNOBS_BY_ENV
 
 from .conftest import TOKEN
 from .proc import pump_env, start

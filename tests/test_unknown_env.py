@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from queue_pump.knobs import KNOBS
+from queue_pump.settings import KNOBS
 from queue_pump.unknown_env import unknown_settings, warning_line
 
 KNOWN = [k.env for k in KNOBS]
