@@ -9,6 +9,7 @@ with QUEUE_PUMP_REQUIRE_KIT=1 (CI) a missing part is a failure instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -34,6 +35,7 @@ PG_HINT = ("PostgreSQL server not found: apt-get install postgresql "
 DENO_HINT = "Deno not found: run scripts/get-deno.sh (needs npm), or put deno on PATH"
 
 
+@functools.cache  # asked once per kit test at collection; pg_config is a script
 def find_pg_bin() -> Path | None:
     candidates = [os.environ.get("QUEUE_PUMP_PG_BIN", "")]
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
@@ -46,6 +48,7 @@ def find_pg_bin() -> Path | None:
     return None
 
 
+@functools.cache
 def find_deno() -> Path | None:
     env = os.environ.get("QUEUE_PUMP_DENO")
     local = ROOT / ".tools" / "deno" / "node_modules" / "@deno" / "linux-x64-glibc" / "deno"
