@@ -115,8 +115,9 @@ def test_a_real_pump_answered_401_is_unhealthy_until_the_runner_accepts_it() -> 
         try:
             double.wait_for(2)
             wait_until(lambda: _answers(base) and get(base + "/healthz")[0] == 503)
+            # Waited for: between 50 ms waits the loop is "working" on its next call.
+            wait_until(lambda: get(base + "/healthz")[1]["state"] == "backing-off")
             body = get(base + "/healthz")[1]
-            assert body["state"] == "backing-off"
             assert body["misconfigured"] == {"agent": "configuration:http_status"}
             assert cmd_healthcheck(["--url", base], {}) == 1
             double.script = lambda i: IDLE  # the operator fixed the token on the runner side
