@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 from . import __version__
 from .config import Settings
 from .stats import Stats
+from .transport import trust_store
 
 WEBHOOK_TIMEOUT_S = 10.0
 
@@ -38,7 +39,7 @@ class Alerter:
     def start(cls, settings: Settings, stats: Stats, log: FilteringBoundLogger,
               transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
         http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
-                                 transport=transport)
+                                 transport=transport, verify=trust_store())
         alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id, log,
                       http)
         stats.subscribe(alerter.on_streak)

@@ -6,6 +6,7 @@ The contract call itself (what is sent, how an answer is read) is client.py.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from urllib.parse import urlsplit
 
@@ -19,8 +20,11 @@ from .config import Settings
 IDENTITY = "identity"
 
 
-def _ssl_context() -> ssl.SSLContext:
-    # Verification is always on; only the trust store is the system's, so corporate CAs work.
+@functools.cache
+def trust_store() -> ssl.SSLContext:
+    """The process's one TLS context, shared by every client it builds: loading the trust
+    store costs ~30 ms of CPU and ~0.8 MB each time. Verification is always on; the trust
+    store is the system's, so corporate CAs work."""
     return ssl.create_default_context()
 
 
@@ -35,7 +39,7 @@ def build_http_client(
     if transport is None and settings.http_transport == "aiohttp":
         transport = _aiohttp_transport(settings.endpoint, limits)
     elif transport is None:
-        verify = _ssl_context()
+        verify = trust_store()
     return httpx.AsyncClient(
         timeout=timeout,
         headers={"Accept-Encoding": IDENTITY},

@@ -20,14 +20,18 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from queue_pump import cli
+from queue_pump.alerts import Alerter
 from queue_pump.client import RunnerClient
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.failures import CallError, ErrorKind
 from queue_pump.logs import MASK
-from queue_pump.transport import build_http_client
+from queue_pump.stats import Stats
+from queue_pump.transport import build_http_client, trust_store
 
+from . import loopback
 from .conftest import ANON, BASE_ENV, TOKEN
 from .proc import pump_env, run, start
 from .runner_double import IDLE, Reply, RunnerDouble, free_port, runner_double
@@ -108,9 +112,9 @@ def test_every_secret_stays_out_of_logs_health_metrics_and_alerts() -> None:
             QUEUE_PUMP_HEALTH_PORT=str(port)))
         try:
             hook.wait_for(1)
-            pages = [httpx.get(f"http://127.0.0.1:{port}{p}", timeout=5).text
+            pages = [loopback.get(f"http://127.0.0.1:{port}{p}", timeout=5).text
                      for p in ("/healthz", "/readyz", "/metrics", "/nope")]
-            wake = httpx.post(f"http://127.0.0.1:{port}/wake", timeout=5,
+            wake = loopback.post(f"http://127.0.0.1:{port}/wake", timeout=5,
                               headers={"Authorization": "Bearer wrong"})
             assert wake.status_code == 401
             pages.append(wake.text)
@@ -158,6 +162,25 @@ def test_the_tls_context_verifies_certificates_and_host_names(transport: str) ->
         assert context.verify_mode is ssl.CERT_REQUIRED
         assert context.check_hostname is True
     asyncio.run(http.aclose())
+
+
+def test_the_webhook_client_verifies_with_the_runner_clients_trust_store() -> None:
+    """One trust store per process, loaded once, and the alert webhook's client verifies too."""
+    settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": "httpx",
+                              "QUEUE_PUMP_ALERT_WEBHOOK_URL": "https://hooks.example/x"})
+    http = build_http_client(settings_)
+    alerter = Alerter.start(settings_, Stats(), structlog.get_logger())
+    webhook = list(_ssl_contexts(alerter._http))
+    assert webhook and all(c.verify_mode is ssl.CERT_REQUIRED and c.check_hostname
+                           for c in webhook)
+    assert any(c is trust_store() for c in webhook)
+    assert any(c is trust_store() for c in _ssl_contexts(http))
+
+    async def close() -> None:
+        await http.aclose()
+        await alerter._http.aclose()
+
+    asyncio.run(close())
 
 
 def _ssl_contexts(http: httpx.AsyncClient) -> Iterator[ssl.SSLContext]:
