@@ -26,11 +26,10 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from queue_pump.backoff import RETRY_AFTER_SPREAD
 from queue_pump.settings import KNOBS_BY_ENV
 
+from . import loopback
 from .conftest import TOKEN
 from .proc import pump_env, start
 from .runner_double import IDLE, Reply, RunnerDouble, free_port
@@ -273,7 +272,7 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
             _wait(lambda: len(double.seen if fault.target == "double" else failed_times()) > 1,
                   proc, 20)
             alive = proc.poll() is None
-            health = [httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+            health = [loopback.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
                       for path in ("/healthz", "/metrics")] if alive else []
             cleared = time.monotonic()
             if fault.target == "double":
@@ -287,7 +286,7 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
                 _wait(lambda: any('"event": "recovered"' in line for _, line in list(out)),
                       proc, 5)
             if proc.poll() is None:
-                health += [httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+                health += [loopback.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
                            for path in ("/healthz", "/metrics")]
             peak = peak_kb(proc.pid) if proc.poll() is None else 0
             proc.send_signal(signal.SIGTERM)

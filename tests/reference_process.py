@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from . import loopback
 from .conftest import TOKEN
 
 ORG = "org-1"
@@ -36,7 +37,7 @@ class RunnerProcess:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if loopback.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -61,15 +62,15 @@ class RunnerProcess:
                 self.proc.wait(5)
 
     def enqueue(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-        response = httpx.post(self.url + "/jobs", json={"jobs": jobs}, headers=AUTH, timeout=30)
+        response = loopback.post(self.url + "/jobs", json={"jobs": jobs}, headers=AUTH, timeout=30)
         assert response.status_code in (200, 201), response.text
         return dict(response.json())
 
     def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(self.url + "/jobs/stats", headers=AUTH, timeout=10).json())
+        return dict(loopback.get(self.url + "/jobs/stats", headers=AUTH, timeout=10).json())
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/jobs/{job_id}", headers=AUTH, timeout=10).json())
+        return dict(loopback.get(f"{self.url}/jobs/{job_id}", headers=AUTH, timeout=10).json())
 
 
 @contextmanager

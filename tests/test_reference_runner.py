@@ -23,6 +23,8 @@ from queue_pump.reference_runner import (
     start_runner,
 )
 
+from .loopback import tls
+
 TOKEN = "runner-SECRET-91c2"  # recognisable, so tests can assert it never leaks
 ORG = "org-test"
 AUTH = {"X-Agent-Token": TOKEN, "X-Organization-Id": ORG}
@@ -38,7 +40,7 @@ async def runner(
 ) -> AsyncIterator[tuple[RunningRunner, httpx.AsyncClient]]:
     async with await start_runner(
         token=TOKEN, organization_id=ORG, rng=random.Random(seed), **kwargs
-    ) as r, httpx.AsyncClient(base_url=r.url, headers=AUTH, timeout=5.0) as client:
+    ) as r, httpx.AsyncClient(base_url=r.url, headers=AUTH, timeout=5.0, verify=tls()) as client:
         yield r, client
 
 
@@ -82,7 +84,7 @@ def test_bad_credentials_get_401_and_claim_nothing(headers: dict[str, str], need
     async def body() -> None:
         async with runner() as (r, client):
             await enqueue(client, {"type": "t"})
-            async with httpx.AsyncClient(base_url=r.url, timeout=5.0) as anon:
+            async with httpx.AsyncClient(base_url=r.url, timeout=5.0, verify=tls()) as anon:
                 for method, path in [
                     ("POST", RUNNER_PATH + "?worker=1&queue=agent"),
                     ("POST", "/jobs"),
@@ -105,7 +107,7 @@ def test_bad_credentials_get_401_and_claim_nothing(headers: dict[str, str], need
 
 def test_healthz_needs_no_credentials() -> None:
     async def body() -> None:
-        async with runner() as (r, _), httpx.AsyncClient(base_url=r.url) as anon:
+        async with runner() as (r, _), httpx.AsyncClient(base_url=r.url, verify=tls()) as anon:
             resp = await anon.get("/healthz")
             assert resp.status_code == 200 and resp.json() == {"ok": True}
 
@@ -536,7 +538,7 @@ def test_close_lets_runs_in_flight_finish() -> None:
         store = JobStore()
         r = await start_runner(db=store, token=TOKEN, organization_id=ORG)
         try:
-            async with httpx.AsyncClient(base_url=r.url, headers=AUTH) as client:
+            async with httpx.AsyncClient(base_url=r.url, headers=AUTH, verify=tls()) as client:
                 await enqueue(client, {"type": "t", "payload": {"duration_ms": 200}})
                 pending = asyncio.create_task(call(client))
                 await asyncio.sleep(0.05)
@@ -557,7 +559,7 @@ def test_close_gives_back_runs_that_outlast_the_drain_timeout() -> None:
         store = JobStore()
         r = await start_runner(db=store, token=TOKEN, organization_id=ORG, drain_timeout_s=0.1)
         try:
-            async with httpx.AsyncClient(base_url=r.url, headers=AUTH) as client:
+            async with httpx.AsyncClient(base_url=r.url, headers=AUTH, verify=tls()) as client:
                 await enqueue(client, {"type": "t", "payload": {"duration_ms": 10_000}})
                 pending = asyncio.create_task(call(client))
                 await asyncio.sleep(0.05)

@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from queue_pump.reference_runner import RUNNER_PATH
 from queue_pump.reference_runner.cli import add_arguments, main, resolve
+
+from . import loopback
 
 TOKEN = "runner-SECRET-91c2"
 ORG = "org-test"
@@ -148,7 +149,7 @@ def test_signal_lets_the_job_in_flight_finish_then_exits_0(
         answer: dict[str, Any] = {}
 
         def call() -> None:
-            resp = httpx.post(runner.url + RUNNER_PATH + "?worker=1&queue=agent",
+            resp = loopback.post(runner.url + RUNNER_PATH + "?worker=1&queue=agent",
                               headers=AUTH, json={"worker": True}, timeout=10)
             answer.update(resp.json(), status_code=resp.status_code)
 
@@ -178,9 +179,9 @@ def test_faults_from_the_environment_apply() -> None:
     env = {**ENV, "QUEUE_PUMP_RUNNER_RATE_LIMIT_RATE": "1", "QUEUE_PUMP_RUNNER_RETRY_AFTER_S": "7"}
     runner = Runner("--db", ":memory:", "--seed-jobs", "1", env=env)
     try:
-        resp = httpx.post(runner.url + RUNNER_PATH, headers=AUTH, timeout=10)
+        resp = loopback.post(runner.url + RUNNER_PATH, headers=AUTH, timeout=10)
         assert resp.status_code == 429 and resp.headers["Retry-After"] == "7"
-        stats = httpx.get(runner.url + "/jobs/stats", headers=AUTH, timeout=10).json()
+        stats = loopback.get(runner.url + "/jobs/stats", headers=AUTH, timeout=10).json()
         assert stats["queued"] == 1 and stats["calls"]["faulted"] == 1
     finally:
         code, err = runner.stop(signal.SIGTERM)

@@ -19,6 +19,8 @@ import pytest
 
 from queue_pump.reference_runner import RUNNER_PATH, JobSpec, JobStore, start_runner
 
+from .loopback import tls
+
 TOKEN = "runner-SECRET-91c2"
 ORG = "org-test"
 AUTH = {"X-Agent-Token": TOKEN, "X-Organization-Id": ORG}
@@ -265,8 +267,8 @@ def test_two_runner_apps_on_one_file_never_run_a_job_twice(tmp_path: Path) -> No
                                rng=random.Random(1)) as r1,
             await start_runner(db=db, token=TOKEN, organization_id=ORG,
                                rng=random.Random(2)) as r2,
-            httpx.AsyncClient(base_url=r1.url, headers=AUTH) as c1,
-            httpx.AsyncClient(base_url=r2.url, headers=AUTH) as c2,
+            httpx.AsyncClient(base_url=r1.url, headers=AUTH, verify=tls()) as c1,
+            httpx.AsyncClient(base_url=r2.url, headers=AUTH, verify=tls()) as c2,
         ):
             ran: list[int] = []
             await asyncio.gather(*(pump(c, f"pump-{i}", ran)
