@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,27 +69,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _cache_bytecode_outside_the_tree()
+    _cache_bytecode()
 
 
-def _cache_bytecode_outside_the_tree() -> None:
+def _cache_bytecode() -> None:
     """The suite starts ~150 interpreters on the same code (pumps, runners, xdist workers).
-    Under PYTHONDONTWRITEBYTECODE=1 each compiles queue_pump (and each worker rewrites every
-    test module) from source again: about 0.1 s of CPU per pump and 2 s per worker. Keep the
-    promise that variable makes, no __pycache__ in the tree, and still cache: bytecode goes to
-    a private directory under the system's temporary directory (PYTHONPYCACHEPREFIX). Run in
-    the controller before xdist starts its workers, so they and every child inherit it."""
-    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
-        return
-    cache = os.path.join(tempfile.gettempdir(), f"queue-pump-pycache-{os.getuid()}")
-    try:
-        os.makedirs(cache, mode=0o700, exist_ok=True)
-        info = os.lstat(cache)
-    except OSError:
-        return
-    # Bytecode is code: use the directory only if nobody else can have written into it.
-    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-        return
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
-    os.environ["PYTHONPYCACHEPREFIX"] = cache
+    Under PYTHONDONTWRITEBYTECODE=1 (this machine sets it) each compiles queue_pump, and each
+    worker rewrites every test module, from source again: about 0.1 s of CPU per pump and 2 s
+    per worker. So the suite lets them cache it, as Python does by default, in the __pycache__
+    directories .gitignore already leaves out. (A cache outside the
+    tree, PYTHONPYCACHEPREFIX, would also ignore site-packages' own compiled files and make a
+    first run slower than none.) Run in the controller before xdist starts its workers, so
+    they and every child inherit it."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
