@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from .supabase import kit
+
 # Filled by tests/supabase/conftest.py: the kit tests left out, one count per hint. The hooks
 # that print it live here, because an xdist controller collects nothing and so never loads
 # tests/supabase/conftest.py.
 KIT_LEFT_OUT = pytest.StashKey[dict[str, int]]()
+# Where the kit's PostgreSQL cluster lives, shared by every worker (tests/supabase/conftest.py).
+KIT_PG_DIR = pytest.StashKey[str]()
 
 TOKEN = "tok-SECRET-5f3a9c"  # recognisable, so tests can assert it never leaks
 ANON = "anon-SECRET-77b1"
@@ -70,6 +77,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_configure(config: pytest.Config) -> None:
     _cache_bytecode()
+    if not hasattr(config, "workerinput"):  # the run's first process: xdist's controller
+        # A directory for the kit's one PostgreSQL cluster, made here (a worker's temp dir is
+        # private to root, where the server runs as postgres) and handed down to the workers.
+        shared = tempfile.mkdtemp(prefix="qp-kit-pg-")
+        os.chmod(shared, 0o755)
+        os.environ[kit.SHARED_DIR_ENV] = config.stash[KIT_PG_DIR] = shared
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the kit's cluster, if a test started it, once every worker is done."""
+    shared = config.stash.get(KIT_PG_DIR, None)
+    if shared is not None:
+        kit.stop_shared(Path(shared))
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _cache_bytecode() -> None:

@@ -78,11 +78,22 @@ def deno_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def pg(pg_bin: Path) -> Iterator[kit.PgCluster]:
-    """One cluster per test process, with Supabase's roles and a template database holding the
-    migration as written; each test gets a fresh copy of the template."""
-    with kit.cluster(pg_bin) as cluster:
+    """One cluster for the whole run, shared by xdist's workers (tests/conftest.py makes its
+    directory and stops it), with Supabase's roles and a template database holding the
+    migration as written; each test gets a fresh copy of the template. Tests that stop a
+    server start their own (kit.cluster)."""
+
+    def prepare(cluster: kit.PgCluster) -> None:
         cluster.create_roles()
         kit.apply_migrations(cluster.create_database(TEMPLATE))
+
+    shared = os.environ.get(kit.SHARED_DIR_ENV)
+    if shared:
+        with kit.shared_cluster(pg_bin, Path(shared), prepare) as cluster:
+            yield cluster
+        return
+    with kit.cluster(pg_bin) as cluster:
+        prepare(cluster)
         yield cluster
 
 

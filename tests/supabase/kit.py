@@ -69,12 +69,16 @@ class PgCluster:
 
     As root the server runs as the `postgres` user (initdb refuses root)."""
 
-    def __init__(self, bin_dir: Path, base: Path) -> None:
+    def __init__(self, bin_dir: Path, base: Path, *, port: int | None = None) -> None:
+        """A new cluster in ``base``; or, given the ``port`` it listens on, the running one
+        already there."""
         self.bin = bin_dir
         self.dir = base
         self.data = base / "data"
-        self.port = free_port()
+        self.port = port or free_port()
         self._as_postgres = os.geteuid() == 0
+        if port is not None:
+            return
         if self._as_postgres:
             uid = pwd.getpwnam("postgres").pw_uid
             os.chown(base, uid, -1)
@@ -138,6 +142,41 @@ def cluster(bin_dir: Path) -> Iterator[PgCluster]:
         finally:
             with contextlib.suppress(Exception):
                 pg.stop("immediate")
+
+
+@contextlib.contextmanager
+def shared_cluster(bin_dir: Path, shared: Path, prepare: Any) -> Iterator[PgCluster]:
+    """One running cluster for every test process of a run (xdist's workers): the first to
+    come makes it in ``shared`` and runs ``prepare(cluster)``, the others attach to it. Each
+    test works in a database of its own, so they share a server, not data; ``stop_shared``
+    stops it once the run is over. (A cluster per worker cost 8 initdb and 8 servers.)"""
+    import fcntl
+
+    info = shared / "cluster.json"
+    with open(shared / "cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if info.is_file():
+            pg = PgCluster(bin_dir, shared, port=json.loads(info.read_text())["port"])
+        else:
+            pg = PgCluster(bin_dir, shared)
+            pg.start()
+            prepare(pg)
+            info.write_text(json.dumps({"port": pg.port, "bin": str(bin_dir)}))
+    yield pg
+
+
+# Set by the run's first process (tests/conftest.py) to the directory shared_cluster() uses.
+SHARED_DIR_ENV = "QP_TESTS_KIT_PG_DIR"
+
+
+def stop_shared(shared: Path) -> None:
+    """Stop the cluster shared_cluster() started in ``shared``, if it did."""
+    info = shared / "cluster.json"
+    if info.is_file():
+        data = json.loads(info.read_text())
+        with contextlib.suppress(Exception):
+            PgCluster(Path(data["bin"]), shared, port=data["port"]).stop("immediate")
+        info.unlink()
 
 
 class DenoFunction:
