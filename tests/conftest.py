@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import compileall
+import importlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +80,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_configure(config: pytest.Config) -> None:
     _cache_bytecode()
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        _warm_bytecode()
     if not hasattr(config, "workerinput"):  # the run's first process: xdist's controller
         # A directory for the kit's one PostgreSQL cluster, made here (a worker's temp dir is
         # private to root, where the server runs as postgres) and handed down to the workers.
@@ -103,3 +108,22 @@ def _cache_bytecode() -> None:
     first run slower than none.) Run in the controller before xdist starts its workers, so
     they and every child inherit it."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+def _warm_bytecode() -> None:
+    """On a first run every xdist worker would rewrite the same test modules, and every pump
+    started before the first had cached it would compile queue_pump, all at once: 20 s of CPU.
+    The controller does each once before the workers start (a warm run finds nothing to do)."""
+    tests = Path(__file__).parent
+    compileall.compile_dir(tests.parent / "queue_pump", quiet=1)
+    from _pytest.assertion.rewrite import PYTEST_TAG
+
+    def stale(source: Path) -> bool:
+        cached = source.parent / "__pycache__" / f"{source.stem}.{PYTEST_TAG}.pyc"
+        return not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime
+
+    modules = sorted(tests.rglob("test_*.py"))
+    if any(stale(m) for m in modules):
+        sys.dont_write_bytecode = False  # this process started under the variable too
+        for module in modules:  # imported as the workers will, so rewritten as they would be
+            importlib.import_module(".".join(module.relative_to(tests.parent).with_suffix("").parts))
