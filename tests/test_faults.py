@@ -58,10 +58,12 @@ def test_the_backoff_bound_is_far_below_a_tight_loop() -> None:
 def test_the_checks_catch_a_pump_that_hammers() -> None:
     """The negative control: a pump whose backoff is 1 ms breaks the bound, and check() says so.
     (Its busy loop may share the machine with other scenarios: a busy machine only lowers their
-    call counts, which the checks bound from above.)"""
+    call counts, which the checks bound from above. Its own count is a lower bound, so the
+    margin asked here is one a starved process still makes, 2x; run alone it makes over a
+    thousand calls, some 40x: docs/RELIABILITY.md.)"""
     result = run_fault(FAULTS_BY_NAME["500"], QUEUE_PUMP_BACKOFF_BASE_MS="1",
                        QUEUE_PUMP_BACKOFF_MAX_MS="1")
-    assert result.calls_in_window > 5 * result.bound
+    assert result.calls_in_window > 2 * result.bound
     problems = check(result)
     assert any(f"bound {result.bound}" in p for p in problems), problems
 
