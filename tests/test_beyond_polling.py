@@ -240,7 +240,9 @@ def test_defaults_keep_the_node_pumps_behaviour() -> None:
 def test_adaptive_idle_doubles_the_sleep_after_each_idle_answer() -> None:
     # 100 ms -> 1.6 s: the gaps between idle calls are at least 90, 180, 360, 720 ms (the
     # sleeps less their 10 % jitter). Lower bounds only: a busy machine makes gaps longer, never
-    # shorter. How many calls that saves over fixed polling is measured in bench/ (modes).
+    # shorter, but for when the double's thread gets to note a call's arrival: 50 ms of that
+    # is allowed, which still fails a pump polling every 100 ms from the third gap on. How many
+    # calls that saves over fixed polling is measured in bench/ (modes).
     with runner_double(lambda i: Reply()) as adaptive:
         proc = start(pump_env(adaptive.url, QUEUE_PUMP_IDLE_SLEEP_MS="100",
                               QUEUE_PUMP_IDLE_MAX_SLEEP_MS="1600"))
@@ -255,7 +257,7 @@ def test_adaptive_idle_doubles_the_sleep_after_each_idle_answer() -> None:
     assert len(at) == 5
     gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
     for n, gap in enumerate(gaps):
-        assert gap >= 0.9 * 0.1 * 2**n - 0.005, gaps
+        assert gap >= 0.9 * 0.1 * 2**n - 0.05, gaps
 
 
 @pytest.mark.e2e

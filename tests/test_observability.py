@@ -110,7 +110,12 @@ def test_metrics_and_health_of_a_running_pump_follow_its_calls() -> None:
 def test_readyz_is_503_until_the_runner_answers() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(pump_env(f"http://127.0.0.1:{free_port()}", QUEUE_PUMP_HEALTH_PORT=str(port)))
+    # A runner port bound but not listening, held for the whole test: connecting is refused,
+    # and no other test's server can take the port meanwhile (as a merely free one could).
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    runner = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    proc = start(pump_env(runner, QUEUE_PUMP_HEALTH_PORT=str(port)))
     try:
         wait_until(lambda: _answers(base + "/readyz"))
         wait_until(lambda: json.loads(get(base + "/healthz")[1])["counters"]["errors"] >= 1)
@@ -123,6 +128,7 @@ def test_readyz_is_503_until_the_runner_answers() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         finish(proc, time.monotonic())
+        closed.close()
 
 
 def _answers(url: str) -> bool:
