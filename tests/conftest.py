@@ -79,15 +79,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller has set things up
+        return
     _cache_bytecode()
-    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+    if config.getoption("numprocesses", None):
         _warm_bytecode()
-    if not hasattr(config, "workerinput"):  # the run's first process: xdist's controller
-        # A directory for the kit's one PostgreSQL cluster, made here (a worker's temp dir is
-        # private to root, where the server runs as postgres) and handed down to the workers.
-        shared = tempfile.mkdtemp(prefix="qp-kit-pg-")
-        os.chmod(shared, 0o755)
-        os.environ[kit.SHARED_DIR_ENV] = config.stash[KIT_PG_DIR] = shared
+    # A directory for the kit's one PostgreSQL cluster, made here (a worker's temp dir is
+    # private to root, where the server runs as postgres) and handed down to the workers.
+    shared = tempfile.mkdtemp(prefix="qp-kit-pg-")
+    os.chmod(shared, 0o755)
+    os.environ[kit.SHARED_DIR_ENV] = config.stash[KIT_PG_DIR] = shared
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -103,16 +104,16 @@ def _cache_bytecode() -> None:
     Under PYTHONDONTWRITEBYTECODE=1 (this machine sets it) each compiles queue_pump, and each
     worker rewrites every test module, from source again: about 0.1 s of CPU per pump and 2 s
     per worker. So the suite lets them cache it, as Python does by default, in the __pycache__
-    directories .gitignore already leaves out. (A cache outside the
-    tree, PYTHONPYCACHEPREFIX, would also ignore site-packages' own compiled files and make a
-    first run slower than none.) Run in the controller before xdist starts its workers, so
-    they and every child inherit it."""
+    directories .gitignore already leaves out. (A cache outside the tree, PYTHONPYCACHEPREFIX,
+    would also ignore site-packages' own compiled files and make a first run slower than
+    none.) Run in the controller before xdist starts its workers, so they and every child
+    inherit it."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def _warm_bytecode() -> None:
     """On a first run every xdist worker would rewrite the same test modules, and every pump
-    started before the first had cached it would compile queue_pump, all at once: 20 s of CPU.
+    started before the first had cached it would compile queue_pump, all at once: ~20 s of CPU.
     The controller does each once before the workers start (a warm run finds nothing to do)."""
     tests = Path(__file__).parent
     compileall.compile_dir(tests.parent / "queue_pump", quiet=1)
