@@ -60,6 +60,15 @@ def run(env: Mapping[str, str], *args: str, timeout_s: float = 20,
     return finish(start(env, *args, cwd=cwd), started, timeout_s)
 
 
+def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    """Until ``predicate()`` holds, asked every 20 ms; TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
 def signal_after(proc: subprocess.Popen[str], sig: signal.Signals, delay_s: float) -> None:
     time.sleep(delay_s)
     proc.send_signal(sig)

@@ -24,7 +24,7 @@ from queue_pump.notify import status_line
 from queue_pump.stats import Stats
 
 from .conftest import FakeTime
-from .proc import finish, pump_env, start
+from .proc import finish, pump_env, start, wait_until
 from .runner_double import IDLE, Reply, free_port, runner_double
 
 
@@ -34,14 +34,6 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
 
 
 @pytest.fixture

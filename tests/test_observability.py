@@ -30,7 +30,7 @@ from queue_pump.notify import Notifier, watchdog, watchdog_interval_s
 from queue_pump.stats import STUCK_SLACK_S, LoopState, Stats
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
-from .proc import finish, pump_env, start
+from .proc import finish, pump_env, start, wait_until
 from .runner_double import IDLE, JOB, Reply, free_port, runner_double
 
 
@@ -50,14 +50,6 @@ def metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
-
-
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
 
 
 @pytest.mark.e2e
