@@ -89,8 +89,7 @@ def pg(pg_bin: Path) -> Iterator[kit.PgCluster]:
 
     shared = os.environ.get(kit.SHARED_DIR_ENV)
     if shared:
-        with kit.shared_cluster(pg_bin, Path(shared), prepare) as cluster:
-            yield cluster
+        yield kit.shared_cluster(pg_bin, Path(shared), prepare)
         return
     with kit.cluster(pg_bin) as cluster:
         prepare(cluster)

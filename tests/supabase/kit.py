@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,8 @@ def cluster(bin_dir: Path) -> Iterator[PgCluster]:
                 pg.stop("immediate")
 
 
-@contextlib.contextmanager
-def shared_cluster(bin_dir: Path, shared: Path, prepare: Any) -> Iterator[PgCluster]:
+def shared_cluster(bin_dir: Path, shared: Path,
+                   prepare: Callable[[PgCluster], None]) -> PgCluster:
     """One running cluster for every test process of a run (xdist's workers): the first to
     come makes it in ``shared`` and runs ``prepare(cluster)``, the others attach to it. Each
     test works in a database of its own, so they share a server, not data; ``stop_shared``
@@ -156,13 +156,13 @@ def shared_cluster(bin_dir: Path, shared: Path, prepare: Any) -> Iterator[PgClus
     with open(shared / "cluster.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if info.is_file():
-            pg = PgCluster(bin_dir, shared, port=json.loads(info.read_text())["port"])
-        else:
-            pg = PgCluster(bin_dir, shared)
-            pg.start()
-            prepare(pg)
-            info.write_text(json.dumps({"port": pg.port, "bin": str(bin_dir)}))
-    yield pg
+            return PgCluster(bin_dir, shared, port=json.loads(info.read_text())["port"])
+        pg = PgCluster(bin_dir, shared)
+        pg.start()
+        # Recorded before prepare() runs, so that the server is stopped even if that fails.
+        info.write_text(json.dumps({"port": pg.port, "bin": str(bin_dir)}))
+        prepare(pg)
+        return pg
 
 
 # Set by the run's first process (tests/conftest.py) to the directory shared_cluster() uses.
