@@ -10,12 +10,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, Settings, from_mapping
-from .envfile import load_env, missing_env_note
-from .knobs import Kind
+from .config import (
+    KNOBS,
+    ConfigError,
+    Kind,
+    Settings,
+    describe_knobs,
+    env_example,
+    from_mapping,
+    load_env,
+    missing_env_note,
+)
 from .modes import Mode
 from .oneline import OneLineParser, print_problems
-from .settings import KNOBS, describe_knobs, env_example
 
 if TYPE_CHECKING:
     from .schedule_file import Schedule

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 
 from . import __version__, failures, transport
-from .config import Settings
+from .config import Settings, redact_url
 from .failures import MAX_MESSAGE as _MAX_MESSAGE
 from .failures import CallError, ErrorKind
 from .logs import Redactor
 from .transport import IDENTITY
-from .urls import redact_url
 
 # A body arrives in pieces (one per HTTP chunk or per socket read); chunk headers may carry
 # extensions of kilobytes around a single data byte, so the body cap alone bounds the body, not

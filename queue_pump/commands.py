@@ -14,8 +14,7 @@ from .oneline import OneLineParser
 
 
 def _health_url(environ: Mapping[str, str]) -> str | None:
-    from .config import ConfigError
-    from .envfile import load_env
+    from .config import ConfigError, load_env
 
     # The pump reads ./.env too: a port set only there must be found here as well.
     with contextlib.suppress(ConfigError):

@@ -19,7 +19,7 @@ from enum import StrEnum
 import httpx
 
 from .backoff import parse_retry_after
-from .urls import redact_url
+from .config import redact_url
 
 # Statuses that mean "the runner or something in front of it is busy or down: try again".
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})

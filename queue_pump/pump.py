@@ -50,7 +50,7 @@ class Lane:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the loops need of the settings, under the settings' own names (settings.py)."""
+    """What the loops need of the settings, under the settings' own names (config/settings.py)."""
 
     idle_sleep_s: float
     idle_max_sleep_s: float

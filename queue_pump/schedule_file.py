@@ -19,8 +19,7 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-from .config import ConfigError
-from .urls import is_loopback_host, redact_url
+from .config import ConfigError, is_loopback_host, redact_url
 
 ENV = "QUEUE_PUMP_SCHEDULES"
 DEFAULT_DEDUPE_KEY = "{name}:{window}"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from queue_pump.backoff import RETRY_AFTER_SPREAD
-from queue_pump.settings import KNOBS_BY_ENV
+from queue_pump.config.settings import KNOBS_BY_ENV
 
 from . import loopback
 from .conftest import TOKEN

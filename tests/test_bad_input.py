@@ -1,6 +1,6 @@
 """Bad input never crashes the pump.
 
-1. Every knob in queue_pump.settings.KNOBS, as a variable and as a flag, with empty, non-numeric,
+1. Every knob in queue_pump.config.KNOBS, as a variable and as a flag, with empty, non-numeric,
    negative, huge and malformed values, through the real CLI entry point: exit 2 and exactly one
    line naming the variable, nothing on stdout, never the token. In-process (cli.main with the
    pump's start replaced by a stub, so an accepted value is seen, never run) for the sweep, and
@@ -29,10 +29,10 @@ from queue_pump import cli
 from queue_pump.backoff import RETRY_AFTER_CEILING_S
 from queue_pump.client import Idle, Processed, RunnerClient, classify
 from queue_pump.config import from_mapping
+from queue_pump.config.knobs import Knob
+from queue_pump.config.settings import KNOBS
 from queue_pump.failures import CallError, ErrorKind
-from queue_pump.knobs import Knob
 from queue_pump.pump import Lane, Policy, Pump
-from queue_pump.settings import KNOBS
 from queue_pump.stats import Stats
 from queue_pump.transport import build_http_client
 

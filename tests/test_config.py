@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.envfile import load_env
-from queue_pump.settings import KNOBS, env_example
-from queue_pump.urls import is_loopback_host, redact_url
+from queue_pump.config.envfile import load_env
+from queue_pump.config.settings import KNOBS, env_example
+from queue_pump.config.urls import is_loopback_host, redact_url
 
 from .conftest import ANON, BASE_ENV, TOKEN
 

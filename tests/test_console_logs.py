@@ -9,8 +9,8 @@ from typing import Any
 import structlog
 
 from queue_pump.config import from_mapping
+from queue_pump.config.settings import KNOBS
 from queue_pump.logs import CONSOLE_START_KEYS, configure, console_view, get_logger
-from queue_pump.settings import KNOBS
 
 from .conftest import BASE_ENV
 from .proc import pump_env, run

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.knobs import Knob
-from queue_pump.settings import KNOBS
+from queue_pump.config.knobs import Knob
+from queue_pump.config.settings import KNOBS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -188,7 +188,8 @@ def test_the_configuration_table_is_the_knob_table() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| `")
             and line.split("`")[1] in {k.env for k in KNOBS}]
     expected = [_row(knob) for knob in KNOBS]
-    assert rows == expected, "docs/CONFIGURATION.md's table differs from queue_pump/settings.py"
+    assert rows == expected, ("docs/CONFIGURATION.md's table differs from "
+                              "queue_pump/config/settings.py")
 
 
 def _anchor(heading: str) -> str:

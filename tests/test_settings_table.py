@@ -8,8 +8,8 @@ import dataclasses
 import typing
 
 from queue_pump.config import from_mapping
-from queue_pump.knobs import KNOB, Kind, knobs_of, setting
-from queue_pump.settings import KNOBS, Settings
+from queue_pump.config.knobs import KNOB, Kind, knobs_of, setting
+from queue_pump.config.settings import KNOBS, Settings
 
 from .conftest import BASE_ENV
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from queue_pump.settings import KNOBS
-from queue_pump.unknown_env import unknown_settings, warning_line
+from queue_pump.config.settings import KNOBS
+from queue_pump.config.unknown_names import unknown_settings, warning_line
 
 KNOWN = [k.env for k in KNOBS]
 

@@ -16,8 +16,6 @@ from .settings import KNOBS, KNOBS_BY_ENV, Settings
 from .urls import USERINFO as _USERINFO
 from .urls import host_ok
 
-__all__ = ["ConfigError", "Settings", "from_mapping"]
-
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 

@@ -1,5 +1,5 @@
 """Settings: the one table of settings. Each field is declared once, with ``setting()``: its
-type here, its variable, kind, default, help and range in its knob. Parsing (config.py),
+type here, its variable, kind, default, help and range in its knob. Parsing (environment.py),
 ``--help``, ``.env.example`` and the README table are derived from it; the order of the fields
 is the order of all of them.
 
@@ -208,7 +208,8 @@ def describe_knobs(width: int = 80) -> str:
 def env_example() -> str:
     """The text of .env.example; a test keeps the committed file equal to this."""
     out = ["# queue-pump configuration. Copy to .env; the real environment wins over this file.",
-           "# Generated from queue_pump/settings.py (python -m queue_pump config --env-example).",
+           "# Generated from queue_pump/config/settings.py "
+           "(python -m queue_pump config --env-example).",
            ""]
     for knob in KNOBS:
         out.append(f"# {knob.help}")

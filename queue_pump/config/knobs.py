@@ -2,7 +2,7 @@
 ``setting()``, which declares one as a field of the Settings dataclass (settings.py).
 
 The table itself is ``Settings``: each field is declared once, with its type and its knob, and
-parsing (config.py), ``--help``, ``.env.example`` and the README table are derived from it, so
+parsing (environment.py), ``--help``, ``.env.example`` and the README table are derived from it, so
 they cannot drift apart.
 """
 
@@ -17,7 +17,7 @@ MIB = 1024 * 1024
 
 
 class Kind(StrEnum):
-    """How a value is written in the environment, and so how it is parsed (config.py)."""
+    """How a value is written in the environment, and so how it is parsed (environment.py)."""
 
     MS = "ms"  # whole milliseconds in the environment; seconds (float) in Settings
     INT = "int"

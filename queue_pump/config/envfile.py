@@ -12,9 +12,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .config import ConfigError
+from .rules import ConfigError
 from .settings import KNOBS
-from .unknown_env import unknown_settings, warning_line
+from .unknown_names import unknown_settings, warning_line
 
 
 def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
