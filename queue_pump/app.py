@@ -18,16 +18,16 @@ from structlog.typing import FilteringBoundLogger
 
 from . import __version__
 from .alerts import Alerter
-from .budget import TokenBucket
-from .client import RunnerClient, contract_headers
 from .config import Settings
+from .exits import ExitCode, Mode
 from .health import HealthServer
 from .logs import configure, get_logger
-from .modes import ExitCode, Mode
+from .loop.budget import TokenBucket
+from .loop.client import RunnerClient, contract_headers
+from .loop.pump import Lane, Policy, Pump
+from .loop.waits import Waker, stop_or_timeout
 from .notify import Notifier, watchdog
-from .pump import Lane, Policy, Pump
 from .stats import Stats
-from .waits import Waker, stop_or_timeout
 
 if TYPE_CHECKING:
     from .schedule_file import Schedule

@@ -21,7 +21,7 @@ from .config import (
     load_env,
     missing_env_note,
 )
-from .modes import Mode
+from .exits import Mode
 from .oneline import OneLineParser, print_problems
 
 if TYPE_CHECKING:

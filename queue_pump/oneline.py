@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import NoReturn
 
-from .modes import ExitCode
+from .exits import ExitCode
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from . import failures
-from .backoff import full_jitter, next_delay
-from .failures import CallError, ErrorKind
+from .loop import failures
+from .loop.backoff import full_jitter, next_delay
+from .loop.failures import CallError, ErrorKind
 from .schedule_file import Schedule, as_utc, iso_window
 
 COUNTERS = ("fired", "retried", "failed", "skipped")

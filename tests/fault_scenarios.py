@@ -26,8 +26,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-from queue_pump.backoff import RETRY_AFTER_SPREAD
 from queue_pump.config.settings import KNOBS_BY_ENV
+from queue_pump.loop.backoff import RETRY_AFTER_SPREAD
 
 from . import loopback
 from .conftest import TOKEN

@@ -5,7 +5,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from queue_pump.backoff import (
+from queue_pump.loop.backoff import (
     RETRY_AFTER_CEILING_S,
     RETRY_AFTER_SPREAD,
     full_jitter,
@@ -87,7 +87,7 @@ def test_retry_after_is_a_floor_with_independent_jitter_above_it() -> None:
 
 
 def test_the_queue_gate_lets_one_loop_probe_and_holds_the_others() -> None:
-    from queue_pump.backoff import QueueGate
+    from queue_pump.loop.backoff import QueueGate
 
     gate = QueueGate(spread_s=1.0, rng=random.Random(2))
     assert gate.hold("a-0", 100.0) == 0 and gate.hold("a-1", 100.0) == 0  # open: all call

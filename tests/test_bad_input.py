@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from queue_pump import cli
-from queue_pump.backoff import RETRY_AFTER_CEILING_S
-from queue_pump.client import Idle, Processed, RunnerClient, classify
 from queue_pump.config import from_mapping
 from queue_pump.config.knobs import Knob
 from queue_pump.config.settings import KNOBS
-from queue_pump.failures import CallError, ErrorKind
-from queue_pump.pump import Lane, Policy, Pump
+from queue_pump.loop.backoff import RETRY_AFTER_CEILING_S
+from queue_pump.loop.client import Idle, Processed, RunnerClient, classify
+from queue_pump.loop.failures import CallError, ErrorKind
+from queue_pump.loop.pump import Lane, Policy, Pump
 from queue_pump.stats import Stats
 from queue_pump.transport import build_http_client
 

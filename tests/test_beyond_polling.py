@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.budget import TokenBucket
-from queue_pump.client import IDLE, Outcome, Processed
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.health import HealthServer
-from queue_pump.pump import Lane, Policy, Pump
+from queue_pump.loop.budget import TokenBucket
+from queue_pump.loop.client import IDLE, Outcome, Processed
+from queue_pump.loop.pump import Lane, Policy, Pump
+from queue_pump.loop.waits import Waker, stop_or_timeout
 from queue_pump.stats import Stats
-from queue_pump.waits import Waker, stop_or_timeout
 
 from .conftest import BASE_ENV, FakeTime
 from .proc import finish, pump_env, start
@@ -84,7 +84,7 @@ def test_a_processed_job_snaps_back_to_tick_pace(fake_time: FakeTime) -> None:
 
 
 def test_only_idle_sleeps_are_wakeable(fake_time: FakeTime) -> None:
-    from queue_pump.failures import CallError, ErrorKind
+    from queue_pump.loop.failures import CallError, ErrorKind
 
     async def go() -> None:
         stop = asyncio.Event()

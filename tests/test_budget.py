@@ -1,6 +1,6 @@
 import pytest
 
-from queue_pump.budget import TokenBucket
+from queue_pump.loop.budget import TokenBucket
 
 from .conftest import FakeTime
 

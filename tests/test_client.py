@@ -12,9 +12,9 @@ import httpx
 import pytest
 import respx
 
-from queue_pump.client import IDLE, Outcome, Processed, RunnerClient
 from queue_pump.config import from_mapping
-from queue_pump.failures import CallError, ErrorKind
+from queue_pump.loop.client import IDLE, Outcome, Processed, RunnerClient
+from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN
@@ -163,7 +163,7 @@ def test_redirects_are_not_followed() -> None:
                                       "https://u:p@[::1/x"])
 def test_a_redirect_whose_location_does_not_parse_is_still_a_configuration_error(
         location: str) -> None:
-    from queue_pump.client import classify
+    from queue_pump.loop.client import classify
 
     with pytest.raises(CallError) as info:
         classify(302, {"location": location}, b"")

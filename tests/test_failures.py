@@ -12,10 +12,10 @@ import httpx
 import pytest
 import structlog
 
-from queue_pump import failures
-from queue_pump.client import RunnerClient, contract_headers
 from queue_pump.config import Settings, from_mapping
-from queue_pump.failures import CallError, ErrorKind
+from queue_pump.loop import failures
+from queue_pump.loop.client import RunnerClient, contract_headers
+from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.schedules import Scheduler
 from queue_pump.transport import build_http_client
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.client import Processed
 from queue_pump.commands import format_status
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.failures import RUNNER, ErrorKind, from_exception
-from queue_pump.pump import ExitCode, Lane, Mode, Pump
+from queue_pump.loop.client import Processed
+from queue_pump.loop.failures import RUNNER, ErrorKind, from_exception
+from queue_pump.loop.pump import ExitCode, Lane, Mode, Pump
 from queue_pump.stats import Stats
 
 from .conftest import BASE_ENV, TOKEN, FakeTime

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from queue_pump.waits import WAKE_MIN_INTERVAL_S
+from queue_pump.loop.waits import WAKE_MIN_INTERVAL_S
 
 from .fault_scenarios import backoff_bound
 from .proc import Live, pump_env, start

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.client import IDLE, Outcome, Processed
-from queue_pump.failures import CallError, ErrorKind
-from queue_pump.pump import ExitCode, Lane, Mode, Policy, Pump
+from queue_pump.loop.client import IDLE, Outcome, Processed
+from queue_pump.loop.failures import CallError, ErrorKind
+from queue_pump.loop.pump import ExitCode, Lane, Mode, Policy, Pump
+from queue_pump.loop.waits import stop_or_timeout
 from queue_pump.stats import Stats
-from queue_pump.waits import stop_or_timeout
 
 from .conftest import FakeTime
 

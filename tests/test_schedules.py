@@ -16,13 +16,13 @@ import httpx
 import pytest
 import structlog
 
-from queue_pump.client import contract_headers
 from queue_pump.config import ConfigError, from_mapping
+from queue_pump.loop.client import contract_headers
+from queue_pump.loop.waits import stop_or_timeout
 from queue_pump.reference_runner import start_runner
 from queue_pump.schedule_file import Schedule, describe, iso_window, load_schedules
 from queue_pump.schedules import Scheduler
 from queue_pump.transport import build_http_client
-from queue_pump.waits import stop_or_timeout
 
 from .conftest import ANON, BASE_ENV, TOKEN
 

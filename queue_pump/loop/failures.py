@@ -18,8 +18,8 @@ from enum import StrEnum
 
 import httpx
 
+from ..config import redact_url
 from .backoff import parse_retry_after
-from .config import redact_url
 
 # Statuses that mean "the runner or something in front of it is busy or down: try again".
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})

@@ -15,6 +15,9 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from ..config import Settings
+from ..exits import ExitCode, Mode
+from ..stats import LoopRecord, LoopState, Stats
 from .backoff import (
     QueueGate,
     adaptive_idle,
@@ -24,10 +27,7 @@ from .backoff import (
 )
 from .budget import TokenBucket
 from .client import Outcome, Processed
-from .config import Settings
 from .failures import CallError, ErrorKind, internal
-from .modes import ExitCode, Mode
-from .stats import LoopRecord, LoopState, Stats
 from .waits import Pause, Waker, stop_or_timeout
 
 CallFn = Callable[[], Awaitable[Outcome]]

@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 
-from . import __version__, failures, transport
-from .config import Settings, redact_url
+from .. import __version__, transport
+from ..config import Settings, redact_url
+from ..logs import Redactor
+from ..transport import IDENTITY
+from . import failures
 from .failures import MAX_MESSAGE as _MAX_MESSAGE
 from .failures import CallError, ErrorKind
-from .logs import Redactor
-from .transport import IDENTITY
 
 # A body arrives in pieces (one per HTTP chunk or per socket read); chunk headers may carry
 # extensions of kilobytes around a single data byte, so the body cap alone bounds the body, not

@@ -1,6 +1,7 @@
-"""What the command line and the pump share: how a run ends (modes) and what it exits with.
+"""How a run ends: the mode that ends it (forever, once, drain) and the code it exits with.
 
-A leaf: it imports nothing, so the command line can name these without loading the pump.
+Shared by the command line, the wiring and the loop, so it stands on the ground floor. A leaf:
+it imports nothing, so the command line can name these without loading the pump.
 """
 
 from __future__ import annotations
