@@ -17,20 +17,16 @@ from typing import TYPE_CHECKING
 from structlog.typing import FilteringBoundLogger
 
 from . import __version__
-from .alerts import Alerter
 from .config import Settings
 from .exits import ExitCode, Mode
-from .health import HealthServer
-from .logs import configure, get_logger
 from .loop.budget import TokenBucket
 from .loop.client import RunnerClient, contract_headers
 from .loop.pump import Lane, Policy, Pump
 from .loop.waits import Waker, stop_or_timeout
-from .notify import Notifier, watchdog
-from .stats import Stats
+from .observe import Alerter, HealthServer, Notifier, Stats, configure, get_logger, watchdog
 
 if TYPE_CHECKING:
-    from .schedule_file import Schedule
+    from .schedules import Schedule
 from .transport import build_http_client
 
 # What stops the pump gracefully (calls in flight get the grace): SIGTERM and SIGINT, SIGHUP
@@ -152,8 +148,7 @@ async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stat
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True
-    from .schedule_file import describe
-    from .schedules import Scheduler
+    from .schedules import Scheduler, describe
 
     log.info("schedules_loaded", schedules=describe(schedules, datetime.now(UTC)))
     try:

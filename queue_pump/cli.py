@@ -25,7 +25,7 @@ from .exits import Mode
 from .oneline import OneLineParser, print_problems
 
 if TYPE_CHECKING:
-    from .schedule_file import Schedule
+    from .schedules import Schedule
 
 COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
 
@@ -121,7 +121,7 @@ def load_schedules(settings: Settings) -> list[Schedule]:
     """The schedule file, read and checked once, before anything starts (ConfigError)."""
     if not settings.schedules:
         return []
-    from .schedule_file import load_schedules as load
+    from .schedules import load_schedules as load
 
     return list(load(settings.schedules, allow_insecure_http=settings.allow_insecure_http))
 
@@ -167,7 +167,7 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if schedules:
         from datetime import UTC, datetime
 
-        from .schedule_file import describe
+        from .schedules import describe
 
         view["schedules"] = describe(schedules, datetime.now(UTC))
     import json

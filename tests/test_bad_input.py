@@ -33,7 +33,7 @@ from queue_pump.loop.backoff import RETRY_AFTER_CEILING_S
 from queue_pump.loop.client import Idle, Processed, RunnerClient, classify
 from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.loop.pump import Lane, Policy, Pump
-from queue_pump.stats import Stats
+from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client
 
 from .conftest import BASE_ENV, TOKEN, FakeTime

@@ -18,12 +18,12 @@ import pytest
 import structlog
 
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.health import HealthServer
 from queue_pump.loop.budget import TokenBucket
 from queue_pump.loop.client import IDLE, Outcome, Processed
 from queue_pump.loop.pump import Lane, Policy, Pump
 from queue_pump.loop.waits import Waker, stop_or_timeout
-from queue_pump.stats import Stats
+from queue_pump.observe.health import HealthServer
+from queue_pump.observe.state import Stats
 
 from .conftest import BASE_ENV, FakeTime
 from .proc import finish, pump_env, start

@@ -10,7 +10,7 @@ import structlog
 
 from queue_pump.config import from_mapping
 from queue_pump.config.settings import KNOBS
-from queue_pump.logs import CONSOLE_START_KEYS, configure, console_view, get_logger
+from queue_pump.observe.logs import CONSOLE_START_KEYS, configure, console_view, get_logger
 
 from .conftest import BASE_ENV
 from .proc import pump_env, run

@@ -16,7 +16,7 @@ from queue_pump.config import Settings, from_mapping
 from queue_pump.loop import failures
 from queue_pump.loop.client import RunnerClient, contract_headers
 from queue_pump.loop.failures import CallError, ErrorKind
-from queue_pump.schedules import Scheduler
+from queue_pump.schedules.firing import Scheduler
 from queue_pump.transport import build_http_client
 
 from .conftest import BASE_ENV

@@ -24,7 +24,7 @@ from queue_pump.config import ConfigError, from_mapping
 from queue_pump.loop.client import Processed
 from queue_pump.loop.failures import RUNNER, ErrorKind, from_exception
 from queue_pump.loop.pump import ExitCode, Lane, Mode, Pump
-from queue_pump.stats import Stats
+from queue_pump.observe.state import Stats
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
 from .test_pump import POLICY, Script, err, run

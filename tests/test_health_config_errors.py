@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from queue_pump.commands import cmd_healthcheck
-from queue_pump.health import HealthServer
-from queue_pump.notify import status_line
-from queue_pump.stats import Stats
+from queue_pump.observe.health import HealthServer
+from queue_pump.observe.state import Stats
+from queue_pump.observe.systemd import status_line
 
 from .conftest import FakeTime
 from .proc import finish, pump_env, start, wait_until

@@ -22,12 +22,12 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from queue_pump.alerts import Alerter
 from queue_pump.commands import cmd_healthcheck, cmd_status
 from queue_pump.config import from_mapping
-from queue_pump.health import HealthServer
-from queue_pump.notify import Notifier, watchdog, watchdog_interval_s
-from queue_pump.stats import STUCK_SLACK_S, LoopState, Stats
+from queue_pump.observe.alerts import Alerter
+from queue_pump.observe.health import HealthServer
+from queue_pump.observe.state import STUCK_SLACK_S, LoopState, Stats
+from queue_pump.observe.systemd import Notifier, watchdog, watchdog_interval_s
 
 from .conftest import BASE_ENV, TOKEN, FakeTime
 from .proc import finish, pump_env, start, wait_until

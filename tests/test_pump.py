@@ -14,7 +14,7 @@ from queue_pump.loop.client import IDLE, Outcome, Processed
 from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.loop.pump import ExitCode, Lane, Mode, Policy, Pump
 from queue_pump.loop.waits import stop_or_timeout
-from queue_pump.stats import Stats
+from queue_pump.observe.state import Stats
 
 from .conftest import FakeTime
 

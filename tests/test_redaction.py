@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queue_pump.logs import MASK, Redactor
+from queue_pump.observe.logs import MASK, Redactor
 
 from .conftest import TOKEN
 from .proc import pump_env, run
@@ -74,7 +74,7 @@ def test_a_non_finite_number_in_any_event_still_renders_valid_json() -> None:
 
     import structlog
 
-    from queue_pump.logs import configure, get_logger
+    from queue_pump.observe.logs import configure, get_logger
 
     out = io.StringIO()
     configure(fmt="json", level="info", secrets=[TOKEN], stream=out)

@@ -20,8 +20,8 @@ from queue_pump.config import ConfigError, from_mapping
 from queue_pump.loop.client import contract_headers
 from queue_pump.loop.waits import stop_or_timeout
 from queue_pump.reference_runner import start_runner
-from queue_pump.schedule_file import Schedule, describe, iso_window, load_schedules
-from queue_pump.schedules import Scheduler
+from queue_pump.schedules.file import Schedule, describe, iso_window, load_schedules
+from queue_pump.schedules.firing import Scheduler
 from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN

@@ -23,12 +23,12 @@ import pytest
 import structlog
 
 from queue_pump import cli
-from queue_pump.alerts import Alerter
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.logs import MASK
 from queue_pump.loop.client import RunnerClient
 from queue_pump.loop.failures import CallError, ErrorKind
-from queue_pump.stats import Stats
+from queue_pump.observe.alerts import Alerter
+from queue_pump.observe.logs import MASK
+from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client, trust_store
 
 from . import loopback

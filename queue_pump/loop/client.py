@@ -20,7 +20,7 @@ import httpx
 
 from .. import __version__, transport
 from ..config import Settings, redact_url
-from ..logs import Redactor
+from ..observe.logs import Redactor
 from ..transport import IDENTITY
 from . import failures
 from .failures import MAX_MESSAGE as _MAX_MESSAGE

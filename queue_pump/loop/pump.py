@@ -17,7 +17,7 @@ from structlog.typing import FilteringBoundLogger
 
 from ..config import Settings
 from ..exits import ExitCode, Mode
-from ..stats import LoopRecord, LoopState, Stats
+from ..observe.state import LoopRecord, LoopState, Stats
 from .backoff import (
     QueueGate,
     adaptive_idle,

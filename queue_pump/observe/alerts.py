@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from . import __version__
-from .config import Settings
-from .stats import Stats
-from .transport import trust_store
+from .. import __version__
+from ..config import Settings
+from ..transport import trust_store
+from .state import Stats
 
 WEBHOOK_TIMEOUT_S = 10.0
 

@@ -4,7 +4,7 @@ Each window of an entry is sent with a dedupe key made from the window's start, 
 restart or a second pump sends the same key again and an idempotent endpoint (the reference
 runner's ``POST /jobs``) keeps one job. The scheduler keeps no state on disk on purpose: after a
 restart it fires the latest window at or before now once and lets the endpoint's dedupe decide.
-The file and its checks are queue_pump/schedule_file.py; the rules are in docs/SCHEDULES.md.
+The file and its checks are file.py beside this one; the rules are in docs/SCHEDULES.md.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from .loop import failures
-from .loop.backoff import full_jitter, next_delay
-from .loop.failures import CallError, ErrorKind
-from .schedule_file import Schedule, as_utc, iso_window
+from ..loop import failures
+from ..loop.backoff import full_jitter, next_delay
+from ..loop.failures import CallError, ErrorKind
+from .file import Schedule, as_utc, iso_window
 
 COUNTERS = ("fired", "retried", "failed", "skipped")
 # The wall clock can jump (suspend, NTP): never trust one long sleep to end on time.

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from . import __version__
+from .. import __version__
 
 # How far past its planned end a call or sleep may run before the loop counts as stuck: event
 # loop hiccups and GC pauses must not flap the health check.

@@ -1,5 +1,5 @@
 """The health endpoint: /healthz, /readyz, /metrics (and /wake), a WSGI app served by
-``health_wire.Acceptor`` in one thread of its own.
+``http_server.Acceptor`` in one thread of its own.
 
 Its own thread on purpose: if the event loop wedges, /healthz still answers, and answers 503
 because the loops' deadlines pass. It reads Stats and never touches the pump.
@@ -19,8 +19,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .health_wire import Acceptor
-from .stats import Stats
+from .http_server import Acceptor
+from .state import Stats
 
 StartResponse = Callable[..., Any]
 JSON = "application/json"
@@ -80,7 +80,7 @@ def _reply(start_response: StartResponse, status: str, data: dict[str, Any]) -> 
 
 
 class HealthServer:
-    """The endpoint's socket and its one thread; requests are served by ``_wire.Acceptor``."""
+    """The endpoint's socket and its one thread; requests are served by ``http_server.Acceptor``."""
 
     def __init__(self, stats: Stats, host: str, port: int, *,
                  wake: Callable[[], None] | None = None, wake_token: str = "",

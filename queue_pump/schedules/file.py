@@ -1,7 +1,7 @@
 """The schedules file (TOML): its entries parsed and checked at start, and each entry's windows.
 
 One problem per line, naming the entry and the field, so a bad file stops start-up with exit 2
-instead of failing at its first window. The firing itself is queue_pump/schedules.py; the format
+instead of failing at its first window. The firing itself is firing.py beside this one; the format
 and the rules are in docs/SCHEDULES.md.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-from .config import ConfigError, is_loopback_host, redact_url
+from ..config import ConfigError, is_loopback_host, redact_url
 
 ENV = "QUEUE_PUMP_SCHEDULES"
 DEFAULT_DEDUPE_KEY = "{name}:{window}"

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .stats import Stats
+from .state import Stats
 
 
 class Notifier:
