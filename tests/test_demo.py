@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from queue_pump.demo import Tally, bar, main, percentile, run_demo
+from queue_pump.cli.demo import Tally, bar, main, percentile, run_demo
 
 pytestmark = pytest.mark.e2e
 

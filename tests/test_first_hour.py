@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import structlog
 
-from queue_pump.commands import format_status
+from queue_pump.cli.health_client import format_status
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.loop.client import Processed
 from queue_pump.loop.failures import RUNNER, ErrorKind, from_exception

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from queue_pump.commands import cmd_healthcheck
+from queue_pump.cli.health_client import cmd_healthcheck
 from queue_pump.observe.health import HealthServer
 from queue_pump.observe.state import Stats
 from queue_pump.observe.systemd import status_line

@@ -22,7 +22,7 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from queue_pump.commands import cmd_healthcheck, cmd_status
+from queue_pump.cli.health_client import cmd_healthcheck, cmd_status
 from queue_pump.config import from_mapping
 from queue_pump.observe.alerts import Alerter
 from queue_pump.observe.health import HealthServer

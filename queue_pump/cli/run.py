@@ -1,16 +1,15 @@
-"""The command line: parse, wire the parts together, map outcomes to exit codes. No policy here."""
+"""`queue-pump run` and `queue-pump config`: the settings from the environment, .env and flags
+(one flag per knob), checked once, then handed to the wiring (app.serve). No policy here."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .config import (
+from .. import __version__
+from ..config import (
     KNOBS,
     ConfigError,
     Kind,
@@ -21,13 +20,11 @@ from .config import (
     load_env,
     missing_env_note,
 )
-from .exits import Mode
-from .oneline import OneLineParser, print_problems
+from ..exits import Mode
+from .parsing import OneLineParser, print_problems
 
 if TYPE_CHECKING:
-    from .schedules import Schedule
-
-COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
+    from ..schedules import Schedule
 
 EXIT_CODES = """exit codes:
   0    clean stop, or --once/--drain finished
@@ -121,7 +118,7 @@ def load_schedules(settings: Settings) -> list[Schedule]:
     """The schedule file, read and checked once, before anything starts (ConfigError)."""
     if not settings.schedules:
         return []
-    from .schedules import load_schedules as load
+    from ..schedules import load_schedules as load
 
     return list(load(settings.schedules, allow_insecure_http=settings.allow_insecure_http))
 
@@ -139,7 +136,7 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
     import asyncio
 
-    from .app import serve
+    from ..app import serve
 
     return asyncio.run(serve(settings, mode, environ, schedules))
 
@@ -167,61 +164,10 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if schedules:
         from datetime import UTC, datetime
 
-        from .schedules import describe
+        from ..schedules import describe
 
         view["schedules"] = describe(schedules, datetime.now(UTC))
     import json
 
     print(json.dumps(view, indent=2, default=str))
     return 0
-
-
-# The small commands are imported when asked for: each pulls in only what it needs.
-def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .commands import cmd_runner
-
-    return cmd_runner(argv, environ)
-
-
-def _cmd_demo(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .commands import cmd_demo
-
-    return cmd_demo(argv, environ)
-
-
-def _cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .commands import cmd_status
-
-    return cmd_status(argv, environ)
-
-
-def _cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .commands import cmd_healthcheck
-
-    return cmd_healthcheck(argv, environ)
-
-
-HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
-    "run": cmd_run,
-    "config": cmd_config,
-    "runner": _cmd_runner,
-    "demo": _cmd_demo,
-    "status": _cmd_status,
-    "healthcheck": _cmd_healthcheck,
-}
-
-
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if environ is None else environ
-    command = argv[0] if argv and argv[0] in COMMANDS else "run"
-    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
-    try:
-        return HANDLERS[command](rest, environ)
-    except KeyboardInterrupt:
-        # Ctrl-C before the signal handlers are installed (during start-up): no traceback.
-        return 128 + signal.SIGINT
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The small subcommands: status, healthcheck, runner, demo. Imported only when asked for."""
+"""`queue-pump status` and `queue-pump healthcheck`: a client of the pump's health endpoint, on the
+standard library alone (no event loop, no httpx). Imported only when asked for."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .oneline import OneLineParser
+from .parsing import OneLineParser
 
 
 def _health_url(environ: Mapping[str, str]) -> str | None:
-    from .config import ConfigError, load_env
+    from ..config import ConfigError, load_env
 
     # The pump reads ./.env too: a port set only there must be found here as well.
     with contextlib.suppress(ConfigError):
@@ -162,20 +163,3 @@ def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return _not_a_pump("queue-pump status", args.url, status)
     print(format_status(body, args.url))
     return 0 if status == 200 else 1
-
-
-def cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .reference_runner import cli as runner_cli
-
-    parser = OneLineParser(prog="queue-pump runner",
-                           description="The reference job runner: the runner contract over real "
-                                       "HTTP, jobs in SQLite. Needs AGENT_TOKEN and "
-                                       "ORGANIZATION_ID.")
-    runner_cli.add_arguments(parser)
-    return runner_cli.main(parser.parse_args(argv), environ)
-
-
-def cmd_demo(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    from .demo import main as demo_main
-
-    return demo_main(argv, environ)

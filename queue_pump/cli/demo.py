@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .oneline import OneLineParser
+from .parsing import OneLineParser
 
 DEMO_ORG = "demo-org"
 # The deployment's variables: the demo's pump must not inherit any of them.
@@ -88,7 +88,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
                    timeout_s: float, out: TextIO) -> int:
-    from .reference_runner import Faults, JobSpec, start_runner
+    from ..reference_runner import Faults, JobSpec, start_runner
 
     token = secrets.token_urlsafe(24)  # a fresh secret per demo; never printed
     rng = random.Random(seed)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import NoReturn
 
-from .exits import ExitCode
+from ..exits import ExitCode
 
 
 class OneLineParser(argparse.ArgumentParser):
