@@ -108,7 +108,7 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
     budget = None
     if settings.max_calls_per_hour:
         budget = TokenBucket(settings.max_calls_per_hour, capacity=settings.total_concurrency)
-        stats.m_budget.set(settings.max_calls_per_hour)
+        stats.call_budget(settings.max_calls_per_hour)
     http = build_http_client(settings)
     clients = [RunnerClient(http, settings, queue=queue) for queue, _ in settings.lanes]
     stats.worker_id, stats.runner = settings.worker_id, clients[0].url_for_logs

@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from .http_server import Acceptor
 from .state import Stats
 
@@ -45,8 +43,11 @@ class HealthApp:
         if method not in ("GET", "HEAD"):
             return _reply(start_response, "405 Method Not Allowed", {"error": "use GET"})
         if path == "/metrics":
-            body = generate_latest(self._stats.registry)
-            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+            # Loaded at the first scrape: a pump nobody scrapes never imports prometheus_client.
+            from .metrics import exposition
+
+            content_type, body = exposition(self._stats)
+            start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(body)))])
             return [body]
         snapshot = self._stats.snapshot()

@@ -1,20 +1,20 @@
 """What the loops did, for whoever reads it: /healthz, /metrics, the watchdog, alerts.
 
 Loops write from the event loop; the health server reads from its own thread, so every read
-and write of shared state holds one small lock. Stats records; it never decides.
+and write of shared state holds one small lock. Stats records; it never decides. It keeps plain
+numbers only: metrics.py turns them into Prometheus text when /metrics is asked for, so a pump
+that nobody scrapes never loads prometheus_client.
 """
 
 from __future__ import annotations
 
-import platform
+import bisect
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from .. import __version__
 
@@ -23,8 +23,11 @@ from .. import __version__
 STUCK_SLACK_S = 30.0
 # Runner statuses are free text; only these become metric labels, the rest count as "other".
 KNOWN_JOB_STATUSES = frozenset({"done", "completed", "succeeded", "retry", "failed", "yielded"})
-# The error kind (client.ErrorKind.CONFIGURATION) that no retry can fix: only a new setting can.
+# The error kind (loop.failures.ErrorKind.CONFIGURATION) that no retry can fix: only a new
+# setting can.
 CONFIGURATION = "configuration"
+# Upper bounds of the call duration histogram's buckets, in seconds (+Inf is implied).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
 
 class LoopState(StrEnum):
@@ -48,6 +51,38 @@ class LoopRecord:
 
 
 StreakListener = Callable[[str, int, int], None]
+Labels = tuple[str, ...]
+
+
+@dataclass
+class Series:
+    """One labelled number, and the wall time it first appeared (Prometheus' ``_created``)."""
+
+    value: float
+    created: float
+
+
+@dataclass
+class Durations:
+    """One queue's call durations: a count per bucket (not cumulative), their sum."""
+
+    created: float
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total_s += seconds
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    """A consistent copy of every number /metrics shows, taken under the lock."""
+
+    counters: dict[str, dict[Labels, Series]]
+    gauges: dict[str, dict[Labels, float]]
+    durations: dict[str, Durations]
+    version: str
 
 
 class Stats:
@@ -75,76 +110,46 @@ class Stats:
         self.runner: str | None = None
         self._listeners: list[StreakListener] = []
 
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.m_calls = Counter("queue_pump_calls", "Runner calls by outcome.",
-                               ["queue", "outcome"], registry=r)
-        self.m_errors = Counter("queue_pump_call_errors",
-                                "Failed runner calls by error kind and reason.",
-                                ["queue", "kind", "reason"], registry=r)
-        self.m_jobs = Counter("queue_pump_jobs", "Processed jobs by the status the runner gave.",
-                              ["queue", "status"], registry=r)
-        self.m_duration = Histogram(
-            "queue_pump_call_duration_seconds", "Runner call duration.", ["queue"], registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
-        self.m_streak = Gauge("queue_pump_consecutive_failures",
-                              "Failed calls in a row, per queue.", ["queue"], registry=r)
-        self.m_last_success = Gauge("queue_pump_last_success_timestamp_seconds",
-                                    "Unix time of the last call that did not fail.", registry=r)
-        self.m_in_flight = Gauge("queue_pump_in_flight", "Calls in flight.", ["queue"],
-                                 registry=r)
-        self.m_loops = Gauge("queue_pump_loops", "Loops by state.", ["state"], registry=r)
-        self.m_idle_sleep = Gauge("queue_pump_idle_sleep_seconds",
-                                  "Current idle sleep (before jitter); grows with adaptive idle.",
-                                  ["queue"], registry=r)
-        self.m_wakeups = Counter("queue_pump_wakeups", "Wake-ups of idle loops by source.",
-                                 ["source"], registry=r)
-        self.m_budget_waits = Counter("queue_pump_budget_waits",
-                                      "Calls that waited for the call budget.", registry=r)
-        self.m_budget_wait_s = Counter("queue_pump_budget_wait_seconds",
-                                       "Seconds loops waited for the call budget.", registry=r)
-        self.m_schedule = Counter("queue_pump_schedule_events",
-                                  "Scheduled enqueues by schedule and event "
-                                  "(fired, retried, failed, skipped).",
-                                  ["schedule", "event"], registry=r)
-        self.m_budget = Gauge("queue_pump_call_budget_per_hour",
-                              "QUEUE_PUMP_MAX_CALLS_PER_HOUR (0: no cap).", registry=r)
-        # Label children are looked up once, not per call: labels() takes a lock and a dict
-        # lookup every time, and the per-call path should cost next to nothing.
-        self._state_gauges = {state: self.m_loops.labels(state.value) for state in LoopState}
-        self._per_queue: dict[str, dict[str, Any]] = {}
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The numbers behind /metrics: counters by name and labels, gauges set from outside
+        # the loop state (the rest are derived from it when read), call durations per queue.
+        self._counters: dict[str, dict[Labels, Series]] = {}
+        self._durations: dict[str, Durations] = {}
+        self._in_flight: dict[str, int] = {}
+        self._queues: list[str] = []
         self.idle_sleep_by_queue: dict[str, float] = {}
+        self.call_budget_per_hour = 0
         self.wakeups = 0
         self.budget_waits = 0
-        Info("queue_pump_build", "Version of the pump.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()})
+        for name in ("budget_waits", "budget_wait_seconds"):  # unlabelled: shown from the start
+            self._inc(name, ())
+            self._counters[name][()].value = 0.0
 
     # --- writers (event loop) -------------------------------------------------------------
     def add_loop(self, name: str, queue: str) -> LoopRecord:
         record = LoopRecord(name=name, queue=queue)
         with self._lock:
             self._loops.append(record)
-        if queue not in self._per_queue:
-            self._per_queue[queue] = {
-                "in_flight": self.m_in_flight.labels(queue),
-                "duration": self.m_duration.labels(queue),
-                "processed": self.m_calls.labels(queue, "processed"),
-                "idle": self.m_calls.labels(queue, "idle"),
-                "error": self.m_calls.labels(queue, "error"),
-                "streak": self.m_streak.labels(queue),
-            }
-            self._per_queue[queue]["streak"].set(0)
-        self._state_gauges[record.state].inc()
+            if queue not in self._in_flight:
+                # A queue's series are shown from its first loop on, at zero.
+                self._queues.append(queue)
+                self._in_flight[queue] = 0
+                self._durations[queue] = Durations(created=self._wall())
+                for outcome in ("processed", "idle", "error"):
+                    self._inc("calls", (queue, outcome), 0.0)
         return record
 
     def _move(self, record: LoopRecord, state: LoopState) -> None:
         """Change a loop's state; the caller holds the lock."""
-        old = record.state
-        if old is not state:
-            record.state = state
-            self._state_gauges[old].dec()
-            self._state_gauges[state].inc()
+        record.state = state
+
+    def _inc(self, name: str, labels: Labels, amount: float = 1.0) -> None:
+        """Add to a counter; the caller holds the lock (or owns Stats alone, as __init__)."""
+        series = self._counters.setdefault(name, {})
+        found = series.get(labels)
+        if found is None:
+            series[labels] = Series(amount, self._wall())
+        else:
+            found.value += amount
 
     def subscribe(self, listener: StreakListener) -> None:
         """``listener(queue, old_streak, new_streak)`` on every change of a queue's streak."""
@@ -155,7 +160,7 @@ class Stats:
             self._move(loop, LoopState.WORKING)
             loop.in_flight = True
             loop.deadline = self._clock() + timeout_s + STUCK_SLACK_S
-        self._per_queue[loop.queue]["in_flight"].inc()
+            self._in_flight[loop.queue] += 1
 
     def call_ended(self, loop: LoopRecord, duration_s: float, outcome: str,
                    job_status: str | None = None, error: tuple[str, str] | None = None) -> None:
@@ -163,48 +168,41 @@ class Stats:
         queue = loop.queue
         with self._lock:
             loop.in_flight = False
+            self._in_flight[queue] -= 1
+            self._durations[queue].observe(duration_s)
+            self._inc("calls", (queue, outcome))
             self.counts["calls"] += 1
             old = self.streaks.get(queue, 0)
             if error is None:
-                self.counts[outcome] += 1
-                self.streaks[queue] = 0
-                loop.consecutive_failures = 0
-                self.ever_succeeded = True
-                self.misconfigured.pop(queue, None)
-                self.last_success_wall = self._wall()
-                self.last_success_mono = self._clock()
+                self._succeeded(loop, outcome)
             else:
-                self.counts["errors"] += 1
-                key = f"{error[0]}:{error[1]}"
-                self.errors_by_kind[key] = self.errors_by_kind.get(key, 0) + 1
-                if error[0] == CONFIGURATION:
-                    self.misconfigured[queue] = key
-                self.streaks[queue] = old + 1
-                loop.consecutive_failures += 1
+                self._failed(loop, error)
+            if outcome == "processed":
+                status = job_status if job_status in KNOWN_JOB_STATUSES else "other"
+                self._inc("jobs", (queue, status))
             new = self.streaks[queue]
-        metrics = self._per_queue[queue]
-        metrics["in_flight"].dec()
-        metrics["duration"].observe(duration_s)
-        metrics[outcome].inc()
-        if error is not None:
-            self._child(self.m_errors, queue, *error).inc()
-        else:
-            self.m_last_success.set(self.last_success_wall or 0)
-        if outcome == "processed":
-            status = job_status if job_status in KNOWN_JOB_STATUSES else "other"
-            self._child(self.m_jobs, queue, status).inc()
         if new != old:
-            metrics["streak"].set(new)
             for listener in self._listeners:
                 listener(queue, old, new)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """A label child, looked up once: both label sets are small and bounded."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _succeeded(self, loop: LoopRecord, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.streaks[loop.queue] = 0
+        loop.consecutive_failures = 0
+        self.ever_succeeded = True
+        self.misconfigured.pop(loop.queue, None)
+        self.last_success_wall = self._wall()
+        self.last_success_mono = self._clock()
+
+    def _failed(self, loop: LoopRecord, error: tuple[str, str]) -> None:
+        self.counts["errors"] += 1
+        key = f"{error[0]}:{error[1]}"
+        self.errors_by_kind[key] = self.errors_by_kind.get(key, 0) + 1
+        if error[0] == CONFIGURATION:
+            self.misconfigured[loop.queue] = key
+        self.streaks[loop.queue] = self.streaks.get(loop.queue, 0) + 1
+        loop.consecutive_failures += 1
+        self._inc("call_errors", (loop.queue, *error))
 
     def sleeping(self, record: LoopRecord, state: LoopState, seconds: float) -> None:
         with self._lock:
@@ -214,21 +212,26 @@ class Stats:
     def idle_sleep(self, queue: str, seconds: float) -> None:
         with self._lock:
             self.idle_sleep_by_queue[queue] = seconds
-        self.m_idle_sleep.labels(queue).set(seconds)
 
     def woken(self, source: str) -> None:
         with self._lock:
             self.wakeups += 1
-        self.m_wakeups.labels(source).inc()
+            self._inc("wakeups", (source,))
 
     def schedule_event(self, name: str, event: str) -> None:
-        self.m_schedule.labels(name, event).inc()
+        with self._lock:
+            self._inc("schedule_events", (name, event))
 
     def budget_wait(self, seconds: float) -> None:
         with self._lock:
             self.budget_waits += 1
-        self.m_budget_waits.inc()
-        self.m_budget_wait_s.inc(seconds)
+            self._inc("budget_waits", ())
+            self._inc("budget_wait_seconds", (), seconds)
+
+    def call_budget(self, per_hour: int) -> None:
+        """The cap on calls per hour (0: none), shown as a gauge."""
+        with self._lock:
+            self.call_budget_per_hour = per_hour
 
     def mark_stopping(self) -> int:
         """Every loop still running is now stopping; returns the calls in flight."""
@@ -260,6 +263,27 @@ class Stats:
             if state in states:
                 return state.value
         return LoopState.STARTING.value
+
+    def metrics_view(self) -> MetricsView:
+        """Every number /metrics shows, copied at one moment (metrics.py renders it)."""
+        with self._lock:
+            by_state = dict.fromkeys(LoopState, 0)
+            for loop in self._loops:
+                by_state[loop.state] += 1
+            gauges: dict[str, dict[Labels, float]] = {
+                "consecutive_failures": {(q,): float(self.streaks.get(q, 0))
+                                         for q in self._queues},
+                "last_success_timestamp_seconds": {(): self.last_success_wall or 0.0},
+                "in_flight": {(q,): float(n) for q, n in self._in_flight.items()},
+                "loops": {(state.value,): float(n) for state, n in by_state.items()},
+                "idle_sleep_seconds": {(q,): s for q, s in self.idle_sleep_by_queue.items()},
+                "call_budget_per_hour": {(): float(self.call_budget_per_hour)},
+            }
+            counters = {name: {labels: Series(s.value, s.created) for labels, s in series.items()}
+                        for name, series in self._counters.items()}
+            durations = {q: Durations(d.created, list(d.counts), d.total_s)
+                         for q, d in self._durations.items()}
+        return MetricsView(counters, gauges, durations, __version__)
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON body of /healthz. Counters and states only: nothing secret lives here."""
