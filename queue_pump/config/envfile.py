@@ -10,8 +10,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from .rules import ConfigError
 from .settings import KNOBS
 from .unknown_names import unknown_settings, warning_line
@@ -29,6 +27,8 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
     if env_file and not path.is_file():
         raise ConfigError([f"--env-file {env_file!r} does not exist or is not a file"])
     if path.is_file():
+        from dotenv import dotenv_values  # only with a file to read: most deployments have none
+
         try:
             file_values = dotenv_values(path)
         except (OSError, UnicodeDecodeError) as exc:

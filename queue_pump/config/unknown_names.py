@@ -3,7 +3,6 @@ ignored and its default used (QUEUE_PUMP_IDLE_SLEEP=5000 without _MS, QUEUE_PUMP
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 
 PREFIX = "QUEUE_PUMP_"
@@ -23,6 +22,8 @@ def unknown_settings(env: Mapping[str, str], known: Iterable[str]) -> list[tuple
         if (not name.startswith(PREFIX) or name in known or name in NOT_SETTINGS
                 or name.startswith(NOT_SETTINGS_PREFIXES)):
             continue
+        import difflib  # only once a name is unknown: a pump that starts clean never loads it
+
         close = difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
         found.append((name, close[0] if close else None))
     return found

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
-from tenacity import RetryCallState
-from tenacity.wait import wait_exponential
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 # A runner may ask for a long pause, but a pump that sleeps for a day on a typo looks dead.
 RETRY_AFTER_CEILING_S = 3600.0
@@ -27,6 +28,8 @@ _DELTA = re.compile(r"\d{1,12}(\.\d{1,6})?")
 
 def _attempt(n: int) -> RetryCallState:
     # tenacity's strategies read only attempt_number; a real RetryCallState keeps us on its API.
+    from tenacity import RetryCallState
+
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, n)
     return state
@@ -41,6 +44,10 @@ class Exponential:
     max_s: float
 
     def bound(self, n: int) -> float:
+        # Loaded at the first backoff, not at start: an idle pump at the defaults (no failure,
+        # no adaptive idle) never needs it, and it is ~0.5 MB.
+        from tenacity.wait import wait_exponential
+
         return float(wait_exponential(multiplier=self.base_s, max=self.max_s)(_attempt(n)))
 
     def delay(self, n: int, rng: random.Random) -> float:
