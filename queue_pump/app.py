@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from structlog.typing import FilteringBoundLogger
 
 from . import __version__
-from .config import Settings
+from .config import Settings, env_of
 from .exits import ExitCode, Mode
 from .loop.budget import TokenBucket
 from .loop.client import RunnerClient, contract_headers
@@ -99,7 +99,7 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
         try:
             health.start()
         except OSError as exc:
-            print(f"queue-pump: config: QUEUE_PUMP_HEALTH_PORT={settings.health_port} cannot be "
+            print(f"queue-pump: config: {env_of('health_port')}={settings.health_port} cannot be "
                   f"bound on {settings.health_host} ({exc.strerror or exc}); choose a free port, "
                   "or 0 to turn the health endpoint off", file=sys.stderr)
             return int(ExitCode.CONFIG)

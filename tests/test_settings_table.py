@@ -5,7 +5,9 @@ type the parser produces)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+from pathlib import Path
 
 from queue_pump.config import from_mapping
 from queue_pump.config.knobs import KNOB, Kind, knobs_of, setting
@@ -101,3 +103,23 @@ def test_a_secret_setting_stays_out_of_the_generated_repr() -> None:
     text = repr(Two(token="tok-1234", hook="https://h.example/SECRETPATH", name="n"))
     assert text == "test_a_secret_setting_stays_out_of_the_generated_repr.<locals>.Two(name='n')"
     assert [k.secret for k in knobs_of(Two)] == [True, True, False]
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "queue_pump"
+# The table itself; and the reference runner, a program of its own that imports nothing of the
+# pump (its QUEUE_PUMP_RUNNER_* flags are its own table; it reads the contract's variables too).
+TABLE_AND_APART = (PACKAGE / "config" / "settings.py", PACKAGE / "reference_runner")
+
+
+def test_no_variable_is_named_outside_the_table() -> None:
+    names = {knob.env for knob in KNOBS}
+    pattern = re.compile(r"\bQUEUE_PUMP_[A-Z0-9]|\b(" + "|".join(sorted(names)) + r")\b")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if any(path == apart or apart in path.parents for apart in TABLE_AND_APART):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not found, "variables named outside queue_pump/config/settings.py:\n" + "\n".join(
+        found)

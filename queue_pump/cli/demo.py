@@ -23,12 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import PREFIX, env_of
 from .parsing import OneLineParser
 
 DEMO_ORG = "demo-org"
 # The deployment's variables: the demo's pump must not inherit any of them.
-CONTRACT_VARIABLES = frozenset({"SUPABASE_URL", "AGENT_TOKEN", "ORGANIZATION_ID",
-                                "SUPABASE_ANON_KEY"})
+CONTRACT_VARIABLES = frozenset(env_of(attr) for attr in (
+    "supabase_url", "agent_token", "organization_id", "anon_key"))
+# The demo's pump: fast ticks, short backoff, every call logged, no health endpoint.
+DEMO_SETTINGS = {"tick_sleep_s": "0", "idle_sleep_s": "500", "backoff_base_s": "100",
+                 "backoff_max_s": "2000", "log_format": "json", "log_level": "debug",
+                 "health_port": "0", "worker_id": "demo-pump"}
 
 
 @dataclass
@@ -102,18 +107,16 @@ async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
                  for j in seed_jobs(jobs, rng)]
         runner.store.enqueue_many(specs)
         total = runner.store.stats()["total"]
-        env = {**_clean_environment(), "SUPABASE_URL": runner.url, "AGENT_TOKEN": token,
-               "ORGANIZATION_ID": DEMO_ORG, "QUEUE_PUMP_CONCURRENCY": str(concurrency),
-               "QUEUE_PUMP_TICK_SLEEP_MS": "0", "QUEUE_PUMP_IDLE_SLEEP_MS": "500",
-               "QUEUE_PUMP_BACKOFF_BASE_MS": "100", "QUEUE_PUMP_BACKOFF_MAX_MS": "2000",
-               "QUEUE_PUMP_LOG_FORMAT": "json", "QUEUE_PUMP_LOG_LEVEL": "debug",
-               "QUEUE_PUMP_HEALTH_PORT": "0", "QUEUE_PUMP_WORKER_ID": "demo-pump"}
+        env = {**_clean_environment(),
+               **{env_of(attr): value for attr, value in DEMO_SETTINGS.items()},
+               env_of("supabase_url"): runner.url, env_of("agent_token"): token,
+               env_of("organization_id"): DEMO_ORG, env_of("concurrency"): str(concurrency)}
         print(f"queue-pump demo: reference runner at {runner.url}, {total} jobs queued; "
               f"starting the pump with concurrency {concurrency} "
               f"({fault_rate:.0%} of runner calls answer 503)", file=out)
         started = time.monotonic()
         # The pump starts in an empty directory, so no ./.env of a real deployment (a real
-        # QUEUE_PUMP_ENDPOINT, QUEUES or SCHEDULES) can point the demo at anything but its runner.
+        # runner URL, queues or schedules) can point the demo at anything but its runner.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "queue_pump", env=env, cwd=workdir,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -163,8 +166,8 @@ def _clean_environment() -> dict[str, str]:
     """This environment without the pump's own variables (a shell that exported a real
     deployment's), and with this copy of queue_pump importable from any directory."""
     keep = {k: v for k, v in os.environ.items()
-            if not k.startswith("QUEUE_PUMP_") and k not in CONTRACT_VARIABLES}
-    here = str(Path(__file__).resolve().parent.parent)
+            if not k.startswith(PREFIX) and k not in CONTRACT_VARIABLES}
+    here = str(Path(__file__).resolve().parents[2])  # the folder that holds queue_pump/
     keep["PYTHONPATH"] = os.pathsep.join(filter(None, [here, keep.get("PYTHONPATH")]))
     return keep
 

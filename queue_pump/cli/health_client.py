@@ -11,20 +11,22 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..config import KNOBS_BY_ATTR, ConfigError, load_env
 from .parsing import OneLineParser
+
+# Where the pump's endpoint is, as the table declares it: its variables and their defaults.
+HOST, PORT = KNOBS_BY_ATTR["health_host"], KNOBS_BY_ATTR["health_port"]
 
 
 def _health_url(environ: Mapping[str, str]) -> str | None:
-    from ..config import ConfigError, load_env
-
     # The pump reads ./.env too: a port set only there must be found here as well.
     with contextlib.suppress(ConfigError):
         environ = load_env(None, environ)
-    host = environ.get("QUEUE_PUMP_HEALTH_HOST", "127.0.0.1") or "127.0.0.1"
+    host = environ.get(HOST.env) or HOST.default or ""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"  # a wildcard bind is reached through loopback
     host = f"[{host}]" if ":" in host else host
-    port = environ.get("QUEUE_PUMP_HEALTH_PORT", "8080") or "8080"
+    port = environ.get(PORT.env) or PORT.default or ""
     if port.strip() == "0":
         return None  # the endpoint is off: there is nothing to ask
     return f"http://{host}:{port}"
@@ -61,21 +63,21 @@ def _bad_url(command: str, url: str) -> int | None:
 
 def _not_a_pump(command: str, url: str, status: int) -> int:
     print(f"{command}: {url} answered HTTP {status}, but not as a queue-pump health endpoint "
-          "(/healthz); is --url (or QUEUE_PUMP_HEALTH_PORT) the pump's?", file=sys.stderr)
+          f"(/healthz); is --url (or {PORT.env}) the pump's?", file=sys.stderr)
     return 1
 
 
 def _url_parser(prog: str, description: str, environ: Mapping[str, str]) -> OneLineParser:
     parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("--url", default=_health_url(environ),
-                        help="the pump's health endpoint (default from QUEUE_PUMP_HEALTH_HOST/"
-                             "QUEUE_PUMP_HEALTH_PORT: %(default)s)")
+                        help=f"the pump's health endpoint (default from {HOST.env}/"
+                             f"{PORT.env}: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=3.0, help="default %(default)s")
     return parser
 
 
 def _no_endpoint(command: str) -> int:
-    print(f"{command}: the health endpoint is off (QUEUE_PUMP_HEALTH_PORT=0); turn it on or "
+    print(f"{command}: the health endpoint is off ({PORT.env}=0); turn it on or "
           "pass --url", file=sys.stderr)
     return 1
 
@@ -157,7 +159,7 @@ def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         status, body = _fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
         print(f"queue-pump status: no pump answers at {args.url} ({type(exc).__name__}); is it "
-              "running, and is QUEUE_PUMP_HEALTH_PORT the same?", file=sys.stderr)
+              f"running, and is {PORT.env} the same?", file=sys.stderr)
         return 1
     if body is None:
         return _not_a_pump("queue-pump status", args.url, status)

@@ -14,13 +14,14 @@ COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
 
 
 def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from ..config import env_of
     from ..reference_runner import cli as runner_cli
     from .parsing import OneLineParser
 
     parser = OneLineParser(prog="queue-pump runner",
                            description="The reference job runner: the runner contract over real "
-                                       "HTTP, jobs in SQLite. Needs AGENT_TOKEN and "
-                                       "ORGANIZATION_ID.")
+                                       f"HTTP, jobs in SQLite. Needs {env_of('agent_token')} and "
+                                       f"{env_of('organization_id')}.")
     runner_cli.add_arguments(parser)
     return runner_cli.main(parser.parse_args(argv), environ)
 

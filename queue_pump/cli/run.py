@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..config import (
     KNOBS,
+    PREFIX,
     ConfigError,
     Kind,
     Settings,
     describe_knobs,
     env_example,
+    env_of,
     from_mapping,
     load_env,
     missing_env_note,
@@ -35,7 +37,7 @@ EXIT_CODES = """exit codes:
 
 
 def _flag(env: str) -> str:
-    name = env.removeprefix("QUEUE_PUMP_").lower().replace("_", "-")
+    name = env.removeprefix(PREFIX).lower().replace("_", "-")
     return f"--{name}"
 
 
@@ -55,8 +57,8 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
                     "{run,runner,demo,status,healthcheck,config} --help",
         epilog="environment variables (also read from .env; the real environment wins;\n"
                "a flag wins over both):\n" + describe_knobs(width) + "\n\nflags: every "
-               "variable but the secrets is also a flag: QUEUE_PUMP_IDLE_SLEEP_MS\nas "
-               "--idle-sleep-ms, SUPABASE_URL as --supabase-url, and so on (e.g.\n"
+               f"variable but the secrets is also a flag: {env_of('idle_sleep_s')}\nas "
+               f"--idle-sleep-ms, {env_of('supabase_url')} as --supabase-url, and so on (e.g.\n"
                "--concurrency 4). Secrets come from the environment or the .env file only.\n\n"
                + EXIT_CODES,
     )

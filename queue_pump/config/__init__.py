@@ -7,18 +7,30 @@ from .envfile import load_env, missing_env_note
 from .environment import from_mapping
 from .knobs import Kind, Knob
 from .rules import ConfigError
-from .settings import KNOBS, KNOBS_BY_ENV, Settings, describe_knobs, env_example
+from .settings import (
+    KNOBS,
+    KNOBS_BY_ATTR,
+    KNOBS_BY_ENV,
+    PREFIX,
+    Settings,
+    describe_knobs,
+    env_example,
+    env_of,
+)
 from .urls import is_loopback_host, redact_url
 
 __all__ = [
     "KNOBS",
+    "KNOBS_BY_ATTR",
     "KNOBS_BY_ENV",
+    "PREFIX",
     "ConfigError",
     "Kind",
     "Knob",
     "Settings",
     "describe_knobs",
     "env_example",
+    "env_of",
     "from_mapping",
     "is_loopback_host",
     "load_env",

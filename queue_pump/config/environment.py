@@ -11,8 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .knobs import MAX_HEADER_CHARS, MAX_TOTAL_CONCURRENCY, Kind, Knob
-from .rules import ConfigError, between_fields, queue_name_ok
-from .settings import KNOBS, KNOBS_BY_ENV, Settings
+from .rules import ConfigError, between_fields, queue_name_ok, range_problem
+from .settings import KNOBS, KNOBS_BY_ATTR, Settings, env_of
 from .urls import USERINFO as _USERINFO
 from .urls import host_ok
 
@@ -43,8 +43,7 @@ def _parse(knob: Knob, raw: str, problems: list[str]) -> Any:
 
 
 def _parse_number(knob: Knob, value: str, shown: str, problems: list[str]) -> Any:
-    unit = " ms" if knob.kind is Kind.MS else ""
-    rng = f"a whole number from {knob.low} to {knob.high}{unit}"
+    rng = f"a whole number from {knob.low} to {knob.high}{knob.unit}"
     try:
         number = int(value, 10)
     except ValueError:
@@ -57,13 +56,13 @@ def _parse_number(knob: Knob, value: str, shown: str, problems: list[str]) -> An
             problems.append(f"{knob.env}={shown} is not a whole number; expected {rng}")
             return None
         number = int(as_float)
-    if (knob.low is not None and number < knob.low) or (
-        knob.high is not None and number > knob.high
-    ):
-        problems.append(f"{knob.env}={shown} is out of range; expected {rng}")
-        return None
     # The environment speaks milliseconds; the loop works in seconds.
-    return number / 1000 if knob.kind is Kind.MS else number
+    parsed = number / knob.scale if knob.kind is Kind.MS else number
+    problem = range_problem(knob, parsed, shown)
+    if problem:
+        problems.append(problem)
+        return None
+    return parsed
 
 
 def _parse_bool(knob: Knob, value: str, shown: str, problems: list[str]) -> bool | None:
@@ -109,7 +108,7 @@ def _url_ok(knob: Knob, value: str, shown: str, problems: list[str]) -> bool:
     except ValueError:
         problems.append(f"{knob.env} has a bad port; expected a number from 1 to 65535")
         return False
-    if knob.env == "SUPABASE_URL" and (parts.query or parts.fragment):
+    if knob.attr == "supabase_url" and (parts.query or parts.fragment):
         problems.append(f"{knob.env}={shown} has a query or fragment; expected the project "
                         "URL alone, e.g. https://xyz.supabase.co")
         return False
@@ -151,18 +150,19 @@ _PARSERS: dict[Kind, Callable[[Knob, str, str, list[str]], Any]] = {
 
 def _lanes(env: Mapping[str, str], values: dict[str, Any],
            problems: list[str]) -> tuple[tuple[str, int], ...]:
-    """QUEUE_PUMP_QUEUES=agent:2,render:1, or the single QUEUE/CONCURRENCY pair."""
+    """Several queues (agent:2,render:1), or the single queue and concurrency pair."""
     spec = values.get("queues") or ""
     if not spec:
         queue, concurrency = values.get("queue"), values.get("concurrency")
         return ((queue, concurrency),) if queue and isinstance(concurrency, int) else ()
-    both = [name for name in ("QUEUE_PUMP_QUEUE", "QUEUE_PUMP_CONCURRENCY") if name in env]
+    queues = env_of("queues")
+    both = [name for name in (env_of("queue"), env_of("concurrency")) if name in env]
     if both:
-        problems.append(f"QUEUE_PUMP_QUEUES is set together with {' and '.join(both)}; expected "
-                        "one form: QUEUE_PUMP_QUEUES=name:concurrency,... alone, or the single "
+        problems.append(f"{queues} is set together with {' and '.join(both)}; expected "
+                        f"one form: {queues}=name:concurrency,... alone, or the single "
                         "queue variables")
     lanes: list[tuple[str, int]] = []
-    per_queue = KNOBS_BY_ENV["QUEUE_PUMP_CONCURRENCY"]  # one queue's loops: as for the one queue
+    per_queue = KNOBS_BY_ATTR["concurrency"]  # one queue's loops: as for the one queue
     low, high = per_queue.low or 1, per_queue.high or MAX_TOTAL_CONCURRENCY
     for part in spec.split(","):
         name, _, count = part.strip().partition(":")
@@ -170,17 +170,17 @@ def _lanes(env: Mapping[str, str], values: dict[str, Any],
         count = count.strip() or "1"
         if (not queue_name_ok(name) or not (count.isascii() and count.isdigit())
                 or not low <= int(count) <= high):
-            problems.append(f"QUEUE_PUMP_QUEUES has {part.strip()!r}; expected name:concurrency "
+            problems.append(f"{queues} has {part.strip()!r}; expected name:concurrency "
                             f"with a name without spaces and a concurrency from {low} to {high}, "
                             "e.g. agent:2,render:1")
             continue
         if any(name == known for known, _ in lanes):
-            problems.append(f"QUEUE_PUMP_QUEUES names {name!r} twice; expected each queue once")
+            problems.append(f"{queues} names {name!r} twice; expected each queue once")
             continue
         lanes.append((name, int(count)))
     total = sum(n for _, n in lanes)
     if total > MAX_TOTAL_CONCURRENCY:
-        problems.append(f"QUEUE_PUMP_QUEUES adds up to {total} loops; expected at most "
+        problems.append(f"{queues} adds up to {total} loops; expected at most "
                         f"{MAX_TOTAL_CONCURRENCY} in all")
     return tuple(lanes)
 
@@ -210,7 +210,7 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
     if values.get("idle_max_sleep_s") is None:
         values["idle_max_sleep_s"] = values.get("idle_sleep_s")  # adaptive idle off
     if problems:
-        raise ConfigError(problems + between_fields(values))
+        raise ConfigError(problems + between_fields(KNOBS, values))
     if not values["worker_id"]:
         values["worker_id"] = hostname or socket.gethostname()
     return Settings(**values)

@@ -45,11 +45,32 @@ class Knob:
     secret: bool = False
     header: bool = False  # travels as an HTTP header on every call
     placeholder: str = ""  # what .env.example ships for a required one
+    # A value set must be at least this long, and why (the end of the problem line).
+    min_chars: int = 0
+    min_chars_why: str = ""
+    # The field (attr) this one may not be below, and what to add to the problem line.
+    at_least: str = ""
+    at_least_note: str = ""
 
     @property
     def view_name(self) -> str:
         """The name in `queue-pump config` and the start line: the unit the user wrote."""
         return self.attr.removesuffix("_s") + "_ms" if self.kind is Kind.MS else self.attr
+
+    @property
+    def unit(self) -> str:
+        return " ms" if self.kind is Kind.MS else ""
+
+    @property
+    def scale(self) -> float:
+        """Settings' unit per the environment's: an MS knob's value is held in seconds."""
+        return 1000.0 if self.kind is Kind.MS else 1.0
+
+    def shown(self, value: Any) -> str:
+        """A parsed value as the environment writes it, for a problem line."""
+        if self.kind is Kind.MS and isinstance(value, int | float):
+            return str(round(value * 1000))
+        return repr(value)
 
 
 MAX_TOTAL_CONCURRENCY = 256
@@ -69,14 +90,15 @@ KNOB = "queue_pump.knob"
 def setting(env: str, kind: Kind, default: str | None, help: str, *,
             low: int | None = None, high: int | None = None, choices: tuple[str, ...] = (),
             required: bool = False, optional: bool = False, secret: bool = False,
-            header: bool = False, placeholder: str = "") -> Any:
+            header: bool = False, placeholder: str = "", min_chars: int = 0,
+            min_chars_why: str = "", at_least: str = "", at_least_note: str = "") -> Any:
     """A Settings field and its knob, in one declaration: ``name: type = setting(...)``.
 
     The field has no default (Settings is built from every value, by config.from_mapping);
     ``default`` is the environment's, as written there. A secret is kept out of repr()."""
     secret = secret or kind is Kind.SECRET
     knob = Knob(env, "", kind, default, help, low, high, choices, required, optional, secret,
-                header, placeholder)
+                header, placeholder, min_chars, min_chars_why, at_least, at_least_note)
     return dataclasses.field(metadata={KNOB: knob}, repr=not secret)
 
 

@@ -23,8 +23,17 @@ from .knobs import (
     knobs_of,
     setting,
 )
-from .rules import ConfigError, as_ms, between_fields, out_of_range
+from .rules import ConfigError, between_fields, out_of_range
 from .urls import redact_url
+
+# Masked everywhere, a short secret would garble every log line and so show itself.
+SHORT_SECRET = "a value that short is no secret, and masking it would garble every log line"
+
+# The family of variables the pump reads; and the names in it that are no setting of the pump:
+# the reference runner's own (its prefix), and those the tests and CI read.
+PREFIX = "QUEUE_PUMP_"
+NOT_SETTINGS_PREFIXES = (f"{PREFIX}RUNNER_",)
+NOT_SETTINGS = frozenset({f"{PREFIX}DENO", f"{PREFIX}REQUIRE_KIT", f"{PREFIX}PG_BIN"})
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class Settings:
     agent_token: str = setting(
         "AGENT_TOKEN", Kind.SECRET, None,
         f"Sent as X-Agent-Token on every call; at least {MIN_SECRET_CHARS} characters.",
-        required=True, header=True, placeholder="change-me")
+        required=True, header=True, placeholder="change-me", min_chars=MIN_SECRET_CHARS,
+        min_chars_why=SHORT_SECRET)
     organization_id: str = setting(
         "ORGANIZATION_ID", Kind.STR, None,
         "Sent as X-Organization-Id on every call.", required=True, header=True,
@@ -47,7 +57,8 @@ class Settings:
     anon_key: str = setting(
         "SUPABASE_ANON_KEY", Kind.SECRET, "",
         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying "
-        f"functions); at least {MIN_SECRET_CHARS} characters.", header=True)
+        f"functions); at least {MIN_SECRET_CHARS} characters.", header=True,
+        min_chars=MIN_SECRET_CHARS, min_chars_why=SHORT_SECRET)
     endpoint_override: str = setting(
         "QUEUE_PUMP_ENDPOINT", Kind.URL, "",
         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners).")
@@ -68,7 +79,8 @@ class Settings:
         "QUEUE_PUMP_IDLE_MAX_SLEEP_MS", Kind.MS, "",
         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "
         "processed job snaps back. Default: the idle sleep (off).", low=100, high=DAY_MS,
-        optional=True)
+        optional=True, at_least="idle_sleep_s",
+        at_least_note="max >= the idle sleep (or unset: adaptive idle off)")
     tick_sleep_s: float = setting(
         "QUEUE_PUMP_TICK_SLEEP_MS", Kind.MS, "250",
         "Sleep after a processed job.", low=0, high=HOUR_MS)
@@ -88,7 +100,8 @@ class Settings:
         low=1, high=HOUR_MS)
     backoff_max_s: float = setting(
         "QUEUE_PUMP_BACKOFF_MAX_MS", Kind.MS, "60000",
-        "Cap of the retry delay; also the delay after 401/403/404.", low=1, high=HOUR_MS)
+        "Cap of the retry delay; also the delay after 401/403/404.", low=1, high=HOUR_MS,
+        at_least="backoff_base_s", at_least_note="max >= base")
     shutdown_grace_s: float = setting(
         "QUEUE_PUMP_SHUTDOWN_GRACE_MS", Kind.MS, "30000",
         "On SIGTERM/SIGINT, how long calls in flight may take to finish.", low=0, high=HOUR_MS)
@@ -124,7 +137,8 @@ class Settings:
         "QUEUE_PUMP_WAKE_TOKEN", Kind.SECRET, "",
         "Enables POST /wake on the health endpoint for callers sending it as a bearer token "
         f"(at least {MIN_WAKE_TOKEN} characters); wakes idle loops at once. SIGUSR1 wakes "
-        "them with or without it.", header=True)
+        "them with or without it.", header=True, min_chars=MIN_WAKE_TOKEN,
+        min_chars_why="anyone who guesses it can wake the pump")
     max_calls_per_hour: int = setting(
         "QUEUE_PUMP_MAX_CALLS_PER_HOUR", Kind.INT, "0",
         "Cap on all runner calls (a token bucket shared by every loop; work is paced, never "
@@ -145,7 +159,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         values = vars(self)
-        problems = out_of_range(KNOBS, values) + between_fields(values)
+        problems = out_of_range(KNOBS, values) + between_fields(KNOBS, values)
         if problems:
             raise ConfigError(problems)
 
@@ -180,7 +194,7 @@ class Settings:
             elif knob.kind is Kind.URL and value:
                 value = redact_url(value)
             elif knob.kind is Kind.MS:
-                value = as_ms(value)
+                value = round(value * knob.scale)
             view[knob.view_name] = value
         view["endpoint"] = redact_url(self.endpoint)
         view["lanes"] = {queue: n for queue, n in self.lanes}
@@ -189,6 +203,13 @@ class Settings:
 
 KNOBS: tuple[Knob, ...] = knobs_of(Settings)
 KNOBS_BY_ENV = {k.env: k for k in KNOBS}
+KNOBS_BY_ATTR = {k.attr: k for k in KNOBS}
+
+
+def env_of(attr: str) -> str:
+    """The variable of a Settings field, as the table declares it: every line that names a
+    variable (a problem, a hint, a help text) takes it from here, never writes it again."""
+    return KNOBS_BY_ATTR[attr].env
 
 
 def describe_knobs(width: int = 80) -> str:

@@ -1,20 +1,16 @@
 """Settings that look like ours but are not: a misspelled variable is otherwise silently
-ignored and its default used (QUEUE_PUMP_IDLE_SLEEP=5000 without _MS, QUEUE_PUMP_CONCURENCY)."""
+ignored and its default used (the idle sleep without its _MS, CONCURENCY for CONCURRENCY)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-PREFIX = "QUEUE_PUMP_"
-# Variables of the QUEUE_PUMP_ family that are not pump settings: the reference runner's own
-# (QUEUE_PUMP_RUNNER_*), and those the tests, the demo and CI read.
-NOT_SETTINGS_PREFIXES = ("QUEUE_PUMP_RUNNER_",)
-NOT_SETTINGS = frozenset({"QUEUE_PUMP_DENO", "QUEUE_PUMP_REQUIRE_KIT", "QUEUE_PUMP_PG_BIN"})
+from .settings import NOT_SETTINGS, NOT_SETTINGS_PREFIXES, PREFIX
 
 
 def unknown_settings(env: Mapping[str, str], known: Iterable[str]) -> list[tuple[str, str | None]]:
-    """Each QUEUE_PUMP_* name in ``env`` that no setting declares, with the closest known name
-    (None when nothing is close), sorted by name."""
+    """Each name of the pump's family (PREFIX) in ``env`` that no setting declares, with the
+    closest known name (None when nothing is close), sorted by name."""
     known = sorted(set(known))
     ours = [k for k in known if k.startswith(PREFIX)]
     found = []

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 import httpx
 
-from ..config import redact_url
+from ..config import env_of, redact_url
 from .backoff import parse_retry_after
 
 # Statuses that mean "the runner or something in front of it is busy or down: try again".
@@ -74,25 +74,24 @@ class Hints:
         if status == 401:
             return f"{self.target} rejected the credentials: {self.credentials}"
         if status == 403:
-            return (f"{self.target} refused this caller: check ORGANIZATION_ID and the "
+            return (f"{self.target} refused this caller: check {env_of('organization_id')} and the "
                     "token's rights")
         if status == 404:
             return f"nothing answers at this URL: {self.not_found}"
         return f"{self.target} rejects the request as sent: {self.rejected}"
 
 
-_RUNNER_URL = "check SUPABASE_URL or QUEUE_PUMP_ENDPOINT"
+_RUNNER_URL = f"check {env_of('supabase_url')} or {env_of('endpoint_override')}"
+_CREDENTIALS = f"check {env_of('agent_token')} and {env_of('organization_id')}"
 RUNNER = Hints(
     target="the runner", bad_url=_RUNNER_URL,
     not_found=f"{_RUNNER_URL}, and that the function is deployed",
-    credentials="check AGENT_TOKEN and ORGANIZATION_ID (and SUPABASE_ANON_KEY if the function "
-                "verifies JWTs)",
+    credentials=f"{_CREDENTIALS} (and {env_of('anon_key')} if the function verifies JWTs)",
     rejected="check the URL and the runner's version")
 SCHEDULE = Hints(
     target="the endpoint", bad_url="check this schedule's url",
     not_found="check this schedule's url",
-    credentials="check AGENT_TOKEN and ORGANIZATION_ID (and SUPABASE_ANON_KEY, or this "
-                "schedule's headers)",
+    credentials=f"{_CREDENTIALS} (and {env_of('anon_key')}, or this schedule's headers)",
     rejected="check this schedule's body against what the endpoint accepts")
 
 

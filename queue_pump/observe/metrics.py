@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
 )
 
+from ..config import env_of
 from .state import DURATION_BUCKETS, MetricsView, Stats
 
 PREFIX = "queue_pump_"
@@ -43,7 +44,7 @@ FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("counter", "schedule_events",
      "Scheduled enqueues by schedule and event (fired, retried, failed, skipped).",
      ("schedule", "event")),
-    ("gauge", "call_budget_per_hour", "QUEUE_PUMP_MAX_CALLS_PER_HOUR (0: no cap).", ()),
+    ("gauge", "call_budget_per_hour", f"{env_of('max_calls_per_hour')} (0: no cap).", ()),
 )
 
 

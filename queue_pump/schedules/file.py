@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-from ..config import ConfigError, is_loopback_host, redact_url
+from ..config import ConfigError, env_of, is_loopback_host, redact_url
 
-ENV = "QUEUE_PUMP_SCHEDULES"
+ENV = env_of("schedules")
 DEFAULT_DEDUPE_KEY = "{name}:{window}"
 BODY_KEY = "dedupeKey"  # the reference runner's field
 _ENTRY_KEYS = ("name", "cron", "url", "body", "dedupe_key", "headers")
@@ -148,7 +148,7 @@ def parse_schedules(data: Mapping[str, Any], *, source: str = "schedules",
     entries = data.get("schedule", [])
     if not isinstance(entries, list) or not entries:
         problems.append(f"{source}: no [[schedule]] entries; expected at least one "
-                        "(unset QUEUE_PUMP_SCHEDULES to run without schedules)")
+                        f"(unset {ENV} to run without schedules)")
         raise ConfigError(problems)
     schedules: list[Schedule] = []
     seen: dict[str, int] = {}
@@ -249,7 +249,7 @@ def _check_url(url: Any, allow_insecure_http: bool, problem: Problem) -> None:
     elif (parts.scheme == "http" and not allow_insecure_http
           and not is_loopback_host(parts.hostname)):
         problem(f"url {shown} uses plain http to a host that is not loopback (the token "
-                "would travel in clear); use https, or set QUEUE_PUMP_ALLOW_INSECURE_HTTP=1")
+                f"would travel in clear); use https, or set {env_of('allow_insecure_http')}=1")
 
 
 def _check_body_table(body: Any, problem: Problem) -> None:
