@@ -128,3 +128,12 @@ def _warm_bytecode() -> None:
         sys.dont_write_bytecode = False  # this process started under the variable too
         for module in modules:  # imported as the workers will, so rewritten as they would be
             importlib.import_module(".".join(module.relative_to(tests.parent).with_suffix("").parts))
+
+
+def runner_client(http: Any, settings: Any) -> Any:
+    """A RunnerClient as the process builds one: its config and the settings' one redactor."""
+    from queue_pump.app import client_config
+    from queue_pump.loop.client import RunnerClient
+    from queue_pump.observe import Redactor
+
+    return RunnerClient(http, client_config(settings), Redactor(settings.secrets()).scrub)

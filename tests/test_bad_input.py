@@ -26,17 +26,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from queue_pump import cli
+from queue_pump.app import http_config, policy
 from queue_pump.config import from_mapping
 from queue_pump.config.knobs import Knob
 from queue_pump.config.settings import KNOBS
 from queue_pump.loop.backoff import RETRY_AFTER_CEILING_S
-from queue_pump.loop.client import Idle, Processed, RunnerClient, classify
+from queue_pump.loop.client import Idle, Processed, classify
 from queue_pump.loop.failures import CallError, ErrorKind
-from queue_pump.loop.pump import Lane, Policy, Pump
+from queue_pump.loop.pump import Lane, Pump
 from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client
 
-from .conftest import BASE_ENV, TOKEN, FakeTime
+from .conftest import BASE_ENV, TOKEN, FakeTime, runner_client
 from .proc import pump_env, run
 
 ACCEPTED = 99  # what the stubbed start returns: the configuration was accepted
@@ -276,9 +277,10 @@ def test_any_answers_never_crash_a_loop(answers: list[tuple[int, dict[str, str],
             return httpx.Response(status, headers=headers, content=body)
 
         stats = Stats(clock=fake.clock)
-        async with build_http_client(SETTINGS, transport=httpx.MockTransport(handler)) as http:
-            client = RunnerClient(http, SETTINGS)
-            pump = Pump([Lane("agent", 1, client.call)], Policy.from_settings(SETTINGS), stats,
+        async with build_http_client(http_config(SETTINGS),
+                                     transport=httpx.MockTransport(handler)) as http:
+            client = runner_client(http, SETTINGS)
+            pump = Pump([Lane("agent", 1, client.call)], policy(SETTINGS), stats,
                         structlog.get_logger(), stop=stop, pause=fake.pause, clock=fake.clock,
                         rng=random.Random(0))
             code = await asyncio.wait_for(pump.run(), 10)

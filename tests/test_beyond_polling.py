@@ -22,7 +22,7 @@ from queue_pump.loop.budget import TokenBucket
 from queue_pump.loop.client import IDLE, Outcome, Processed
 from queue_pump.loop.pump import Lane, Policy, Pump
 from queue_pump.loop.waits import Waker, stop_or_timeout
-from queue_pump.observe.health import HealthServer
+from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import Stats
 
 from .conftest import BASE_ENV, FakeTime
@@ -168,10 +168,10 @@ def wake_request(url: str, token: str | None, method: str = "POST") -> tuple[int
 def test_wake_endpoint_needs_the_token_and_exists_only_with_one() -> None:
     token = "w" * 24
     woken: list[int] = []
-    server = HealthServer(Stats(), "127.0.0.1", 0, wake=lambda: woken.append(1),
-                          wake_token=token)
+    server = HealthServer(Stats(), HealthConfig("127.0.0.1", 0, wake_token=token),
+                          wake=lambda: woken.append(1))
     server.start()
-    closed = HealthServer(Stats(), "127.0.0.1", 0, wake=lambda: woken.append(1))
+    closed = HealthServer(Stats(), HealthConfig("127.0.0.1", 0), wake=lambda: woken.append(1))
     closed.start()
     try:
         assert wake_request(server.url, None)[0] == 401

@@ -12,12 +12,13 @@ import httpx
 import pytest
 import respx
 
+from queue_pump.app import http_config
 from queue_pump.config import from_mapping
-from queue_pump.loop.client import IDLE, Outcome, Processed, RunnerClient
+from queue_pump.loop.client import IDLE, Outcome, Processed
 from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.transport import build_http_client
 
-from .conftest import ANON, BASE_ENV, TOKEN
+from .conftest import ANON, BASE_ENV, TOKEN, runner_client
 
 URL = "https://proj.supabase.co/functions/v1/ai-job-runner"
 
@@ -26,8 +27,8 @@ def call(env: dict[str, str] | None = None) -> Outcome:
     settings = from_mapping({**BASE_ENV, **(env or {})}, hostname="box-1")
 
     async def go() -> Outcome:
-        async with build_http_client(settings) as http:
-            return await RunnerClient(http, settings).call()
+        async with build_http_client(http_config(settings)) as http:
+            return await runner_client(http, settings).call()
 
     return asyncio.run(go())
 
@@ -50,8 +51,8 @@ def test_without_httpxs_private_transport_lookup_the_call_goes_through_send(
     settings = from_mapping(BASE_ENV, hostname="box-1")
 
     async def go() -> tuple[Outcome, CallError]:
-        async with build_http_client(settings) as http:
-            client = RunnerClient(http, settings)
+        async with build_http_client(http_config(settings)) as http:
+            client = runner_client(http, settings)
             first = await client.call()
             with pytest.raises(CallError) as info:
                 await client.call()
@@ -352,8 +353,8 @@ def test_the_pool_is_bounded_by_concurrency_plus_two(transport: str) -> None:
         local = from_mapping({**BASE_ENV, "SUPABASE_URL": f"http://127.0.0.1:{port}",
                               "QUEUE_PUMP_CONCURRENCY": str(concurrency),
                               "QUEUE_PUMP_HTTP_TRANSPORT": transport}, hostname="box-1")
-        async with server, build_http_client(local) as http:
-            client = RunnerClient(http, local)
+        async with server, build_http_client(http_config(local)) as http:
+            client = runner_client(http, local)
             return await asyncio.gather(*(client.call() for _ in range(12)))
 
     assert settings.concurrency == concurrency
@@ -395,8 +396,8 @@ def test_cookies_are_not_sent_back_and_url_credentials_are_basic_auth(transport:
                                  "QUEUE_PUMP_HTTP_TRANSPORT": transport}, hostname="box-1")
 
         async def go() -> None:
-            async with build_http_client(settings) as http:
-                client = RunnerClient(http, settings)
+            async with build_http_client(http_config(settings)) as http:
+                client = runner_client(http, settings)
                 await client.call()
                 await client.call()
 

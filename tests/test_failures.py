@@ -12,14 +12,14 @@ import httpx
 import pytest
 import structlog
 
+from queue_pump.app import contract_headers, http_config
 from queue_pump.config import Settings, from_mapping
 from queue_pump.loop import failures
-from queue_pump.loop.client import RunnerClient, contract_headers
 from queue_pump.loop.failures import CallError, ErrorKind
-from queue_pump.schedules.firing import Scheduler
+from queue_pump.schedules.firing import FiringPolicy, Scheduler
 from queue_pump.transport import build_http_client
 
-from .conftest import BASE_ENV
+from .conftest import BASE_ENV, runner_client
 from .runner_double import Reply, free_port, runner_double
 
 TRANSPORTS = ["httpx", "aiohttp"]
@@ -46,17 +46,18 @@ def _settings(url: str, transport: str) -> Settings:
 
 
 async def _runner_call(settings: Settings) -> CallError:
-    async with build_http_client(settings) as http:
+    async with build_http_client(http_config(settings)) as http:
         with pytest.raises(CallError) as info:
-            await RunnerClient(http, settings).call()
+            await runner_client(http, settings).call()
     return info.value
 
 
 async def _schedule_post(settings: Settings) -> CallError:
-    async with build_http_client(settings) as http:
+    async with build_http_client(http_config(settings)) as http:
         scheduler = Scheduler([], http, contract_headers(settings), stop=asyncio.Event(),
                               now=lambda: datetime.now(UTC), pause=asyncio.sleep,
-                              log=structlog.get_logger(), request_timeout_s=TIMEOUT_S)
+                              log=structlog.get_logger(),
+                              policy=FiringPolicy(request_timeout_s=TIMEOUT_S))
         result = await scheduler._attempt(settings.endpoint, b"{}", httpx.Headers())
     assert isinstance(result, CallError), result
     return result

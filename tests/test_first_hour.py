@@ -132,12 +132,13 @@ def _closed_port() -> int:
 def test_a_refused_connection_has_a_hint_and_no_tls_noise(transport: str) -> None:
     import httpx
 
+    from queue_pump.app import http_config
     from queue_pump.transport import build_http_client
 
     settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": transport})
 
     async def call() -> BaseException:
-        async with build_http_client(settings) as client:
+        async with build_http_client(http_config(settings)) as client:
             try:
                 await client.post(f"http://127.0.0.1:{_closed_port()}/x")
             except httpx.HTTPError as exc:

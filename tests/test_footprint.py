@@ -31,10 +31,13 @@ def imported(env: dict[str, str], cwd: str) -> set[str]:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-def test_a_run_loads_its_transport_alone_and_nothing_it_does_not_use(transport: str,
-                                                                    tmp_path: object) -> None:
+@pytest.mark.parametrize("webhook", [False, True], ids=["", "with-webhook"])
+def test_a_run_loads_its_transport_alone_and_nothing_it_does_not_use(
+        transport: str, webhook: bool, tmp_path: object) -> None:
     with runner_double(lambda i: IDLE) as double:
         env = pump_env(double.url, QUEUE_PUMP_HTTP_TRANSPORT=transport)
+        if webhook:  # its client goes through the chosen transport too
+            env["QUEUE_PUMP_ALERT_WEBHOOK_URL"] = double.url + "/hook"
         names = imported(env, str(tmp_path))
     assert "queue_pump" in names and "httpx" in names  # the report was read
     assert transport in names

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from queue_pump.cli.health_client import cmd_healthcheck
-from queue_pump.observe.health import HealthServer
+from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import Stats
 from queue_pump.observe.systemd import status_line
 
@@ -39,7 +39,7 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
 @pytest.fixture
 def served() -> Iterator[tuple[Stats, str]]:
     stats = Stats(clock=FakeTime().clock)
-    server = HealthServer(stats, "127.0.0.1", 0)
+    server = HealthServer(stats, HealthConfig("127.0.0.1", 0))
     server.start()
     try:
         yield stats, server.url

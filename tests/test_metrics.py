@@ -88,9 +88,9 @@ def test_the_numbers_follow_the_writes() -> None:
 
 LAZY = textwrap.dedent("""
     import json, sys, urllib.request
-    from queue_pump.observe.health import HealthServer
+    from queue_pump.observe.health import HealthConfig, HealthServer
     from queue_pump.observe.state import Stats
-    server = HealthServer(Stats(), "127.0.0.1", 0)
+    server = HealthServer(Stats(), HealthConfig("127.0.0.1", 0))
     server.start()
     urllib.request.urlopen(server.url + "/healthz").read()
     before = "prometheus_client" in sys.modules

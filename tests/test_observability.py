@@ -22,10 +22,10 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from queue_pump.app import start_alerter
 from queue_pump.cli.health_client import cmd_healthcheck, cmd_status
 from queue_pump.config import from_mapping
-from queue_pump.observe.alerts import Alerter
-from queue_pump.observe.health import HealthServer
+from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import STUCK_SLACK_S, LoopState, Stats
 from queue_pump.observe.systemd import Notifier, watchdog, watchdog_interval_s
 
@@ -135,7 +135,7 @@ def _answers(url: str) -> bool:
 def served_stats() -> Iterator[tuple[Stats, FakeTime, str]]:
     fake = FakeTime()
     stats = Stats(clock=fake.clock)
-    server = HealthServer(stats, "127.0.0.1", 0)
+    server = HealthServer(stats, HealthConfig("127.0.0.1", 0))
     server.start()
     try:
         yield stats, fake, server.url
@@ -304,7 +304,8 @@ def run_alerts(url: str, streak: list[tuple[str, str | None]]) -> list[str]:
 
     async def go() -> list[str]:
         stats = Stats()
-        alerter = Alerter.start(settings, stats, structlog.get_logger())
+        alerter = start_alerter(settings, stats, structlog.get_logger())
+        assert alerter is not None
         loop = stats.add_loop("agent-0", "agent")
         for outcome, reason in streak:
             stats.call_started(loop, 1.0)
@@ -340,7 +341,7 @@ def test_a_failing_webhook_never_disturbs_the_pump(status: int | None,
 def test_a_client_that_trickles_is_cut_at_one_deadline_for_the_whole_request() -> None:
     # The old server's timeout was per read: a byte every few seconds held it forever. Here a
     # complete request trickled over ~3 s against a 0.5 s deadline must never be answered.
-    server = HealthServer(Stats(), "127.0.0.1", 0, deadline_s=0.5)
+    server = HealthServer(Stats(), HealthConfig("127.0.0.1", 0), deadline_s=0.5)
     server.start()
     request = b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 40 + b"\r\n\r\n"
     try:
@@ -360,7 +361,7 @@ def test_a_client_that_trickles_is_cut_at_one_deadline_for_the_whole_request() -
 
 def test_held_connections_are_bounded_and_a_prober_is_still_answered() -> None:
     before = threading.active_count()
-    server = HealthServer(Stats(), "127.0.0.1", 0, max_connections=8)
+    server = HealthServer(Stats(), HealthConfig("127.0.0.1", 0), max_connections=8)
     server.start()
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
     try:
@@ -429,7 +430,8 @@ def test_one_queues_outage_is_not_hidden_by_anothers_successes() -> None:
 
     async def go() -> tuple[Stats, list[str]]:
         stats = Stats()
-        alerter = Alerter.start(settings, stats, structlog.get_logger())
+        alerter = start_alerter(settings, stats, structlog.get_logger())
+        assert alerter is not None
         ok, broken = stats.add_loop("ok-0", "ok"), stats.add_loop("broken-0", "broken")
         for _ in range(4):  # interleaved: the working queue succeeds between every failure
             for loop, error in ((ok, None), (broken, ("configuration", "http_status"))):

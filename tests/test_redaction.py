@@ -77,7 +77,7 @@ def test_a_non_finite_number_in_any_event_still_renders_valid_json() -> None:
     from queue_pump.observe.logs import configure, get_logger
 
     out = io.StringIO()
-    configure(fmt="json", level="info", secrets=[TOKEN], stream=out)
+    configure(fmt="json", level="info", redactor=Redactor([TOKEN]), stream=out)
     try:
         get_logger().info("e", a=float("inf"), b={"c": [float("nan"), 1.5]}, d=-float("inf"))
     finally:

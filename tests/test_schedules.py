@@ -16,12 +16,12 @@ import httpx
 import pytest
 import structlog
 
+from queue_pump.app import contract_headers, http_config
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.loop.client import contract_headers
 from queue_pump.loop.waits import stop_or_timeout
 from queue_pump.reference_runner import start_runner
 from queue_pump.schedules.file import Schedule, describe, iso_window, load_schedules
-from queue_pump.schedules.firing import Scheduler
+from queue_pump.schedules.firing import FiringPolicy, Scheduler
 from queue_pump.transport import build_http_client
 
 from .conftest import ANON, BASE_ENV, TOKEN
@@ -108,7 +108,8 @@ def run_scheduler(schedules: list[Schedule], wall: Wall, endpoint: Endpoint,
         async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
             scheduler = Scheduler(schedules, http, {"X-Agent-Token": TOKEN}, stop=wall.stop,
                                   now=wall.now, pause=wall.pause, log=structlog.get_logger(),
-                                  **{"backoff_base_s": 1.0, "backoff_max_s": 60.0, **kw})
+                                  policy=FiringPolicy(**{"backoff_base_s": 1.0,
+                                                         "backoff_max_s": 60.0, **kw}))
             await scheduler.run()
             return scheduler
 
@@ -324,7 +325,7 @@ def test_stop_during_backoff_ends_at_once(logs: Logs) -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
             scheduler = Scheduler([sched()], http, {}, stop=stop, now=lambda: datetime.now(UTC),
                                   pause=stop_or_timeout(stop), log=structlog.get_logger(),
-                                  backoff_base_s=1.0, backoff_max_s=1.0)
+                                  policy=FiringPolicy(backoff_base_s=1.0, backoff_max_s=1.0))
             asyncio.get_running_loop().call_later(0.2, stop.set)
             started = time.monotonic()
             await scheduler.run()
@@ -525,7 +526,7 @@ dedupe_key = "nightly-digest:{{window}}"
 
             async def one_run(start: datetime, until: datetime) -> None:
                 wall = Wall(start, until)
-                async with build_http_client(settings) as http:
+                async with build_http_client(http_config(settings)) as http:
                     await Scheduler(schedules, http, contract_headers(settings), stop=wall.stop,
                                     now=wall.now, pause=wall.pause,
                                     log=structlog.get_logger()).run()
@@ -559,7 +560,7 @@ def test_e2e_a_body_the_runner_rejects_is_one_error_not_a_retry_loop(logs: Logs)
             wall = Wall(at(3, 0, 5), until=at(3, 10))
             bad = sched(url=f"{runner.url}/jobs", body={"type": "digest", "priority": 1})
             settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_ENDPOINT": runner.runner_url})
-            async with build_http_client(settings) as http:
+            async with build_http_client(http_config(settings)) as http:
                 await Scheduler([bad], http, contract_headers(settings), stop=wall.stop,
                                 now=wall.now, pause=wall.pause, log=structlog.get_logger()).run()
             total: int = runner.store.stats()["total"]

@@ -23,16 +23,15 @@ import pytest
 import structlog
 
 from queue_pump import cli
+from queue_pump.app import http_config, start_alerter
 from queue_pump.config import ConfigError, from_mapping
-from queue_pump.loop.client import RunnerClient
 from queue_pump.loop.failures import CallError, ErrorKind
-from queue_pump.observe.alerts import Alerter
 from queue_pump.observe.logs import MASK
 from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client, trust_store
 
 from . import loopback
-from .conftest import ANON, BASE_ENV, TOKEN
+from .conftest import ANON, BASE_ENV, TOKEN, runner_client
 from .proc import pump_env, run, start
 from .runner_double import IDLE, Reply, RunnerDouble, free_port, runner_double
 
@@ -55,8 +54,9 @@ def call_with(handler: Any, **env: str) -> CallError:
     settings_ = from_mapping({**BASE_ENV, "SUPABASE_ANON_KEY": ANON, **env}, hostname="box")
 
     async def go() -> None:
-        async with build_http_client(settings_, transport=httpx.MockTransport(handler)) as http:
-            await RunnerClient(http, settings_).call()
+        async with build_http_client(http_config(settings_),
+                                     transport=httpx.MockTransport(handler)) as http:
+            await runner_client(http, settings_).call()
 
     with pytest.raises(CallError) as info:
         asyncio.run(go())
@@ -155,7 +155,7 @@ def test_plain_http_to_loopback_is_allowed(url: str, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
 def test_the_tls_context_verifies_certificates_and_host_names(transport: str) -> None:
     settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": transport})
-    http = build_http_client(settings_)
+    http = build_http_client(http_config(settings_))
     contexts = [c for c in _ssl_contexts(http)]
     assert contexts, "no SSL context found in the client"
     for context in contexts:
@@ -168,8 +168,9 @@ def test_the_webhook_client_verifies_with_the_runner_clients_trust_store() -> No
     """One trust store per process, loaded once, and the alert webhook's client verifies too."""
     settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": "httpx",
                               "QUEUE_PUMP_ALERT_WEBHOOK_URL": "https://hooks.example/x"})
-    http = build_http_client(settings_)
-    alerter = Alerter.start(settings_, Stats(), structlog.get_logger())
+    http = build_http_client(http_config(settings_))
+    alerter = start_alerter(settings_, Stats(), structlog.get_logger())
+    assert alerter is not None
     webhook = list(_ssl_contexts(alerter._http))
     assert webhook and all(c.verify_mode is ssl.CERT_REQUIRED and c.check_hostname
                            for c in webhook)
@@ -249,8 +250,8 @@ def _real_call(url: str, transport: str) -> CallError:
                               "QUEUE_PUMP_HTTP_TRANSPORT": transport})
 
     async def go() -> None:
-        async with build_http_client(settings_) as http:
-            await RunnerClient(http, settings_).call()
+        async with build_http_client(http_config(settings_)) as http:
+            await runner_client(http, settings_).call()
 
     with pytest.raises(CallError) as info:
         asyncio.run(go())

@@ -11,16 +11,15 @@ import asyncio
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
 
-from .. import __version__, transport
-from ..config import Settings, redact_url
-from ..observe.logs import Redactor
+from .. import transport
+from ..config import redact_url
 from ..transport import IDENTITY
 from . import failures
 from .failures import MAX_MESSAGE as _MAX_MESSAGE
@@ -68,19 +67,15 @@ def max_pieces(max_bytes: int) -> int:
     return _MIN_PIECES + max_bytes // _BYTES_PER_PIECE
 
 
-def contract_headers(settings: Settings) -> dict[str, str]:
-    headers = {
-        "X-Agent-Token": settings.agent_token,
-        "X-Organization-Id": settings.organization_id,
-        "X-Worker-Id": settings.worker_id,
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": f"queue-pump/{__version__}",
-    }
-    if settings.anon_key:
-        headers["Authorization"] = f"Bearer {settings.anon_key}"
-        headers["apikey"] = settings.anon_key
-    return headers
+@dataclass(frozen=True)
+class ClientConfig:
+    """What one queue's client needs (app.py builds it from the settings)."""
+
+    endpoint: str  # the runner URL without its query
+    queue: str
+    headers: tuple[tuple[str, str], ...]  # the contract's: token, organization, worker, ...
+    max_response_bytes: int
+    timeout_s: float  # a whole call, start to last byte
 
 
 class RunnerClient:
@@ -93,17 +88,20 @@ class RunnerClient:
     header merging, cookie extraction), which costs as much as the transport itself.
     """
 
-    def __init__(self, http: httpx.AsyncClient, settings: Settings, queue: str | None = None):
+    def __init__(self, http: httpx.AsyncClient, config: ClientConfig,
+                 scrub: Callable[[Any], Any]) -> None:
+        """``scrub`` masks the process's secrets (the log redactor's): a runner's error text
+        may echo one, and it must not survive into the error."""
         self._http = http
-        self.queue = queue or settings.queue
-        self._max_bytes = settings.max_response_bytes
-        self._max_pieces = max_pieces(settings.max_response_bytes)
-        self._deadline_s = settings.http_timeout_s
-        self._url = httpx.URL(settings.endpoint).copy_merge_params(
+        self.queue = config.queue
+        self._max_bytes = config.max_response_bytes
+        self._max_pieces = max_pieces(config.max_response_bytes)
+        self._deadline_s = config.timeout_s
+        self._url = httpx.URL(config.endpoint).copy_merge_params(
             {"worker": "1", "queue": self.queue})
         self.url_for_logs = redact_url(str(self._url))
         headers = httpx.Headers(http.headers)  # the client's defaults: User-Agent, ...
-        headers.update(contract_headers(settings))
+        headers.update(dict(config.headers))
         headers["Accept-Encoding"] = IDENTITY
         if self._url.userinfo:
             # What httpx does for credentials in the URL (BasicAuth), done once; the URL sent
@@ -116,7 +114,7 @@ class RunnerClient:
                                 separators=(",", ":")).encode()
         self._extensions = {"timeout": http.timeout.as_dict()}
         self._transport = transport.direct_transport(http, self._url)
-        self._scrub = Redactor(settings.secrets()).scrub
+        self._scrub = scrub
 
     async def call(self, now: datetime | None = None) -> Outcome:
         try:

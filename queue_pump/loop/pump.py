@@ -10,12 +10,11 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from ..config import Settings
 from ..exits import ExitCode, Mode
 from ..observe.state import LoopRecord, LoopState, Stats
 from .backoff import (
@@ -50,7 +49,7 @@ class Lane:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the loops need of the settings, under the settings' own names (config/settings.py)."""
+    """What the loops need of the settings, under the settings' own names (app.py builds it)."""
 
     idle_sleep_s: float
     idle_max_sleep_s: float
@@ -60,10 +59,6 @@ class Policy:
     http_timeout_s: float
     shutdown_grace_s: float
     log_every: int
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Policy:
-        return cls(**{f.name: getattr(s, f.name) for f in fields(cls)})
 
     def idle_pause_s(self, idle_streak: int) -> float:
         """The idle sleep after ``idle_streak`` idle answers in a row (adaptive idle)."""

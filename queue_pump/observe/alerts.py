@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from structlog.typing import FilteringBoundLogger
 
 from .. import __version__
-from ..config import Settings
-from ..transport import trust_store
 from .state import Stats
 
 WEBHOOK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Where to post and when (app.py builds it from the settings)."""
+
+    url: str
+    after: int  # failed calls in a row that make an outage
+    worker_id: str
 
 
 class Alerter:
@@ -36,12 +44,10 @@ class Alerter:
         self.sent: list[str] = []  # the last few events, for tests and /healthz-style peeks
 
     @classmethod
-    def start(cls, settings: Settings, stats: Stats, log: FilteringBoundLogger,
-              transport: httpx.AsyncBaseTransport | None = None) -> Alerter:
-        http = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
-                                 transport=transport, verify=trust_store())
-        alerter = cls(settings.alert_webhook_url, settings.alert_after, settings.worker_id, log,
-                      http)
+    def start(cls, config: AlertConfig, stats: Stats, log: FilteringBoundLogger,
+              http: httpx.AsyncClient) -> Alerter:
+        """Listens to ``stats`` from now on; posts through ``http``, which it closes."""
+        alerter = cls(config.url, config.after, config.worker_id, log, http)
         stats.subscribe(alerter.on_streak)
         return alerter
 

@@ -15,6 +15,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .http_server import Acceptor
@@ -80,15 +81,23 @@ def _reply(start_response: StartResponse, status: str, data: dict[str, Any]) -> 
     return [body]
 
 
+@dataclass(frozen=True)
+class HealthConfig:
+    """Where the endpoint listens, and the token that opens /wake (app.py builds it)."""
+
+    host: str
+    port: int  # 0: any free port (tests); the wiring never starts it for a configured 0
+    wake_token: str = ""  # empty: no /wake
+
+
 class HealthServer:
     """The endpoint's socket and its one thread; requests are served by ``http_server.Acceptor``."""
 
-    def __init__(self, stats: Stats, host: str, port: int, *,
-                 wake: Callable[[], None] | None = None, wake_token: str = "",
-                 **limits: Any) -> None:
-        self._app = HealthApp(stats, wake=wake, wake_token=wake_token)
-        self._host = host
-        self._port = port
+    def __init__(self, stats: Stats, config: HealthConfig, *,
+                 wake: Callable[[], None] | None = None, **limits: Any) -> None:
+        self._app = HealthApp(stats, wake=wake, wake_token=config.wake_token)
+        self._host = config.host
+        self._port = config.port
         self._limits = limits  # max_connections, deadline_s: tests shrink them
         self._acceptor: Acceptor | None = None
         self._thread: threading.Thread | None = None

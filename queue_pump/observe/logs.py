@@ -110,9 +110,10 @@ def console_view(_logger: Any, _name: str,
     return event
 
 
-def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
+def configure(*, fmt: str, level: str, redactor: Redactor | None = None,
               stream: TextIO | None = None) -> None:
-    """Called once at start-up; ``fmt`` empty means json unless stdout is a terminal."""
+    """Called once at start-up; ``fmt`` empty means json unless stdout is a terminal.
+    ``redactor`` masks the process's secrets in every line (the one the wiring built)."""
     stream = stream or sys.stdout
     if not fmt:
         fmt = "console" if stream.isatty() else "json"
@@ -123,7 +124,7 @@ def configure(*, fmt: str, level: str, secrets: Iterable[str] = (),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            Redactor(secrets),
+            redactor or Redactor(()),
             finite_numbers,
             *([console_view] if fmt == "console" else []),
             renderer,

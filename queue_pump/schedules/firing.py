@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +37,15 @@ MAX_ANSWER_PIECES = 256  # and in as many reads at most: chunk framing is wire b
 Pause = Callable[[float], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class FiringPolicy:
+    """How hard one window is tried (app.py builds it from the settings)."""
+
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+
+
 class Scheduler:
     """Fires every schedule's windows; everything it needs is handed in, so tests fake time.
 
@@ -46,8 +56,7 @@ class Scheduler:
     def __init__(self, schedules: Sequence[Schedule], http: httpx.AsyncClient,
                  headers: Mapping[str, str], *, stop: asyncio.Event,
                  now: Callable[[], datetime], pause: Pause, log: FilteringBoundLogger,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 policy: FiringPolicy = FiringPolicy(),
                  on_count: Callable[[str, str], None] | None = None,
                  rng: random.Random | None = None) -> None:
         self._schedules = list(schedules)
@@ -57,10 +66,10 @@ class Scheduler:
         self._clock = now
         self._pause = pause
         self._log = log
-        self._strategy = full_jitter(backoff_base_s, backoff_max_s)
+        self._strategy = full_jitter(policy.backoff_base_s, policy.backoff_max_s)
         self._rng = rng or random.Random()
-        self._backoff_max_s = backoff_max_s
-        self._request_timeout_s = request_timeout_s
+        self._backoff_max_s = policy.backoff_max_s
+        self._request_timeout_s = policy.request_timeout_s
         self._on_count = on_count
         self.counts: dict[str, dict[str, int]] = {
             s.name: dict.fromkeys(COUNTERS, 0) for s in self._schedules}
