@@ -307,7 +307,7 @@ def run(duration_s: float, concurrency: int, warmup_s: float, tick_ms: int, job_
         "faults": FAULTS, "pump_exit_code": code,
         "pump": calls, "pump_errors_by_kind_at_end": last_metrics["errors_by_kind"],
         "runner_calls": rc, "runner_jobs": {k: runner_stats.get(k) for k in
-                                            ("queued", "processing", "done", "failed", "total")},
+                                            ("queued", "running", "done", "failed", "total")},
         "jobs_enqueued_by_feeder": feeder.enqueued, "queue_ran_dry_polls": feeder.ran_dry,
         "calls_per_s_after_warmup": round(
             (last_metrics["calls_total"] - first_metrics["calls_total"]) / duration_s, 1),

@@ -63,13 +63,13 @@ def test_sigterm_in_the_middle_of_a_long_job_lets_it_complete(tmp_path: Path) ->
         runner.enqueue([{"type": "long", "payload": {"duration_ms": 1500}},
                         {"type": "next", "payload": {"duration_ms": 0}}])
         pump = start(pump_env(runner.url, QUEUE_PUMP_TICK_SLEEP_MS="0"))
-        wait_until(lambda: runner.stats()["processing"] == 1)
+        wait_until(lambda: runner.stats()["running"] == 1)
         t0 = time.monotonic()
         pump.send_signal(signal.SIGTERM)
         done = finish(pump, t0)
         stats = runner.stats()
     assert done.code == 0
-    assert stats["processing"] == 0  # the long job finished before the exit
+    assert stats["running"] == 0  # the long job finished before the exit
     assert (stats["done"], stats["queued"]) == (1, 1)  # finished the long one, took no other
     assert jobs_in(db)[0]["status"] == "done" and jobs_in(db)[0]["type"] == "long"
 
@@ -96,7 +96,7 @@ def test_runner_killed_and_restarted_pumps_back_off_then_drain(tmp_path: Path) -
         for pump in pumps:
             pump.send_signal(signal.SIGTERM)
         results = [finish(p, time.monotonic()) for p in pumps]
-    assert (stats["done"], stats["queued"], stats["processing"], stats["failed"]) == (120, 0, 0, 0)
+    assert (stats["done"], stats["queued"], stats["running"], stats["failed"]) == (120, 0, 0, 0)
     assert [r.code for r in results] == [0, 0]
     failures = [e for r in results for e in r.named("call_failed")]
     assert failures and {e["reason"] for e in failures} <= {"connect", "network", "timeout"}

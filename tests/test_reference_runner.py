@@ -150,7 +150,7 @@ def test_claims_oldest_first_runs_and_records_worker() -> None:
             assert job["workerId"] == "pump-1"
             assert job["startedAt"] <= job["finishedAt"]
             s = await stats(client)
-            assert (s["done"], s["queued"], s["processing"], s["total"]) == (3, 0, 0, 3)
+            assert (s["done"], s["queued"], s["running"], s["total"]) == (3, 0, 0, 3)
             assert s["calls"]["processed"] == 3 and s["calls"]["idle"] == 1
 
     run(body)
@@ -184,7 +184,7 @@ def test_duration_ms_sleeps_without_blocking_other_calls() -> None:
             slow = asyncio.create_task(call(client, "slow"))
             await asyncio.sleep(0.05)
             mid = await stats(client)
-            assert mid["processing"] == 1 and mid["calls"]["inFlight"] == 1
+            assert mid["running"] == 1 and mid["calls"]["inFlight"] == 1
             fast = await call(client, "fast")
             assert fast.json()["status"] == "done"
             assert not slow.done()  # the fast call was answered while the slow one slept
@@ -382,14 +382,14 @@ def test_stats_by_queue_and_filtered() -> None:
             await call(client, "b")
             s = await stats(client)
             assert (s["queued"], s["done"], s["failed"], s["total"]) == (1, 1, 1, 3)
-            assert s["byQueue"]["a"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0,
+            assert s["byQueue"]["a"] == {"queued": 1, "running": 0, "done": 1, "failed": 0,
                                          "total": 2}
             assert s["byQueue"]["b"]["failed"] == 1
             only_b = await stats(client, queue="b")
             assert list(only_b["byQueue"]) == ["b"] and only_b["total"] == 1
             empty = await stats(client, queue="nothing-here")
             assert empty["total"] == 0 and empty["byQueue"] == {
-                "nothing-here": {"queued": 0, "processing": 0, "done": 0, "failed": 0,
+                "nothing-here": {"queued": 0, "running": 0, "done": 0, "failed": 0,
                                  "total": 0}}
             assert s["faults"]["error_rate"] == 0.0
 
@@ -425,7 +425,7 @@ def test_error_fault_answers_error_status_and_claims_nothing() -> None:
             resp = await call(client)
             assert resp.status_code == 503 and resp.headers["Retry-After"] == "2"
             s = await stats(client)
-            assert s["queued"] == 1 and s["processing"] == 0
+            assert s["queued"] == 1 and s["running"] == 0
             assert s["calls"]["faulted"] == 2 and s["calls"]["faultedByKind"]["error"] == 2
 
     run(body)
@@ -546,7 +546,7 @@ def test_close_lets_runs_in_flight_finish() -> None:
                 resp = await pending
             assert resp.status_code == 200 and resp.json()["status"] == "done"
             s = store.stats()
-            assert (s["done"], s["processing"]) == (1, 0)
+            assert (s["done"], s["running"]) == (1, 0)
         finally:
             await r.close()
             store.close()
@@ -577,7 +577,7 @@ def test_close_gives_back_runs_that_outlast_the_drain_timeout() -> None:
     run(body)
 
 
-def test_stale_processing_jobs_are_requeued_at_start_and_before_claims(tmp_path: Path) -> None:
+def test_expired_running_jobs_are_requeued_at_start_and_before_claims(tmp_path: Path) -> None:
     db = str(tmp_path / "jobs.sqlite3")
     long_ago = time.time() - 3600
     dead = JobStore(db, clock=lambda: long_ago)  # a runner that claimed, then died
@@ -589,13 +589,13 @@ def test_stale_processing_jobs_are_requeued_at_start_and_before_claims(tmp_path:
     async def body() -> None:
         async with runner(db=db, lease_s=60) as (_, client):
             s = await stats(client)
-            assert (s["queued"], s["processing"]) == (2, 0)  # recovered at start-up
+            assert (s["queued"], s["running"]) == (2, 0)  # recovered at start-up
             # A runner sharing the file claims job 1 again and dies while we are up.
             other = JobStore(db, clock=lambda: long_ago)
             claimed = other.claim("agent", "dead-runner")
             other.close()
             assert claimed is not None and claimed.id == 1
-            assert (await stats(client))["processing"] == 1
+            assert (await stats(client))["running"] == 1
             first = (await call(client)).json()
             assert (first["jobId"], first["attempt"], first["status"]) == (1, 3, "done")
             second = (await call(client)).json()

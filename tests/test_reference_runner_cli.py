@@ -157,7 +157,7 @@ def test_signal_lets_the_job_in_flight_finish_then_exits_0(
         caller.start()
         # Wait until the run is under way, so the signal lands mid-run.
         for _ in range(100):
-            if status_counts(db).get("processing"):
+            if status_counts(db).get("running"):
                 break
             threading.Event().wait(0.01)
         else:
@@ -171,7 +171,7 @@ def test_signal_lets_the_job_in_flight_finish_then_exits_0(
     assert answer["status_code"] == 200 and answer["status"] == "done"
     assert "runner stopped: 1 calls, 1 processed" in err
     assert TOKEN not in err
-    assert status_counts(db) == {"done": 1, "queued": 1}  # nothing left processing
+    assert status_counts(db) == {"done": 1, "queued": 1}  # nothing left running
 
 
 @pytest.mark.e2e

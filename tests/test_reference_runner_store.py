@@ -43,7 +43,7 @@ def test_claim_takes_the_oldest_of_its_queue_only() -> None:
     second = store.claim("a", "w")
     assert first is not None and second is not None
     assert (first.id, second.id) == (a1.id, a2.id)
-    assert (first.status, first.attempts, first.worker_id) == ("processing", 1, "w")
+    assert (first.status, first.attempts, first.worker_id) == ("running", 1, "w")
     assert store.claim("a", "w") is None
     assert store.claim("missing") is None
     store.close()
@@ -85,42 +85,42 @@ def test_finish_outcomes_and_attempt_accounting() -> None:
     store.enqueue("t", max_attempts=2)
     job = store.claim("agent")
     assert job is not None
-    assert store.finish(job, success=False, error="boom") == "retry"
+    assert store.fail(job, "boom") == "retry"
     after_retry = store.get(job.id)
     assert after_retry is not None
     assert (after_retry.status, after_retry.last_error) == ("queued", "boom")
     job = store.claim("agent")
     assert job is not None and job.attempts == 2
-    assert store.finish(job, success=False, error="boom again") == "failed"
+    assert store.fail(job, "boom again") == "failed"
     failed = store.get(job.id)
     assert failed is not None and failed.status == "failed" and failed.finished_at is not None
-    assert store.finish(job, success=True) == "lost"  # already finished: not ours any more
+    assert store.complete(job) == "lost"  # already finished: not ours any more
     store.close()
 
 
-def test_release_gives_the_job_back_without_spending_an_attempt() -> None:
+def test_requeue_gives_the_job_back_without_spending_an_attempt() -> None:
     store = JobStore()
     store.enqueue("t")
     job = store.claim("agent")
     assert job is not None
-    assert store.release(job, "shutting down") is True
+    assert store.requeue(job, "shutting down") is True
     back = store.get(job.id)
     assert back is not None and (back.status, back.attempts) == ("queued", 0)
-    assert store.release(job, "again") is False
+    assert store.requeue(job, "again") is False
     store.close()
 
 
-def test_requeue_stale_respects_the_lease() -> None:
+def test_requeue_expired_respects_the_lease() -> None:
     clock = Clock()
     store = JobStore(lease_s=300, clock=clock)
     store.enqueue("t")
     job = store.claim("agent", "w")
     assert job is not None
     clock.now += 299
-    assert store.requeue_stale() == 0
+    assert store.requeue_expired() == 0
     clock.now += 2
-    assert store.requeue_stale(lease_s=600) == 0
-    assert store.requeue_stale() == 1
+    assert store.requeue_expired(lease_s=600) == 0
+    assert store.requeue_expired() == 1
     back = store.get(job.id)
     assert back is not None
     assert back.status == "queued" and "lease expired" in (back.last_error or "")
@@ -137,8 +137,8 @@ def test_late_finish_after_a_lease_expiry_is_lost_not_recorded() -> None:
     clock.now += 11
     fresh = store.claim("agent", "other-runner")  # requeues the stale one, then claims it
     assert fresh is not None and fresh.id == slow.id and fresh.attempts == 2
-    assert store.finish(slow, success=False, error="late") == "lost"
-    assert store.finish(fresh, success=True) == "done"
+    assert store.fail(slow, "late") == "lost"
+    assert store.complete(fresh) == "done"
     final = store.get(slow.id)
     assert final is not None and (final.status, final.worker_id) == ("done", "other-runner")
     store.close()
@@ -150,10 +150,10 @@ def test_stats_counts_by_status_and_queue() -> None:
     job = store.claim("a")
     assert job is not None
     s = store.stats()
-    assert (s["queued"], s["processing"], s["total"]) == (2, 1, 3)
-    assert s["byQueue"]["a"] == {"queued": 1, "processing": 1, "done": 0, "failed": 0, "total": 2}
+    assert (s["queued"], s["running"], s["total"]) == (2, 1, 3)
+    assert s["byQueue"]["a"] == {"queued": 1, "running": 1, "done": 0, "failed": 0, "total": 2}
     assert store.stats("b")["byQueue"] == {
-        "b": {"queued": 1, "processing": 0, "done": 0, "failed": 0, "total": 1}}
+        "b": {"queued": 1, "running": 0, "done": 0, "failed": 0, "total": 1}}
     store.close()
 
 
@@ -180,7 +180,7 @@ def _claim_all(db: str, barrier: threading.Barrier, out: list[int]) -> None:
     barrier.wait()
     while (job := store.claim("agent", threading.current_thread().name)) is not None:
         out.append(job.id)
-        store.finish(job, success=True)
+        store.complete(job)
         time.sleep(0.0002)  # SQLite's lock is not fair: without a pause one thread takes all
     store.close()
 
@@ -201,7 +201,7 @@ def test_threads_with_their_own_connections_never_share_a_job(tmp_path: Path) ->
     assert sorted(every) == ids  # each job exactly once
     assert sum(1 for part in claimed if part) >= 2  # they really did compete
     s = seed.stats()
-    assert (s["done"], s["processing"], s["queued"]) == (400, 0, 0)
+    assert (s["done"], s["running"], s["queued"]) == (400, 0, 0)
     assert {job.attempts for job in map(seed.get, ids) if job is not None} == {1}
     seed.close()
 
@@ -218,7 +218,7 @@ _CLAIMER = textwrap.dedent("""
         time.sleep(0.001)
     while (job := store.claim("agent", name)) is not None:
         print(job.id, flush=True)
-        store.finish(job, success=True)
+        store.complete(job)
         time.sleep(0.0005)  # SQLite's lock is not fair: without a pause one process takes all
 """)
 
@@ -280,3 +280,89 @@ def test_two_runner_apps_on_one_file_never_run_a_job_twice(tmp_path: Path) -> No
             assert len(workers) >= 2 and sum(workers.values()) == len(ids)
 
     asyncio.run(asyncio.wait_for(body(), timeout=30))
+
+
+def test_a_heartbeat_keeps_the_lease_and_only_for_the_run_that_holds_it() -> None:
+    clock = Clock()
+    store = JobStore(lease_s=10, clock=clock)
+    store.enqueue("t")
+    job = store.claim("agent", "w")
+    assert job is not None
+    for _ in range(3):  # 24 s in all, never 10 without a heartbeat
+        clock.now += 8
+        assert store.heartbeat(job) is True
+    assert store.requeue_expired() == 0
+    clock.now += 11
+    assert store.requeue_expired() == 1
+    assert store.heartbeat(job) is False  # requeued: no longer this run's
+    store.close()
+
+
+def test_purge_deletes_finished_jobs_past_the_age_oldest_first() -> None:
+    clock = Clock()
+    store = JobStore(clock=clock)
+    for _ in range(3):
+        store.enqueue("t")
+    done = [store.claim("agent") for _ in range(3)]
+    assert all(job is not None for job in done)
+    store.complete(done[0])  # type: ignore[arg-type]
+    clock.now += 10
+    store.fail(done[1], "boom")  # type: ignore[arg-type]  # back to queued: not finished
+    store.enqueue("t", queue="once", max_attempts=1)
+    last = store.claim("once")
+    assert last is not None
+    store.fail(last, "boom")  # failed for good
+    clock.now += 100
+    assert store.purge(older_than_s=105) == 1  # only the one finished 110 s ago
+    assert store.get(done[0].id) is None  # type: ignore[union-attr]
+    assert store.purge(older_than_s=50, max_rows=0) == 0
+    assert store.purge(older_than_s=50) == 1
+    s = store.stats()
+    assert (s["done"], s["failed"], s["queued"], s["running"]) == (0, 0, 1, 1)
+    store.close()
+
+
+def test_a_file_from_before_the_kits_statuses_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.sqlite3")
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO jobs (queue, type, status, attempts, created_at, updated_at,"
+                " started_at) VALUES ('agent', 't', 'processing', 1, 1, 1, 1)")
+    old.execute("INSERT INTO jobs (queue, type, status, created_at, updated_at)"
+                " VALUES ('agent', 't', 'queued', 2, 2)")
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    s = store.stats()
+    assert (s["running"], s["queued"], s["total"]) == (1, 1, 2)
+    assert store.requeue_expired() == 1  # its lease ran out long ago
+    job = store.claim("agent", "w")
+    assert job is not None and job.status == "running"
+    store.close()
+    assert JobStore(path).stats()["total"] == 2  # a second open finds nothing to upgrade
+
+
+# The table as the store created it before it spoke the SQL kit's words.
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue        TEXT    NOT NULL,
+    type         TEXT    NOT NULL,
+    payload      TEXT    NOT NULL DEFAULT '{}',
+    status       TEXT    NOT NULL DEFAULT 'queued'
+                 CHECK (status IN ('queued', 'processing', 'done', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    created_at   REAL    NOT NULL,
+    updated_at   REAL    NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    worker_id    TEXT,
+    dedupe_key   TEXT,
+    last_error   TEXT
+);
+CREATE UNIQUE INDEX jobs_queue_dedupe_key ON jobs (queue, dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
+CREATE INDEX jobs_claim ON jobs (queue, status, id);
+CREATE INDEX jobs_lease ON jobs (status, started_at);
+"""
