@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tests.fault_scenarios import (
+from tests.support.fault_scenarios import (
     BASE_MS,
     DEFAULT_TRANSPORT,
     FAULTS,

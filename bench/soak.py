@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,11 +41,14 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.net import free_port
+
 ORG = "soak-org"
 FAULTS = {"error_rate": 0.10, "rate_limit_rate": 0.05, "drop_rate": 0.05}  # ~20 % of calls
 RSS_GROWTH_LIMIT = 0.10
 LOW_WATER = 300  # feeder tops the queue up below this many queued jobs
 BATCH = 500
+
 
 
 @dataclass
@@ -134,12 +136,6 @@ def metrics_consistent(m: dict[str, Any]) -> list[str]:
         problems.append(f"metrics: calls_total={m['calls_total']} != "
                         f"call_duration_seconds_count={m['histogram_count']}")
     return problems
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _drain(stream: Any, sink: list[str]) -> None:

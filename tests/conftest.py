@@ -1,8 +1,8 @@
-"""Shared fixtures: fake time for the loops, a base environment, log capture."""
+"""Fixtures (fake time for the loops, log capture) and the suite's set-up; the helpers the tests
+share are in tests/support/."""
 
 from __future__ import annotations
 
-import asyncio
 import compileall
 import importlib
 import os
@@ -17,6 +17,9 @@ import pytest
 import structlog
 
 from .supabase import kit
+from .support.env import ANON, BASE_ENV, TOKEN, FakeTime
+
+__all__ = ["ANON", "BASE_ENV", "TOKEN", "FakeTime"]  # the kit's tests import TOKEN from here
 
 # Filled by tests/supabase/conftest.py: the kit tests left out, one count per hint. The hooks
 # that print it live here, because an xdist controller collects nothing and so never loads
@@ -24,34 +27,6 @@ from .supabase import kit
 KIT_LEFT_OUT = pytest.StashKey[dict[str, int]]()
 # Where the kit's PostgreSQL cluster lives, shared by every worker (tests/supabase/conftest.py).
 KIT_PG_DIR = pytest.StashKey[str]()
-
-TOKEN = "tok-SECRET-5f3a9c"  # recognisable, so tests can assert it never leaks
-ANON = "anon-SECRET-77b1"
-
-BASE_ENV = {
-    "SUPABASE_URL": "https://proj.supabase.co",
-    "AGENT_TOKEN": TOKEN,
-    "ORGANIZATION_ID": "org-1",
-}
-
-
-class FakeTime:
-    """A clock that only moves when the pump pauses (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.pauses: list[float] = []
-        self.wakeable: list[bool] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def pause(self, seconds: float, wakeable: bool = False) -> None:
-        self.pauses.append(seconds)
-        self.wakeable.append(wakeable)
-        self.now += seconds
-        await asyncio.sleep(0)
-
 
 @pytest.fixture
 def fake_time() -> FakeTime:
@@ -128,12 +103,3 @@ def _warm_bytecode() -> None:
         sys.dont_write_bytecode = False  # this process started under the variable too
         for module in modules:  # imported as the workers will, so rewritten as they would be
             importlib.import_module(".".join(module.relative_to(tests.parent).with_suffix("").parts))
-
-
-def runner_client(http: Any, settings: Any) -> Any:
-    """A RunnerClient as the process builds one: its config and the settings' one redactor."""
-    from queue_pump.app import client_config
-    from queue_pump.loop.client import RunnerClient
-    from queue_pump.observe import Redactor
-
-    return RunnerClient(http, client_config(settings), Redactor(settings.secrets()).scrub)

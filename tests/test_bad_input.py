@@ -36,9 +36,8 @@ from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.loop.pump import Lane, Pump
 from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client
-
-from .conftest import BASE_ENV, TOKEN, FakeTime, runner_client
-from .proc import pump_env, run
+from tests.support.env import BASE_ENV, TOKEN, FakeTime, runner_client
+from tests.support.proc import pump_env, run
 
 ACCEPTED = 99  # what the stubbed start returns: the configuration was accepted
 HUGE_NUMBER = "9" * 40

@@ -24,11 +24,10 @@ from queue_pump.loop.pump import Lane, Policy, Pump
 from queue_pump.loop.waits import Waker, stop_or_timeout
 from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import Stats
-
-from .conftest import BASE_ENV, FakeTime
-from .proc import finish, pump_env, start
-from .reference_process import reference_runner
-from .runner_double import JOB, Reply, free_port, runner_double
+from tests.support.env import BASE_ENV, FakeTime
+from tests.support.proc import finish, pump_env, start
+from tests.support.reference_process import reference_runner
+from tests.support.runner_double import JOB, Reply, free_port, runner_double
 
 ADAPTIVE = Policy(idle_sleep_s=10.0, idle_max_sleep_s=60.0, tick_sleep_s=0.25, backoff_base_s=1.0,
                   backoff_max_s=60.0, http_timeout_s=1800.0, shutdown_grace_s=30.0, log_every=10)

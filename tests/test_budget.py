@@ -1,8 +1,7 @@
 import pytest
 
 from queue_pump.loop.budget import TokenBucket
-
-from .conftest import FakeTime
+from tests.support.env import FakeTime
 
 
 def test_a_burst_up_to_capacity_then_paced_at_the_rate(fake_time: FakeTime) -> None:

@@ -17,8 +17,7 @@ from queue_pump.config import from_mapping
 from queue_pump.loop.client import IDLE, Outcome, Processed
 from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.transport import build_http_client
-
-from .conftest import ANON, BASE_ENV, TOKEN, runner_client
+from tests.support.env import ANON, BASE_ENV, TOKEN, runner_client
 
 URL = "https://proj.supabase.co/functions/v1/ai-job-runner"
 
@@ -268,7 +267,7 @@ def test_total_deadline_covers_a_slow_trickle() -> None:
 
 @pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
 def test_both_transports_speak_the_contract_over_real_loopback(transport: str) -> None:
-    from .runner_double import JOB, Reply, runner_double
+    from tests.support.runner_double import JOB, Reply, runner_double
 
     replies = [JOB, Reply(status=503, headers={"Retry-After": "2"}), Reply(drop=True)]
     with runner_double(lambda i: replies[i]) as double:
@@ -296,7 +295,7 @@ def test_failures_after_connect_classify_alike(transport: str, reply_kind: str,
                                                 reason: str) -> None:
     # httpx-aiohttp maps aiohttp.ClientConnectionError (which a server hang-up is) to
     # httpx.ConnectTimeout: the classifier must look at the cause, not trust the mapped name.
-    from .runner_double import Reply, runner_double
+    from tests.support.runner_double import Reply, runner_double
 
     reply = {"drop": Reply(drop=True), "partial": Reply(partial=True),
              "stall": Reply(delay_s=2.5)}[reply_kind]
@@ -308,7 +307,7 @@ def test_failures_after_connect_classify_alike(transport: str, reply_kind: str,
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_refused_and_dns_classify_alike(transport: str) -> None:
-    from .runner_double import free_port
+    from tests.support.runner_double import free_port
 
     refused = failure(SUPABASE_URL=f"http://127.0.0.1:{free_port()}",
                       QUEUE_PUMP_HTTP_TRANSPORT=transport)
@@ -368,7 +367,7 @@ def test_proxy_from_the_environment_is_used(transport: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from .runner_double import JOB, runner_double
+    from tests.support.runner_double import JOB, runner_double
 
     for name in list(os.environ):
         if name.lower().endswith("_proxy"):
@@ -387,7 +386,7 @@ def test_proxy_from_the_environment_is_used(transport: str,
 def test_cookies_are_not_sent_back_and_url_credentials_are_basic_auth(transport: str) -> None:
     import base64
 
-    from .runner_double import Reply, runner_double
+    from tests.support.runner_double import Reply, runner_double
 
     reply = Reply(body={"processed": True}, headers={"Set-Cookie": "lb=node-7; Path=/"})
     with runner_double(lambda _i: reply) as double:
@@ -410,7 +409,7 @@ def test_cookies_are_not_sent_back_and_url_credentials_are_basic_auth(transport:
 
 
 def test_both_transports_send_the_same_headers() -> None:
-    from .runner_double import JOB, runner_double
+    from tests.support.runner_double import JOB, runner_double
 
     seen = {}
     for transport in TRANSPORTS:

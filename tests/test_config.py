@@ -11,8 +11,7 @@ from queue_pump.config import ConfigError, from_mapping
 from queue_pump.config.envfile import load_env
 from queue_pump.config.settings import KNOBS, env_example
 from queue_pump.config.urls import is_loopback_host, redact_url
-
-from .conftest import ANON, BASE_ENV, TOKEN
+from tests.support.env import ANON, BASE_ENV, TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,9 @@ import structlog
 from queue_pump.config import from_mapping
 from queue_pump.config.settings import KNOBS
 from queue_pump.observe.logs import CONSOLE_START_KEYS, configure, console_view, get_logger
-
-from .conftest import BASE_ENV
-from .proc import pump_env, run
-from .runner_double import IDLE, Reply, runner_double
+from tests.support.env import BASE_ENV
+from tests.support.proc import pump_env, run
+from tests.support.runner_double import IDLE, Reply, runner_double
 
 
 def _config() -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from queue_pump.config.knobs import Knob
 from queue_pump.config.settings import KNOBS
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -89,12 +89,6 @@ def command_blocks() -> list[tuple[str, str, str]]:
                 body = match.group(2)
                 found.append((str(path.relative_to(ROOT)), body.splitlines()[0], body))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sandbox(tmp_path: Path, **extra: str) -> dict[str, str]:

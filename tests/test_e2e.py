@@ -10,21 +10,12 @@ from pathlib import Path
 import pytest
 
 from queue_pump.reference_runner import JobStore
-
-from .fault_scenarios import backoff_bound
-from .proc import Live, finish, pump_env, start
-from .reference_process import reference_runner
-from .runner_double import free_port
+from tests.support.fault_scenarios import backoff_bound
+from tests.support.proc import Live, finish, pump_env, start, wait_until
+from tests.support.reference_process import reference_runner
+from tests.support.runner_double import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
 
 
 def jobs_in(db: Path) -> list[dict[str, object]]:
@@ -63,7 +54,7 @@ def test_sigterm_in_the_middle_of_a_long_job_lets_it_complete(tmp_path: Path) ->
         runner.enqueue([{"type": "long", "payload": {"duration_ms": 1500}},
                         {"type": "next", "payload": {"duration_ms": 0}}])
         pump = start(pump_env(runner.url, QUEUE_PUMP_TICK_SLEEP_MS="0"))
-        wait_until(lambda: runner.stats()["running"] == 1)
+        wait_until(lambda: runner.stats()["running"] == 1, timeout_s=30.0)
         t0 = time.monotonic()
         pump.send_signal(signal.SIGTERM)
         done = finish(pump, t0)
@@ -84,7 +75,7 @@ def test_runner_killed_and_restarted_pumps_back_off_then_drain(tmp_path: Path) -
                        QUEUE_PUMP_BACKOFF_BASE_MS="50", QUEUE_PUMP_BACKOFF_MAX_MS="500",
                        QUEUE_PUMP_IDLE_SLEEP_MS="200")
         pumps = [start(env) for _ in range(2)]
-        wait_until(lambda: runner.stats()["done"] >= 30)
+        wait_until(lambda: runner.stats()["done"] >= 30, timeout_s=30.0)
         killed = time.monotonic()
         runner.kill()
         time.sleep(1.0)  # the outage: pumps must back off, not spin
@@ -111,7 +102,7 @@ def test_wrong_token_is_reported_and_not_hammered(tmp_path: Path) -> None:
         runner.enqueue([{"type": "t"}])
         env = pump_env(runner.url, AGENT_TOKEN="wrong-token-123", QUEUE_PUMP_CONCURRENCY="2")
         pump = start(env)
-        wait_until(lambda: runner.stats()["calls"]["unauthorized"] >= 2)
+        wait_until(lambda: runner.stats()["calls"]["unauthorized"] >= 2, timeout_s=30.0)
         time.sleep(1.0)
         calls = runner.stats()["calls"]
         pump.send_signal(signal.SIGTERM)

@@ -18,9 +18,8 @@ from queue_pump.loop import failures
 from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.schedules.firing import FiringPolicy, Scheduler
 from queue_pump.transport import build_http_client
-
-from .conftest import BASE_ENV, runner_client
-from .runner_double import Reply, free_port, runner_double
+from tests.support.env import BASE_ENV, runner_client
+from tests.support.runner_double import Reply, free_port, runner_double
 
 TRANSPORTS = ["httpx", "aiohttp"]
 # fault -> (reply from the double, or None for an address with nothing behind it), expected

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from .fault_scenarios import (
+from tests.support.fault_scenarios import (
     BASE_S,
     FAULTS,
     FAULTS_BY_NAME,

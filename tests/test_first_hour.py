@@ -25,8 +25,8 @@ from queue_pump.loop.client import Processed
 from queue_pump.loop.failures import RUNNER, ErrorKind, from_exception
 from queue_pump.loop.pump import ExitCode, Lane, Mode, Pump
 from queue_pump.observe.state import Stats
+from tests.support.env import BASE_ENV, TOKEN, FakeTime
 
-from .conftest import BASE_ENV, TOKEN, FakeTime
 from .test_pump import POLICY, Script, err, run
 
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from .proc import pump_env
-from .runner_double import IDLE, runner_double
+from tests.support.proc import pump_env
+from tests.support.runner_double import IDLE, runner_double
 
 # Loaded only by what some runs do: the first /metrics scrape, the first backoff (or adaptive
 # idle), a .env file, a misspelled QUEUE_PUMP_* name.

@@ -22,10 +22,9 @@ from queue_pump.cli.health_client import cmd_healthcheck
 from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import Stats
 from queue_pump.observe.systemd import status_line
-
-from .conftest import FakeTime
-from .proc import finish, pump_env, start, wait_until
-from .runner_double import IDLE, Reply, free_port, runner_double
+from tests.support.env import FakeTime
+from tests.support.proc import finish, pump_env, start, wait_until
+from tests.support.runner_double import IDLE, Reply, free_port, runner_double
 
 
 def get(url: str) -> tuple[int, dict[str, Any]]:

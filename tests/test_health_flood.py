@@ -10,14 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 
-from .proc import Live, pump_env
-from .runner_double import IDLE, free_port, runner_double
+from tests.support.proc import Live, pump_env, wait_until
+from tests.support.runner_double import IDLE, free_port, runner_double
 
 pytestmark = pytest.mark.e2e
 FD_LIMIT = 256
@@ -34,13 +32,6 @@ def proc_status(pid: int, key: str) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def limited_start(env: dict[str, str]) -> Live:
@@ -109,7 +100,7 @@ def test_a_health_port_flood_starves_neither_the_runner_calls_nor_healthz() -> N
         double.wait_for(2)
         threads_before = proc_status(pump.proc.pid, "Threads")
         with Flood(port) as flood:
-            wait_until(lambda: flood.opened >= FLOOD)
+            wait_until(lambda: flood.opened >= FLOOD, timeout_s=15)
             calls_at_flood = len(double.seen)
             # a real prober, several times over, while the flood is held
             assert [probe(f"http://127.0.0.1:{port}/healthz") for _ in range(5)] == [200] * 5

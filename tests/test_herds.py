@@ -8,27 +8,18 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from queue_pump.loop.waits import WAKE_MIN_INTERVAL_S
-
-from .fault_scenarios import backoff_bound
-from .proc import Live, pump_env, start
-from .runner_double import IDLE, Reply, runner_double
+from tests.support.fault_scenarios import backoff_bound
+from tests.support.proc import Live, pump_env, start, wait_until
+from tests.support.runner_double import IDLE, Reply, runner_double
 
 pytestmark = pytest.mark.e2e
 LOOPS = 64
 WINDOW_S = 2.5
 BASE_S, MAX_S = 0.05, 0.5
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def calls_between(seen: list[float], start_s: float, end_s: float) -> int:
@@ -70,7 +61,8 @@ def test_a_flood_of_wakes_is_merged_into_a_bounded_call_rate() -> None:
         pump = Live(start(pump_env(double.url, QUEUE_PUMP_CONCURRENCY=str(loops),
                                    QUEUE_PUMP_IDLE_SLEEP_MS="60000")))
         double.wait_for(loops)
-        wait_until(lambda: len(pump.events("idle")) >= 1 and all(s.answered for s in double.seen))
+        wait_until(lambda: len(pump.events("idle")) >= 1 and all(s.answered for s in double.seen),
+                   timeout_s=15)
         before = len(double.seen)
         started = time.monotonic()
         for _ in range(1000):  # ~1,000 SIGUSR1 a second, for about a second

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .fault_scenarios import peak_kb
-from .proc import Live, pump_env, run, start
-from .runner_double import Reply, runner_double
+from tests.support.fault_scenarios import peak_kb
+from tests.support.proc import Live, pump_env, run, start
+from tests.support.runner_double import Reply, runner_double
 
 pytestmark = pytest.mark.e2e
 TRANSPORTS = ["httpx", "aiohttp"]

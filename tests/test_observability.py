@@ -28,10 +28,9 @@ from queue_pump.config import from_mapping
 from queue_pump.observe.health import HealthConfig, HealthServer
 from queue_pump.observe.state import STUCK_SLACK_S, LoopState, Stats
 from queue_pump.observe.systemd import Notifier, watchdog, watchdog_interval_s
-
-from .conftest import BASE_ENV, TOKEN, FakeTime
-from .proc import finish, pump_env, start, wait_until
-from .runner_double import IDLE, JOB, Reply, free_port, runner_double
+from tests.support.env import BASE_ENV, TOKEN, FakeTime
+from tests.support.proc import finish, pump_env, start, wait_until
+from tests.support.runner_double import IDLE, JOB, Reply, free_port, runner_double
 
 
 def get(url: str) -> tuple[int, str]:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from .proc import finish, pump_env, run, start
-from .runner_double import IDLE, JOB, Reply, free_port, runner_double
+from tests.support.proc import finish, pump_env, run, start
+from tests.support.runner_double import IDLE, JOB, Reply, free_port, runner_double
 
 pytestmark = pytest.mark.e2e
 

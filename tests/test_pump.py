@@ -15,8 +15,7 @@ from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.loop.pump import ExitCode, Lane, Mode, Policy, Pump
 from queue_pump.loop.waits import stop_or_timeout
 from queue_pump.observe.state import Stats
-
-from .conftest import FakeTime
+from tests.support.env import FakeTime
 
 POLICY = Policy(idle_sleep_s=10.0, idle_max_sleep_s=10.0, tick_sleep_s=0.25, backoff_base_s=1.0,
                 backoff_max_s=60.0,

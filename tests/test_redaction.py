@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_pump.observe.logs import MASK, Redactor
-
-from .conftest import TOKEN
-from .proc import pump_env, run
-from .runner_double import Reply, runner_double
+from tests.support.env import TOKEN
+from tests.support.proc import pump_env, run
+from tests.support.runner_double import Reply, runner_double
 
 
 def test_an_echo_cut_at_the_message_limit_leaves_no_part_of_the_token() -> None:

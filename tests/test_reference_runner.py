@@ -22,8 +22,7 @@ from queue_pump.reference_runner import (
     RunningRunner,
     start_runner,
 )
-
-from .loopback import tls
+from tests.support.net import tls
 
 TOKEN = "runner-SECRET-91c2"  # recognisable, so tests can assert it never leaks
 ORG = "org-test"

@@ -18,8 +18,7 @@ import pytest
 
 from queue_pump.reference_runner import RUNNER_PATH
 from queue_pump.reference_runner.cli import add_arguments, main, resolve
-
-from . import loopback
+from tests.support import net as loopback
 
 TOKEN = "runner-SECRET-91c2"
 ORG = "org-test"

@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from queue_pump.reference_runner import RUNNER_PATH, JobSpec, JobStore, start_runner
-
-from .loopback import tls
+from tests.support.net import tls
 
 TOKEN = "runner-SECRET-91c2"
 ORG = "org-test"

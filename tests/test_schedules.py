@@ -23,8 +23,7 @@ from queue_pump.reference_runner import start_runner
 from queue_pump.schedules.file import Schedule, describe, iso_window, load_schedules
 from queue_pump.schedules.firing import FiringPolicy, Scheduler
 from queue_pump.transport import build_http_client
-
-from .conftest import ANON, BASE_ENV, TOKEN
+from tests.support.env import ANON, BASE_ENV, TOKEN
 
 Logs = list[dict[str, Any]]
 URL = "https://runner.example/jobs"

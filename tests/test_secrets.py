@@ -29,11 +29,10 @@ from queue_pump.loop.failures import CallError, ErrorKind
 from queue_pump.observe.logs import MASK
 from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client, trust_store
-
-from . import loopback
-from .conftest import ANON, BASE_ENV, TOKEN, runner_client
-from .proc import pump_env, run, start
-from .runner_double import IDLE, Reply, RunnerDouble, free_port, runner_double
+from tests.support import net as loopback
+from tests.support.env import ANON, BASE_ENV, TOKEN, runner_client
+from tests.support.proc import pump_env, run, start
+from tests.support.runner_double import IDLE, Reply, RunnerDouble, free_port, runner_double
 
 ROOT = Path(__file__).resolve().parent.parent
 WAKE = "wake-SECRET-0123456789abcdef"

@@ -12,8 +12,7 @@ from pathlib import Path
 from queue_pump.config import from_mapping
 from queue_pump.config.knobs import KNOB, Kind, knobs_of, setting
 from queue_pump.config.settings import KNOBS, Settings
-
-from .conftest import BASE_ENV
+from tests.support.env import BASE_ENV
 
 # What each kind parses to. An optional setting's empty value is resolved before Settings is
 # built (QUEUE_PUMP_IDLE_MAX_SLEEP_MS: to the idle sleep), so its field has the plain type too.

@@ -5,13 +5,11 @@ other combinations). In each one no call may start after the first signal."""
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 
 import pytest
 
-from .proc import Live, pump_env, start
-from .runner_double import JOB, Reply, runner_double
+from tests.support.proc import Live, pump_env, start, wait_until
+from tests.support.runner_double import JOB, Reply, runner_double
 
 pytestmark = pytest.mark.e2e
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
@@ -19,13 +17,6 @@ SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
 def launch(url: str, **env: str) -> Live:
     return Live(start(pump_env(url, **env)))
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # Backing off: a Retry-After of a minute, or a 401 that waits the cap (60 s by default). Both are
@@ -125,7 +116,7 @@ def test_a_signal_in_the_tick_sleep_starts_no_new_call() -> None:
     # A 60 s tick: once the second answer is out, the loop sleeps before its third call.
     with runner_double(lambda i: JOB) as double:
         pump = launch(double.url, QUEUE_PUMP_TICK_SLEEP_MS="60000")
-        wait_until(lambda: len(double.seen) == 1 and double.seen[0].answered)
+        wait_until(lambda: len(double.seen) == 1 and double.seen[0].answered, timeout_s=15)
         pump.proc.send_signal(signal.SIGTERM)
         code, _ = pump.finish()  # within its 15 s: the tick sleep was cut short
         assert code == 0

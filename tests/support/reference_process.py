@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from . import loopback
-from .conftest import TOKEN
+from . import net
+from .env import TOKEN
 
 ORG = "org-1"
 AUTH = {"X-Agent-Token": TOKEN, "X-Organization-Id": ORG}
@@ -37,7 +37,7 @@ class RunnerProcess:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                if loopback.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if net.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -62,15 +62,15 @@ class RunnerProcess:
                 self.proc.wait(5)
 
     def enqueue(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-        response = loopback.post(self.url + "/jobs", json={"jobs": jobs}, headers=AUTH, timeout=30)
+        response = net.post(self.url + "/jobs", json={"jobs": jobs}, headers=AUTH, timeout=30)
         assert response.status_code in (200, 201), response.text
         return dict(response.json())
 
     def stats(self) -> dict[str, Any]:
-        return dict(loopback.get(self.url + "/jobs/stats", headers=AUTH, timeout=10).json())
+        return dict(net.get(self.url + "/jobs/stats", headers=AUTH, timeout=10).json())
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return dict(loopback.get(f"{self.url}/jobs/{job_id}", headers=AUTH, timeout=10).json())
+        return dict(net.get(f"{self.url}/jobs/{job_id}", headers=AUTH, timeout=10).json())
 
 
 @contextmanager

@@ -17,6 +17,10 @@ from typing import Any
 
 import httpx
 
+from .net import free_port
+
+__all__ = ["IDLE", "JOB", "Reply", "RunnerDouble", "Seen", "free_port", "runner_double"]
+
 
 @dataclass
 class Reply:
@@ -172,11 +176,3 @@ class RunnerDouble:
 def runner_double(script: Callable[[int], Reply]) -> Iterator[RunnerDouble]:
     with RunnerDouble(script).running() as double:
         yield double
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

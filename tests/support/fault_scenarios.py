@@ -29,10 +29,11 @@ from typing import Any
 from queue_pump.config.settings import KNOBS_BY_ENV
 from queue_pump.loop.backoff import RETRY_AFTER_SPREAD
 
-from . import loopback
-from .conftest import TOKEN
+from . import net
+from .env import TOKEN
+from .net import free_port
 from .proc import pump_env, start
-from .runner_double import IDLE, Reply, RunnerDouble, free_port
+from .runner_double import IDLE, Reply, RunnerDouble
 
 WINDOW_S = 2.5  # how long each fault stays on, from the first failed call
 BASE_MS = 50  # QUEUE_PUMP_BACKOFF_BASE_MS
@@ -272,7 +273,7 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
             _wait(lambda: len(double.seen if fault.target == "double" else failed_times()) > 1,
                   proc, 20)
             alive = proc.poll() is None
-            health = [loopback.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+            health = [net.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
                       for path in ("/healthz", "/metrics")] if alive else []
             cleared = time.monotonic()
             if fault.target == "double":
@@ -286,7 +287,7 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
                 _wait(lambda: any('"event": "recovered"' in line for _, line in list(out)),
                       proc, 5)
             if proc.poll() is None:
-                health += [loopback.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+                health += [net.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
                            for path in ("/healthz", "/metrics")]
             peak = peak_kb(proc.pid) if proc.poll() is None else 0
             proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""HTTP to the servers the tests start on loopback.
+"""Loopback: a free port, and HTTP to the servers the tests start.
 
 httpx loads a TLS trust store for every client it builds (~30 ms of CPU) that a plain http://
 call to 127.0.0.1 never uses; the suite built some 300 of them, about 10 s of its CPU. So: one
@@ -8,6 +8,7 @@ shared client for one-off calls, without keep-alive (a server may be gone by the
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 from typing import Any
 
@@ -30,3 +31,10 @@ def get(url: str, **kwargs: Any) -> httpx.Response:
 
 def post(url: str, **kwargs: Any) -> httpx.Response:
     return _client().post(url, **kwargs)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 when asked (the caller binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .conftest import TOKEN
+from .env import TOKEN
 
 
 @dataclass
@@ -60,13 +60,14 @@ def run(env: Mapping[str, str], *args: str, timeout_s: float = 20,
     return finish(start(env, *args, cwd=cwd), started, timeout_s)
 
 
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
-    """Until ``predicate()`` holds, asked every 20 ms; TimeoutError after ``timeout_s``."""
+def wait_until(predicate: Any, timeout_s: float = 10.0, step_s: float = 0.02) -> None:
+    """Until ``predicate()`` holds, asked every ``step_s``; TimeoutError after ``timeout_s``.
+    The one wait on an event of the suite (and of bench/): never a fixed sleep."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
+            raise TimeoutError("condition not met in time")
+        time.sleep(step_s)
 
 
 def signal_after(proc: subprocess.Popen[str], sig: signal.Signals, delay_s: float) -> None:
