@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import contract
 from .faults import FAULT_KINDS, FaultKind, Faults, FaultsError, format_seconds
 from .store import JobStore
 from .validation import BadRequest, RunSpec, check_name, parse_jobs, parse_queue
@@ -125,7 +126,7 @@ class RunnerState:
         job = await asyncio.to_thread(self.store.claim, queue, worker_id)
         if job is None:
             self.counters.idle += 1
-            return Outcome(200, {"processed": False})
+            return Outcome(200, dict(contract.IDLE))
         spec = RunSpec.from_payload(job.payload)
         # Decide the outcome before sleeping so the rng draws follow call order, which keeps
         # seeded tests deterministic even when runs overlap.
@@ -160,15 +161,8 @@ class RunnerState:
         else:
             status = await asyncio.to_thread(self.store.fail, job, error)
         self.counters.processed += 1
-        body: dict[str, Any] = {
-            "processed": True,
-            "jobId": job.id,
-            "jobType": job.type,
-            "status": status,
-            "yielded": spec.yield_,
-            "queue": job.queue,
-            "attempt": job.attempts,
-        }
+        body = contract.processed(job.id, job.type, status, yielded=spec.yield_,
+                                  queue=job.queue, attempt=job.attempts)
         if error is not None:
             body["error"] = error
         return Outcome(200, body)

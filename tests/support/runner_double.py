@@ -1,4 +1,6 @@
-"""A programmable runner double: real HTTP on loopback, in a thread of the test process.
+"""A programmable runner double: real HTTP on loopback, in a thread of the test process. Its
+answers are the contract's, as the reference runner and the bench's stand-in write them
+(queue_pump/reference_runner/contract.py).
 
 The reference runner is the contract; this double exists for what a runner should never do on
 purpose (drop connections, send half a body, stall) and for exact per-request scripting.
@@ -17,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from queue_pump.reference_runner import contract
+
 from .net import free_port
 
 __all__ = ["IDLE", "JOB", "Reply", "RunnerDouble", "Seen", "free_port", "runner_double"]
@@ -25,7 +29,7 @@ __all__ = ["IDLE", "JOB", "Reply", "RunnerDouble", "Seen", "free_port", "runner_
 @dataclass
 class Reply:
     status: int = 200
-    body: Any = field(default_factory=lambda: {"processed": False})  # dict/list -> JSON
+    body: Any = field(default_factory=lambda: dict(contract.IDLE))  # dict/list -> JSON
     raw: bytes | None = None  # sent as-is instead of body
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
@@ -36,8 +40,8 @@ class Reply:
     ext_chunks: int = 0
 
 
-JOB = Reply(body={"processed": True, "jobId": "j", "jobType": "t", "status": "done"})
-IDLE = Reply()
+JOB = Reply(body=contract.processed("j", "t", "done"))
+IDLE = Reply(body=dict(contract.IDLE))
 
 
 @dataclass
