@@ -7,6 +7,7 @@ import compileall
 import importlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +32,35 @@ KIT_PG_DIR = pytest.StashKey[str]()
 @pytest.fixture
 def fake_time() -> FakeTime:
     return FakeTime()
+
+
+@pytest.fixture
+def served_stats() -> Iterator[tuple[Any, FakeTime, str]]:
+    """Stats in fake time, served by a real health endpoint on loopback: (stats, time, url)."""
+    from queue_pump.observe.health import HealthConfig, HealthServer
+    from queue_pump.observe.state import Stats
+
+    fake = FakeTime()
+    stats = Stats(clock=fake.clock)
+    server = HealthServer(stats, HealthConfig("127.0.0.1", 0))
+    server.start()
+    try:
+        yield stats, fake, server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing for systemd's $NOTIFY_SOCKET: (socket, path)."""
+    path = os.path.join(tempfile.mkdtemp(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
 
 
 @pytest.fixture

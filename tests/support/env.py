@@ -4,7 +4,11 @@ runner client built as the process builds one."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+# The repository's root: the package, the docs and the deployment files, wherever a test is.
+ROOT = Path(__file__).resolve().parents[2]
 
 TOKEN = "tok-SECRET-5f3a9c"  # recognisable, so tests can assert it never leaks
 ANON = "anon-SECRET-77b1"

@@ -6,8 +6,8 @@ first failed call the fault stays on; then it clears (the double answers idle, t
 listening) and the time to the next successful call is measured. Before the pump is stopped with
 SIGTERM its /healthz, /metrics and peak memory (VmHWM) are read.
 
-``check()`` turns a result into a list of broken promises; tests/test_faults.py asserts it is
-empty, bench/fault_matrix.py prints the figures as a table. Both run the same code.
+``check()`` turns a result into a list of broken promises; tests/process/test_faults.py asserts
+it is empty, bench/fault_matrix.py prints the figures as a table. Both run the same code.
 """
 
 from __future__ import annotations

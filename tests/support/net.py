@@ -8,8 +8,11 @@ shared client for one-off calls, without keep-alive (a server may be gone by the
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import ssl
+import urllib.error
+import urllib.request
 from typing import Any
 
 import httpx
@@ -38,3 +41,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def fetch(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
+    """GET with the standard library, as a prober does: the status and the text, whatever the
+    status (no client pool, no trust store)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def fetch_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+    status, text = fetch(url, timeout_s)
+    return status, json.loads(text)
+
+
+def answers(url: str) -> bool:
+    """Whether something at ``url`` answers HTTP at all (any status)."""
+    try:
+        fetch(url)
+    except OSError:
+        return False
+    return True
+
+
+def wake(url: str, token: str | None, method: str = "POST") -> tuple[int, Any]:
+    """``method`` /wake on the health endpoint at ``url``, with ``token`` as the bearer token."""
+    request = urllib.request.Request(url + "/wake", method=method,
+                                     data=b"" if method == "POST" else None)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

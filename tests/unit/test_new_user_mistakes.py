@@ -26,8 +26,7 @@ from queue_pump.loop.failures import RUNNER, ErrorKind, from_exception
 from queue_pump.loop.pump import ExitCode, Lane, Mode, Pump
 from queue_pump.observe.state import Stats
 from tests.support.env import BASE_ENV, TOKEN, FakeTime
-
-from .test_pump import POLICY, Script, err, run
+from tests.unit.loop.test_pump import POLICY, Script, err, run
 
 
 def queue_pump(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

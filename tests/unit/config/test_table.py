@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from pathlib import Path
 
 from queue_pump.config import from_mapping
 from queue_pump.config.knobs import KNOB, Kind, knobs_of, setting
 from queue_pump.config.settings import KNOBS, Settings
-from tests.support.env import BASE_ENV
+from tests.support.env import BASE_ENV, ROOT
 
 # What each kind parses to. An optional setting's empty value is resolved before Settings is
 # built (QUEUE_PUMP_IDLE_MAX_SLEEP_MS: to the idle sleep), so its field has the plain type too.
@@ -104,7 +103,7 @@ def test_a_secret_setting_stays_out_of_the_generated_repr() -> None:
     assert [k.secret for k in knobs_of(Two)] == [True, True, False]
 
 
-PACKAGE = Path(__file__).resolve().parent.parent / "queue_pump"
+PACKAGE = ROOT / "queue_pump"
 # The table itself; and the reference runner, a program of its own that imports nothing of the
 # pump (its QUEUE_PUMP_RUNNER_* flags are its own table; it reads the contract's variables too).
 TABLE_AND_APART = (PACKAGE / "config" / "settings.py", PACKAGE / "reference_runner")

@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.env import ROOT
 from tests.support.proc import pump_env
 from tests.support.runner_double import IDLE, free_port, runner_double
 
-COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.queue-pump.yml"
+COMPOSE = ROOT / "docker-compose.queue-pump.yml"
 DELAY_VAR = "${WORKER_CONFIG_ERROR_DELAY_S:-60}"
 
 

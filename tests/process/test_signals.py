@@ -1,6 +1,6 @@
-"""Signals in every state, on the real process (tests/test_process.py covers SIGTERM/SIGINT while
-idle, SIGTERM during a long call, SIGTERM past the grace and a second SIGTERM; these are the
-other combinations). In each one no call may start after the first signal."""
+"""Signals in every state, on the real process (tests/process/test_pump_process.py covers
+SIGTERM/SIGINT while idle, SIGTERM during a long call, SIGTERM past the grace and a second
+SIGTERM; these are the other combinations). In each one no call may start after the first signal."""
 
 from __future__ import annotations
 

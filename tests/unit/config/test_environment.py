@@ -11,9 +11,7 @@ from queue_pump.config import ConfigError, from_mapping
 from queue_pump.config.envfile import load_env
 from queue_pump.config.settings import KNOBS, env_example
 from queue_pump.config.urls import is_loopback_host, redact_url
-from tests.support.env import ANON, BASE_ENV, TOKEN
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.env import ANON, BASE_ENV, ROOT, TOKEN
 
 
 def problems(**env: str) -> list[str]:
@@ -245,3 +243,35 @@ def test_a_world_readable_env_file_holding_a_secret_is_warned_about_once(
     else:
         assert warnings == []
     assert TOKEN not in err
+
+
+def test_queues_parse_and_replace_the_single_queue() -> None:
+    s = from_mapping({**BASE_ENV, "QUEUE_PUMP_QUEUES": "agent:2, render:1,mail"})
+    assert s.lanes == (("agent", 2), ("render", 1), ("mail", 1))
+    assert s.total_concurrency == 4
+    assert from_mapping(BASE_ENV).lanes == (("agent", 1),)
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"QUEUE_PUMP_QUEUES": "agent:2", "QUEUE_PUMP_QUEUE": "x"},
+     "QUEUE_PUMP_QUEUES is set together with QUEUE_PUMP_QUEUE"),
+    ({"QUEUE_PUMP_QUEUES": "agent:2", "QUEUE_PUMP_CONCURRENCY": "3"}, "together with"),
+    ({"QUEUE_PUMP_QUEUES": "agent:0"}, "QUEUE_PUMP_QUEUES has 'agent:0'"),
+    ({"QUEUE_PUMP_QUEUES": "agent:x"}, "expected name:concurrency"),
+    ({"QUEUE_PUMP_QUEUES": "a b:1"}, "QUEUE_PUMP_QUEUES has 'a b:1'"),
+    ({"QUEUE_PUMP_QUEUES": "agent:1,agent:2"}, "names 'agent' twice"),
+    ({"QUEUE_PUMP_QUEUES": "a:200,b:100"}, "adds up to 300 loops"),
+    ({"QUEUE_PUMP_IDLE_MAX_SLEEP_MS": "5000"}, "QUEUE_PUMP_IDLE_MAX_SLEEP_MS=5000 is below"),
+    ({"QUEUE_PUMP_WAKE_TOKEN": "short"}, "QUEUE_PUMP_WAKE_TOKEN is 5 characters long"),
+    ({"QUEUE_PUMP_MAX_CALLS_PER_HOUR": "-1"}, "QUEUE_PUMP_MAX_CALLS_PER_HOUR='-1' is out of range"),
+])
+def test_queue_idle_and_wake_settings_errors(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({**BASE_ENV, **env})
+    assert len(info.value.problems) == 1 and needle in info.value.problems[0]
+
+
+def test_defaults_keep_the_node_pumps_behaviour() -> None:
+    s = from_mapping(BASE_ENV)
+    assert s.idle_max_sleep_s == s.idle_sleep_s == 10.0
+    assert (s.max_calls_per_hour, s.wake_token, s.schedules) == (0, "", "")

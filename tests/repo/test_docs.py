@@ -21,9 +21,9 @@ import pytest
 
 from queue_pump.config.knobs import Knob
 from queue_pump.config.settings import KNOBS
+from tests.support.env import ROOT
 from tests.support.net import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELLS = {"bash", "sh", "shell", "console"}
 
@@ -33,7 +33,7 @@ PYPI = "installs from a package registry (none in the test suite); CI's .ci/run 
 NOT_RUN: dict[tuple[str, str], str] = {
     ("README.md", "# 1. The demo: a reference runner on loopback with 300 seeded jobs, drained "
                   "by the real pump"):
-        PYPI + "; tests/test_demo.py runs the demo itself",
+        PYPI + "; tests/process/test_demo.py runs the demo itself",
     ("README.md", "cp .env.example .env        # then fill in SUPABASE_URL, AGENT_TOKEN, "
                   "ORGANIZATION_ID"): DOCKER,
     ("README.md", "export SUPABASE_URL=https://<project>.supabase.co AGENT_TOKEN=... "
@@ -71,8 +71,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/DEPLOY.md", "python3 -m venv venv"): PYPI,
     ("docs/DEVELOPMENT.md", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"):
         PYPI + " (the whole block: install, the suite, lint, types)",
-    ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/test_faults.py "
-                            "tests/test_signals.py tests/test_bad_input.py \\"):
+    ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/process/test_faults.py "
+                            "tests/process/test_signals.py tests/unit/test_bad_input.py \\"):
         "runs tests of this suite; from inside the suite they would run twice",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
@@ -148,7 +148,7 @@ RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
 def test_every_command_block_is_run_or_says_why_not() -> None:
     blocks = {(path, first) for path, first, _ in command_blocks()}
     unclassified = sorted(blocks - set(RUN) - set(NOT_RUN))
-    assert not unclassified, f"run these in tests/test_docs.py or list why not: {unclassified}"
+    assert not unclassified, f"run these in tests/repo/test_docs.py or list why not: {unclassified}"
     stale = sorted((set(RUN) | set(NOT_RUN)) - blocks)
     assert not stale, f"these blocks are gone from the docs: {stale}"
     assert not set(RUN) & set(NOT_RUN)

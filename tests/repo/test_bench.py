@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.env import ROOT
+
 pytestmark = pytest.mark.e2e
 
 

@@ -1,8 +1,9 @@
 """Secrets stay secret, transport security cannot be switched off, the container is not root.
 
-The token (conftest.TOKEN, recognisable on purpose) is also checked on every other path:
-test_faults.py (every fault: stdout, stderr, /healthz, /metrics, a runner that echoes the token
-in its error body), test_signals.py (every signal path), test_bad_input.py (every bad knob).
+The token (support.env.TOKEN, recognisable on purpose) is also checked on every other path:
+process/test_faults.py (every fault: stdout, stderr, /healthz, /metrics, a runner that echoes
+the token in its error body), process/test_signals.py (every signal path),
+unit/test_bad_input.py (every bad knob).
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from queue_pump.observe.logs import MASK
 from queue_pump.observe.state import Stats
 from queue_pump.transport import build_http_client, trust_store
 from tests.support import net as loopback
-from tests.support.env import ANON, BASE_ENV, TOKEN, runner_client
+from tests.support.env import ANON, BASE_ENV, ROOT, TOKEN, runner_client
 from tests.support.proc import pump_env, run, start
 from tests.support.runner_double import IDLE, Reply, RunnerDouble, free_port, runner_double
 
-ROOT = Path(__file__).resolve().parent.parent
 WAKE = "wake-SECRET-0123456789abcdef"
 HOOK = "hook-SECRET-b44d"
 ALL_SECRETS = (TOKEN, ANON, WAKE, HOOK)
