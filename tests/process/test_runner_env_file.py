@@ -73,6 +73,7 @@ def test_runner_enqueue_pump_share_one_dot_env(tmp_path: Path) -> None:
         assert TOKEN not in text and "Traceback" not in text
 
 
+@pytest.mark.e2e
 def test_a_named_env_file_is_read_and_a_missing_one_is_one_line(tmp_path: Path) -> None:
     missing = _py(tmp_path, "-m", "queue_pump.reference_runner", "--env-file", "nope.env")
     assert missing.returncode == 2
@@ -83,6 +84,7 @@ def test_a_named_env_file_is_read_and_a_missing_one_is_one_line(tmp_path: Path) 
     assert half.returncode == 2 and "ORGANIZATION_ID is not set" in half.stderr
 
 
+@pytest.mark.e2e
 def test_enqueue_says_when_no_runner_answers(tmp_path: Path) -> None:
     _write_env(tmp_path / ".env", AGENT_TOKEN=TOKEN, ORGANIZATION_ID=ORG)
     done = _py(tmp_path, "-m", "queue_pump.reference_runner", "enqueue",
@@ -92,8 +94,3 @@ def test_enqueue_says_when_no_runner_answers(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--payload must be a JSON object" in bad.stderr
 
 
-def test_start_hint_for_a_wildcard_address_names_loopback() -> None:
-    from queue_pump.reference_runner.cli import start_hint
-
-    assert "SUPABASE_URL=http://127.0.0.1:8000 " in start_hint("0.0.0.0", 8000)
-    assert "SUPABASE_URL=http://[::1]:8001 " in start_hint("::1", 8001)

@@ -93,3 +93,8 @@ def test_unopenable_database_is_one_line_and_exit_1(
 # -- the real process -------------------------------------------------------------------------
 
 
+def test_start_hint_for_a_wildcard_address_names_loopback() -> None:
+    from queue_pump.reference_runner.cli import start_hint
+
+    assert "SUPABASE_URL=http://127.0.0.1:8000 " in start_hint("0.0.0.0", 8000)
+    assert "SUPABASE_URL=http://[::1]:8001 " in start_hint("::1", 8001)
