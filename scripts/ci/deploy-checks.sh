@@ -895,7 +895,7 @@ check_systemd_upgrade() {
 
   # A broken next version (its code does not import): the install stops, nothing changes.
   next_checkout /tmp/src-broken "$v1.post2"
-  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli/main.py'
+  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli/commands.py'
   if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-broken/scripts/install-systemd.sh 2>&1); then
     echo "$out"; echo "a broken version installed"; exit 1
   fi
