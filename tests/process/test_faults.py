@@ -60,8 +60,9 @@ def test_the_checks_catch_a_pump_that_hammers() -> None:
     (Its busy loop may share the machine with other scenarios: a busy machine only lowers their
     call counts, which the checks bound from above. Its own count is a lower bound, so the
     margin asked here is one a starved process still makes, 2x; run alone it makes over a
-    thousand calls, some 40x: docs/RELIABILITY.md.)"""
-    result = run_fault(FAULTS_BY_NAME["500"], QUEUE_PUMP_BACKOFF_BASE_MS="1",
+    thousand calls, some 40x: docs/RELIABILITY.md. Untraced when the suite is measured for
+    coverage: a traced busy loop on a loaded machine made 26 calls against a bound of 27.)"""
+    result = run_fault(FAULTS_BY_NAME["500"], untraced=True, QUEUE_PUMP_BACKOFF_BASE_MS="1",
                        QUEUE_PUMP_BACKOFF_MAX_MS="1")
     assert result.calls_in_window > 2 * result.bound
     problems = check(result)

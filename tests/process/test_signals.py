@@ -35,7 +35,7 @@ def test_a_signal_while_backing_off_stops_at_once(sig: signal.Signals, backoff: 
         failed = pump.wait_event("call_failed")
         assert 60.0 <= failed["next_delay_s"] <= 75.0  # Retry-After gets up to 25 % on top
         pump.proc.send_signal(sig)
-        code, _ = pump.finish()  # within its 15 s: the 60 s sleep was cut short
+        code, _ = pump.finish()  # within its 30 s: the 60 s sleep was cut short
         assert code == 0
         assert len(double.seen) == 1  # no call after the signal
     assert pump.events("shutdown_requested")[0]["signal"] == sig.name
@@ -118,7 +118,7 @@ def test_a_signal_in_the_tick_sleep_starts_no_new_call() -> None:
         pump = launch(double.url, QUEUE_PUMP_TICK_SLEEP_MS="60000")
         wait_until(lambda: len(double.seen) == 1 and double.seen[0].answered, timeout_s=15)
         pump.proc.send_signal(signal.SIGTERM)
-        code, _ = pump.finish()  # within its 15 s: the tick sleep was cut short
+        code, _ = pump.finish()  # within its 30 s: the tick sleep was cut short
         assert code == 0
         assert len(double.seen) == 1
 

@@ -213,17 +213,18 @@ def peak_kb(pid: int) -> int:
     raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
 
-def run_fault(fault: Fault, **env: str) -> Result:
-    """One scenario; ``env`` overrides the pump's settings (to show the checks can fail)."""
+def run_fault(fault: Fault, *, untraced: bool = False, **env: str) -> Result:
+    """One scenario; ``env`` overrides the pump's settings (to show the checks can fail).
+    ``untraced``: the pump runs outside coverage measurement, when the suite is measured."""
     for _ in range(3):
         try:
-            return _run_once(fault, env)
+            return _run_once(fault, env, untraced)
         except _PortTaken:
             continue  # another process took the health port between the pick and the bind
     raise RuntimeError(f"{fault.name}: the health port was taken three times")
 
 
-def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
+def _run_once(fault: Fault, overrides: dict[str, str], untraced: bool) -> Result:
     ok_at: list[float] = []
     answer = fault.answer
 
@@ -246,6 +247,9 @@ def _run_once(fault: Fault, overrides: dict[str, str]) -> Result:
                                "QUEUE_PUMP_HTTP_TIMEOUT_MS": str(TIMEOUT_MS),
                                "QUEUE_PUMP_IDLE_SLEEP_MS": "60000",
                                "QUEUE_PUMP_HEALTH_PORT": str(port), **overrides})
+        if untraced:  # coverage starts in a child that inherits these (patch = subprocess)
+            for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"):
+                env.pop(name, None)
         proc = start(env)
         out: list[tuple[float, str]] = []
         err: list[tuple[float, str]] = []

@@ -157,7 +157,7 @@ class RunnerDouble:
             self.server.server_activate()
             self._thread.start()
 
-    def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while len(self.seen) < count:
             if time.monotonic() > deadline:

@@ -275,3 +275,22 @@ def test_defaults_keep_the_node_pumps_behaviour() -> None:
     s = from_mapping(BASE_ENV)
     assert s.idle_max_sleep_s == s.idle_sleep_s == 10.0
     assert (s.max_calls_per_hour, s.wake_token, s.schedules) == (0, "", "")
+
+
+def test_an_env_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    env = tmp_path / "pump.env"
+    env.write_bytes(b"AGENT_TOKEN=\xff\xfe not utf-8\n")
+    with pytest.raises(ConfigError) as info:
+        load_env(str(env), {})
+    assert info.value.problems == [f"--env-file {str(env)!r} cannot be read: UnicodeDecodeError"]
+
+
+def test_ctrl_c_during_start_up_is_exit_130_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from queue_pump.cli import commands
+
+    def interrupted(argv: object, environ: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(commands.HANDLERS, "config", interrupted)
+    assert commands.main(["config"], {}) == 130

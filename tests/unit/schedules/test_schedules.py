@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +18,7 @@ import httpx
 import pytest
 import structlog
 
+import queue_pump.schedules
 from queue_pump.app import contract_headers, http_config
 from queue_pump.config import ConfigError, from_mapping
 from queue_pump.loop.waits import stop_or_timeout
@@ -569,3 +572,15 @@ def test_e2e_a_body_the_runner_rejects_is_one_error_not_a_retry_loop(logs: Logs)
     [failed] = events(logs, "schedule_failed")
     assert failed["status"] == 400 and "priority" in failed["detail"]
     assert not events(logs, "schedule_retry")
+
+
+def test_checking_a_schedules_file_loads_no_http_client() -> None:
+    """`queue-pump config` checks the file through the package's face; firing, and httpx with
+    it, is loaded only when Scheduler is first named."""
+    probe = ("import sys, queue_pump.schedules as s; before = 'httpx' in sys.modules; "
+             "s.Scheduler; print(before, 'httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.split() == ["False", "True"]
+    with pytest.raises(AttributeError):
+        _ = queue_pump.schedules.Nothing  # type: ignore[attr-defined]
