@@ -45,6 +45,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "systemd",
     ("README.md", "python3 -m venv .venv && .venv/bin/pip install -q -e ."): PYPI,
     ("docs/BENCHMARKS.md", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"): PYPI,
+    ("docs/BENCHMARKS.md", "python3 -m venv /tmp/rt && /tmp/rt/bin/pip install -q "
+                           "--require-hashes --no-deps \\"):
+        PYPI + "; tests/repo/test_bench.py runs the harness",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/DEPLOY.md", "cp .env.example .env            # fill in SUPABASE_URL, AGENT_TOKEN, "
