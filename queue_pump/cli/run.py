@@ -28,7 +28,7 @@ from .parsing import OneLineParser, print_problems
 if TYPE_CHECKING:
     from ..schedules import Schedule
 
-EXIT_CODES = """exit codes:
+_EXIT_CODES = """exit codes:
   0    clean stop, or --once/--drain finished
   1    --once/--drain: a call failed or --drain gave up; or a loop died of a bug
   2    bad configuration or bad arguments (one line per problem on stderr)
@@ -47,7 +47,7 @@ def _help_width() -> int:
     return min(shutil.get_terminal_size((80, 24)).columns, 100)
 
 
-def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
+def _build_run_parser(prog: str = "queue-pump") -> OneLineParser:
     width = _help_width()
     parser = OneLineParser(
         prog=prog,
@@ -60,7 +60,7 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
                f"variable but the secrets is also a flag: {env_of('idle_sleep_s')}\nas "
                f"--idle-sleep-ms, {env_of('supabase_url')} as --supabase-url, and so on (e.g.\n"
                "--concurrency 4). Secrets come from the environment or the .env file only.\n\n"
-               + EXIT_CODES,
+               + _EXIT_CODES,
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="make exactly one call and exit")
@@ -68,11 +68,11 @@ def build_run_parser(prog: str = "queue-pump") -> OneLineParser:
                       help="call until the first idle answer, then exit 0 (for a cron pass)")
     parser.add_argument("--env-file", metavar="PATH", help="read this file instead of ./.env")
     parser.add_argument("--version", action="version", version=f"queue-pump {__version__}")
-    add_knob_flags(parser)
+    _add_knob_flags(parser)
     return parser
 
 
-def add_knob_flags(parser: argparse.ArgumentParser) -> None:
+def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
     knobs = parser.add_argument_group("settings (each overrides its environment variable)")
     for knob in KNOBS:
         if knob.secret:
@@ -83,7 +83,7 @@ def add_knob_flags(parser: argparse.ArgumentParser) -> None:
                            help=argparse.SUPPRESS, **extra)
 
 
-def refuse_secret_flags(argv: Sequence[str], prog: str) -> None:
+def _refuse_secret_flags(argv: Sequence[str], prog: str) -> None:
     """`--agent-token x` would otherwise read "unrecognized arguments": say why there is none."""
     for knob in KNOBS:
         flag = _flag(knob.env)
@@ -94,7 +94,7 @@ def refuse_secret_flags(argv: Sequence[str], prog: str) -> None:
             sys.exit(2)
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def _load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     merged = load_env(args.env_file, environ)
     flags = {}
     for knob in KNOBS:
@@ -126,11 +126,11 @@ def load_schedules(settings: Settings) -> list[Schedule]:
 
 
 def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    refuse_secret_flags(argv, "queue-pump")
-    args = build_run_parser().parse_args(argv)
+    _refuse_secret_flags(argv, "queue-pump")
+    args = _build_run_parser().parse_args(argv)
     mode = Mode.ONCE if args.once else Mode.DRAIN if args.drain else Mode.FOREVER
     try:
-        settings = load_settings(args, environ)
+        settings = _load_settings(args, environ)
         # A bad file is exit 2, like any other bad setting; one-shot runs fire no schedules.
         schedules = load_schedules(settings) if mode is Mode.FOREVER else []
     except ConfigError as err:
@@ -150,14 +150,14 @@ def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     parser.add_argument("--env-file", metavar="PATH")
     parser.add_argument("--env-example", action="store_true",
                         help="print a .env.example listing every variable with its default")
-    add_knob_flags(parser)
-    refuse_secret_flags(argv, "queue-pump config")
+    _add_knob_flags(parser)
+    _refuse_secret_flags(argv, "queue-pump config")
     args = parser.parse_args(argv)
     if args.env_example:
         print(env_example(), end="")
         return 0
     try:
-        settings = load_settings(args, environ)
+        settings = _load_settings(args, environ)
         # The file is configuration too: check it here, not at the first run.
         schedules = load_schedules(settings)
     except ConfigError as err:

@@ -35,7 +35,7 @@ def load_env(env_file: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError([f"--env-file {str(path)!r} cannot be read: "
                                f"{exc.__class__.__name__}"]) from None
         merged.update({k: v for k, v in file_values.items() if v is not None})
-        warning = world_readable_secrets(path, merged)
+        warning = _world_readable_secrets(path, merged)
         if warning:
             print(f"queue-pump: warning: {warning}", file=sys.stderr)
     merged.update(environ)
@@ -61,7 +61,7 @@ def missing_env_note(env_file: str | None, problems: list[str]) -> list[str]:
     return out
 
 
-def world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
+def _world_readable_secrets(path: Path, values: Mapping[str, str]) -> str | None:
     """A warning when ``path`` holds a secret and every user of the machine may read it.
 
     A warning, not an error: the Node pump's users have such files, and refusing to start would

@@ -62,7 +62,7 @@ class _Encoded(Exception):
         self.encoding = encoding
 
 
-def max_pieces(max_bytes: int) -> int:
+def _max_pieces(max_bytes: int) -> int:
     """The most pieces an answer of at most ``max_bytes`` may arrive in."""
     return _MIN_PIECES + max_bytes // _BYTES_PER_PIECE
 
@@ -95,7 +95,7 @@ class RunnerClient:
         self._http = http
         self.queue = config.queue
         self._max_bytes = config.max_response_bytes
-        self._max_pieces = max_pieces(config.max_response_bytes)
+        self._max_pieces = _max_pieces(config.max_response_bytes)
         self._deadline_s = config.timeout_s
         self._url = httpx.URL(config.endpoint).copy_merge_params(
             {"worker": "1", "queue": self.queue})
@@ -156,13 +156,13 @@ class RunnerClient:
         else:
             response = await self._transport.handle_async_request(request)
         try:
-            body = await read_bounded(response, self._max_bytes, self._max_pieces)
+            body = await _read_bounded(response, self._max_bytes, self._max_pieces)
             return response.status_code, response.headers, body
         finally:
             await response.aclose()
 
 
-async def read_bounded(response: httpx.Response, max_bytes: int, pieces: int) -> bytes:
+async def _read_bounded(response: httpx.Response, max_bytes: int, pieces: int) -> bytes:
     """The body as sent, or _TooLarge / _Encoded: never more than ``max_bytes`` held, never
     more than ``pieces`` reads nor about twice ``max_bytes`` off the wire, never a byte
     decompressed."""
@@ -244,14 +244,15 @@ def classify(
             raise CallError(ErrorKind.RETRYABLE, "not_object", status,
                             detail=f"2xx answer is JSON {type(data).__name__}, not an object")
         if data.get("processed") is True:
-            return Processed(job_id=loggable(data.get("jobId")),
-                             job_type=loggable(data.get("jobType")),
-                             status=loggable(data.get("status")), yielded=bool(data.get("yielded")))
+            return Processed(job_id=_loggable(data.get("jobId")),
+                             job_type=_loggable(data.get("jobType")),
+                             status=_loggable(data.get("status")),
+                             yielded=bool(data.get("yielded")))
         return IDLE
     raise failures.from_status(status, headers, body, failures.RUNNER, now=now)
 
 
-def loggable(value: Any) -> Any:
+def _loggable(value: Any) -> Any:
     """A runner's field as the pump may log it: short strings, finite numbers, booleans and
     None as they are; anything else (a 900 kB jobType, NaN, 1e999999, an object) as text
     clipped like a message, so every log line stays short and valid JSON."""

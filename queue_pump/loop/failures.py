@@ -98,7 +98,7 @@ SCHEDULE = Hints(
 def from_status(status: int, headers: Mapping[str, str], body: bytes, hints: Hints, *,
                 now: datetime | None = None) -> CallError:
     """The CallError for a complete answer that is not a 2xx."""
-    message = runner_message(body)
+    message = _runner_message(body)
     if 300 <= status < 400:
         location = redact_url(headers.get("location", "")) or "(no Location)"
         return CallError(ErrorKind.CONFIGURATION, "redirect", status, detail=message,
@@ -194,7 +194,7 @@ def _in_chain(exc: BaseException,
     return None
 
 
-def runner_message(body: bytes) -> str:
+def _runner_message(body: bytes) -> str:
     """The runner's own error message from a JSON error body, short; nothing from HTML pages."""
     try:
         data = json.loads(body)

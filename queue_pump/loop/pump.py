@@ -68,7 +68,7 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class RunRules:
+class _RunRules:
     """The once/drain rules in one place: which loops run, when a loop ends, what the run
     exits with. FOREVER ends only on stop; ONCE makes one call on one loop; DRAIN calls until
     the queue answers idle, and gives up on a failure that will not fix itself."""
@@ -103,7 +103,7 @@ class RunRules:
 
 
 @dataclass(frozen=True)
-class Step:
+class _Step:
     """What one call gave: an outcome or an error, how long it took, and the wake generation
     seen before it started."""
 
@@ -164,7 +164,7 @@ class Pump:
         self.stop_seen_at: float | None = None  # monotonic; the shutdown grace runs from here
 
     async def run(self, mode: Mode = Mode.FOREVER) -> ExitCode:
-        rules = RunRules(mode)
+        rules = _RunRules(mode)
         tasks = [asyncio.create_task(self._loop(lane, i, rules), name=f"{lane.queue}-{i}")
                  for lane in rules.lanes(self._lanes) for i in range(lane.concurrency)]
         # asyncio.wait, not gather: it never raises, so a call cancelled at the end of the grace
@@ -195,7 +195,7 @@ class Pump:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _loop(self, lane: Lane, index: int, rules: RunRules) -> bool:
+    async def _loop(self, lane: Lane, index: int, rules: _RunRules) -> bool:
         """Until stop, or until ``rules`` end it: step, handle, pause. True: done; False: it
         gave up or crashed."""
         record = self._stats.add_loop(f"{lane.queue}-{index}", lane.queue)
@@ -229,7 +229,7 @@ class Pump:
             state.gate.leave(record.name)
             self._stats.set_state(record, LoopState.STOPPED)
 
-    def _handle(self, step: Step, state: _LoopState, rules: RunRules) -> Next:
+    def _handle(self, step: _Step, state: _LoopState, rules: _RunRules) -> Next:
         if step.error is not None:
             return self._on_error(step.error, step.duration_s, state, rules)
         state.gate.succeeded()
@@ -242,7 +242,7 @@ class Pump:
         return self._on_idle(step, state, rules)
 
     def _on_error(self, error: CallError, duration_s: float, state: _LoopState,
-                  rules: RunRules) -> Next:
+                  rules: _RunRules) -> Next:
         state.failures += 1
         delay = self._after_failure(state.lane, state.record, error, state.failures,
                                     rules.gives_up(error, state.failures), duration_s)
@@ -257,7 +257,7 @@ class Pump:
         return Next(pause_s=delay)
 
     def _on_processed(self, outcome: Processed, duration_s: float, state: _LoopState,
-                      rules: RunRules) -> Next:
+                      rules: _RunRules) -> Next:
         self._idle_streak[state.lane.queue] = 0
         self._stats.call_ended(state.record, duration_s, "processed",
                                job_status=str(outcome.status))
@@ -267,7 +267,7 @@ class Pump:
         self._stats.sleeping(state.record, LoopState.WORKING, self._policy.tick_sleep_s)
         return Next(pause_s=self._policy.tick_sleep_s)
 
-    def _on_idle(self, step: Step, state: _LoopState, rules: RunRules) -> Next:
+    def _on_idle(self, step: _Step, state: _LoopState, rules: _RunRules) -> Next:
         queue = state.lane.queue
         self._stats.call_ended(state.record, step.duration_s, "idle")
         if rules.ends_when_idle():
@@ -293,7 +293,7 @@ class Pump:
         await self._pause(wait)
         return True
 
-    async def _step(self, lane: Lane, record: LoopRecord) -> Step:
+    async def _step(self, lane: Lane, record: LoopRecord) -> _Step:
         """One call: its outcome or its error, and how long it took."""
         woken_before = self._waker.generation if self._waker else 0
         self._stats.call_started(record, self._policy.http_timeout_s)
@@ -314,7 +314,7 @@ class Pump:
         self._log.debug("call", queue=lane.queue, loop=record.name,
                         outcome="error" if error else type(outcome).__name__.lower(),
                         duration_ms=round(duration * 1000, 2))
-        return Step(outcome, error, duration, woken_before)
+        return _Step(outcome, error, duration, woken_before)
 
     def _after_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
                        gives_up: bool, duration: float) -> float | None:

@@ -25,7 +25,7 @@ StartResponse = Callable[..., Any]
 JSON = "application/json"
 
 
-class HealthApp:
+class _HealthApp:
     def __init__(self, stats: Stats, *, wake: Callable[[], None] | None = None,
                  wake_token: str = "") -> None:
         self._stats = stats
@@ -95,7 +95,7 @@ class HealthServer:
 
     def __init__(self, stats: Stats, config: HealthConfig, *,
                  wake: Callable[[], None] | None = None, **limits: Any) -> None:
-        self._app = HealthApp(stats, wake=wake, wake_token=config.wake_token)
+        self._app = _HealthApp(stats, wake=wake, wake_token=config.wake_token)
         self._host = config.host
         self._port = config.port
         self._limits = limits  # max_connections, deadline_s: tests shrink them

@@ -79,7 +79,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def finite_numbers(_logger: Any, _name: str,
+def _finite_numbers(_logger: Any, _name: str,
                    event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Every value JSON can carry: structlog's renderer would write NaN and Infinity bare."""
     for key, value in event.items():
@@ -125,7 +125,7 @@ def configure(*, fmt: str, level: str, redactor: Redactor | None = None,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redactor or Redactor(()),
-            finite_numbers,
+            _finite_numbers,
             *([console_view] if fmt == "console" else []),
             renderer,
         ],
