@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.fault_matrix             # one scenario at a time (~90 s)
     .venv/bin/python -m bench.fault_matrix --jobs 4    # four at a time, as the tests run them
 
-It runs the scenarios of tests/fault_scenarios.py (the same ones tests/test_faults.py asserts
-on) against the real pump process over loopback and prints, for each fault: the calls made in
-the fault window against the bound the backoff promises, the time from the fault clearing to the
-next successful call against one max-backoff, and the pump's peak RSS. Exit 1 if any row fails.
+It runs the scenarios of tests/support/fault_scenarios.py (the same ones
+tests/process/test_faults.py asserts on) against the real pump process over loopback and prints,
+for each fault: the calls made in the fault window against the bound the backoff promises, the
+time from the fault clearing to the next successful call against one max-backoff, and the pump's
+peak RSS. Exit 1 if any row fails.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tests.fault_scenarios import (
+from tests.support.fault_scenarios import (
     BASE_MS,
     DEFAULT_TRANSPORT,
     FAULTS,

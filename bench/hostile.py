@@ -25,8 +25,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tests.proc import Live, pump_env
-from tests.runner_double import IDLE, JOB, Reply, free_port, runner_double
+from tests.support.proc import Live, pump_env
+from tests.support.runner_double import IDLE, JOB, Reply, free_port, runner_double
 
 CODE: str | None = None
 

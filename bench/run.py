@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script (python bench/run.py): the repo's own packages
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.net import free_port
+from tests.support.proc import wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -309,12 +314,6 @@ def cmd_capacity(args: argparse.Namespace) -> None:
 # --- idle, start-up, pickup ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -344,19 +343,19 @@ def proc_status(pid: int) -> dict[str, int]:
 def first_idle_answer(r: Runner, proc: subprocess.Popen[bytes]) -> None:
     """Wait for the pump's first idle call; a pump that died or never called is an error, not a
     result of 0 calls or 0 CPU."""
-    if not wait_until(lambda: r.stats()["idle"] >= 1 or proc.poll() is not None, 30):
+    if not met(lambda: r.stats()["idle"] >= 1 or proc.poll() is not None, 30):
         raise RuntimeError("the pump made no call within 30 s")
     if proc.poll() is not None:
         raise RuntimeError(f"the pump exited {proc.returncode} before its first idle call")
 
 
-def wait_until(predicate: Any, timeout_s: float, step_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return False
+def met(predicate: Any, timeout_s: float, step_s: float = 0.01) -> bool:
+    """Whether ``predicate()`` came to hold within ``timeout_s`` (the suite's wait_until)."""
+    try:
+        wait_until(predicate, timeout_s, step_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -450,7 +449,7 @@ def cmd_startup(args: argparse.Namespace) -> None:
                 env = pump_env(r.url, transport=transport, tick_ms=None)
                 started = time.time()
                 with pump_forever(env, cwd) as proc:
-                    seen = wait_until(lambda: r.stats()["first_request"] > 0, 20, 0.002)
+                    seen = met(lambda: r.stats()["first_request"] > 0, 20, 0.002)
                     first = r.stats()["first_request"]
                     time.sleep(0.3)
                     status = proc_status(proc.pid)
@@ -481,7 +480,7 @@ def pickup_one(idle_ms: int, samples: int, transport: str, seed: int,
                 time.sleep(rng.uniform(idle_s + 0.5, 2 * idle_s + 0.5))
                 before = int(r.stats()["pickups"])
                 r.enqueue(1)
-                if not wait_until(lambda b=before: int(r.stats()["pickups"]) > b,
+                if not met(lambda b=before: int(r.stats()["pickups"]) > b,
                                   idle_s * 1.5 + 10, 0.05):
                     continue
                 latencies.append(r.stats()["last_pickup"])
@@ -560,7 +559,7 @@ def modes_one(mode: str, quiet_s: float, samples: int, gap_s: tuple[float, float
                 if wakes:
                     wake(port)
                 # The runner times enqueue -> claim itself: polling its stats faster buys nothing.
-                if wait_until(lambda b=before: int(r.stats()["pickups"]) > b, max_ms / 1000 * 1.5
+                if met(lambda b=before: int(r.stats()["pickups"]) > b, max_ms / 1000 * 1.5
                               + 10, 0.05):
                     latencies.append(r.stats()["last_pickup"])
             t2, s2 = time.monotonic(), r.stats()

@@ -30,6 +30,8 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from queue_pump.reference_runner import contract
+
 # Shared state: one array of doubles, one lock, inherited by forked workers.
 FIELDS = ("remaining", "processed", "idle", "requests", "first_request", "first_claim",
           "last_claim", "job_ms", "enqueued_at", "pickups", "pickup_sum", "last_pickup",
@@ -37,7 +39,14 @@ FIELDS = ("remaining", "processed", "idle", "requests", "first_request", "first_
 IX = {name: i for i, name in enumerate(FIELDS)}
 MAX_PICKUPS = 1024  # individual pickup latencies kept, for medians
 
-IDLE_BODY = b'{"processed":false}'
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+# The contract's answers as every runner here writes them; a job's body is cut once around its
+# id, so a claim costs a concatenation, not a JSON encoding.
+IDLE_BODY = _json(contract.IDLE)
+_JOB_HEAD, _JOB_TAIL = _json(contract.processed(0, "bench", "done")).split(b'"jobId":0', 1)
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 
 
@@ -136,7 +145,7 @@ class RunnerProtocol(asyncio.Protocol):
         if not claimed:
             self._reply(IDLE_BODY)
             return
-        body = b'{"processed":true,"jobId":%d,"jobType":"bench","status":"done"}' % number
+        body = b'%s"jobId":%d%s' % (_JOB_HEAD, number, _JOB_TAIL)
         if job_ms > 0:
             self.busy = True
             asyncio.get_running_loop().call_later(job_ms / 1000, self._finish_delayed, body)

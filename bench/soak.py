@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,11 +41,14 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.net import free_port
+
 ORG = "soak-org"
 FAULTS = {"error_rate": 0.10, "rate_limit_rate": 0.05, "drop_rate": 0.05}  # ~20 % of calls
 RSS_GROWTH_LIMIT = 0.10
 LOW_WATER = 300  # feeder tops the queue up below this many queued jobs
 BATCH = 500
+
 
 
 @dataclass
@@ -134,12 +136,6 @@ def metrics_consistent(m: dict[str, Any]) -> list[str]:
         problems.append(f"metrics: calls_total={m['calls_total']} != "
                         f"call_duration_seconds_count={m['histogram_count']}")
     return problems
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _drain(stream: Any, sink: list[str]) -> None:
@@ -307,7 +303,7 @@ def run(duration_s: float, concurrency: int, warmup_s: float, tick_ms: int, job_
         "faults": FAULTS, "pump_exit_code": code,
         "pump": calls, "pump_errors_by_kind_at_end": last_metrics["errors_by_kind"],
         "runner_calls": rc, "runner_jobs": {k: runner_stats.get(k) for k in
-                                            ("queued", "processing", "done", "failed", "total")},
+                                            ("queued", "running", "done", "failed", "total")},
         "jobs_enqueued_by_feeder": feeder.enqueued, "queue_ran_dry_polls": feeder.ran_dry,
         "calls_per_s_after_warmup": round(
             (last_metrics["calls_total"] - first_metrics["calls_total"]) / duration_s, 1),

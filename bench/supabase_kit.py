@@ -69,7 +69,7 @@ def drained_rate(url: str) -> dict[str, Any]:
 
 def pump_cmd(fn: kit.DenoFunction, concurrency: int, worker: str,
              tick_ms: int) -> tuple[list[str], dict[str, str]]:
-    from tests.proc import pump_env
+    from tests.support.proc import pump_env
 
     env = pump_env(fn.base_url, AGENT_TOKEN=TOKEN, ORGANIZATION_ID=ORG,
                    QUEUE_PUMP_CONCURRENCY=str(concurrency), QUEUE_PUMP_TICK_SLEEP_MS=str(tick_ms),

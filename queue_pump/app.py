@@ -1,5 +1,7 @@
 """The running process: wire settings to client, pump, stats, health, systemd and alerts; signals.
 
+The one place that knows both the settings and the parts: each part gets a small frozen config
+of its own, built here from Settings (the functions below ``serve``), never the whole table.
 Data flows one way: the pump writes Stats; health, the watchdog and alerts only read it.
 """
 
@@ -11,27 +13,36 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
 from . import __version__
-from .alerts import Alerter
-from .budget import TokenBucket
-from .client import RunnerClient, contract_headers
-from .config import Settings
-from .health import HealthServer
-from .logs import configure, get_logger
-from .modes import ExitCode, Mode
-from .notify import Notifier, watchdog
-from .pump import Lane, Policy, Pump
-from .stats import Stats
-from .waits import Waker, stop_or_timeout
+from .config import Settings, env_of
+from .exits import ExitCode, Mode
+from .loop.budget import TokenBucket
+from .loop.client import ClientConfig, RunnerClient
+from .loop.pump import Lane, Policy, Pump
+from .loop.waits import Waker, stop_or_timeout
+from .observe import (
+    Alerter,
+    HealthServer,
+    Notifier,
+    Redactor,
+    Stats,
+    configure,
+    get_logger,
+    watchdog,
+)
+from .observe.alerts import WEBHOOK_TIMEOUT_S, AlertConfig
+from .observe.health import HealthConfig
+from .transport import HttpConfig, build_http_client
 
 if TYPE_CHECKING:
-    from .schedule_file import Schedule
-from .transport import build_http_client
+    from .schedules import Schedule
+    from .schedules.firing import FiringPolicy
 
 # What stops the pump gracefully (calls in flight get the grace): SIGTERM and SIGINT, SIGHUP
 # (a closed terminal, or a reload this pump does not have: its settings are read once) and
@@ -76,7 +87,9 @@ def _install_signals(stop: asyncio.Event, log: FilteringBoundLogger, notifier: N
 async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
                 schedules: Sequence[Schedule] = ()) -> int:
     """The process until it stops; ``schedules`` were loaded and checked by the command line."""
-    configure(fmt=settings.log_format, level=settings.log_level, secrets=settings.secrets())
+    # One redactor for the process: the logs and the runner clients' errors mask the same values.
+    redactor = Redactor(settings.secrets())
+    configure(fmt=settings.log_format, level=settings.log_level, redactor=redactor)
     log = get_logger()
     stop = asyncio.Event()
     notifier = Notifier.from_environ(environ)
@@ -97,32 +110,30 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
     health: HealthServer | None = None
     # One-shot runs (cron) need no endpoint, and must not collide with a resident pump's port.
     if mode is Mode.FOREVER and settings.health_port:
-        health = HealthServer(stats, settings.health_host, settings.health_port,
-                              wake=wake_from_thread,
-                              wake_token=settings.wake_token)
+        health = HealthServer(stats, health_config(settings), wake=wake_from_thread)
         try:
             health.start()
         except OSError as exc:
-            print(f"queue-pump: config: QUEUE_PUMP_HEALTH_PORT={settings.health_port} cannot be "
+            print(f"queue-pump: config: {env_of('health_port')}={settings.health_port} cannot be "
                   f"bound on {settings.health_host} ({exc.strerror or exc}); choose a free port, "
                   "or 0 to turn the health endpoint off", file=sys.stderr)
             return int(ExitCode.CONFIG)
 
-    alerter = Alerter.start(settings, stats, log) if settings.alert_webhook_url else None
+    alerter = start_alerter(settings, stats, log)
     budget = None
     if settings.max_calls_per_hour:
         budget = TokenBucket(settings.max_calls_per_hour, capacity=settings.total_concurrency)
-        stats.m_budget.set(settings.max_calls_per_hour)
-    http = build_http_client(settings)
-    clients = [RunnerClient(http, settings, queue=queue) for queue, _ in settings.lanes]
+        stats.call_budget(settings.max_calls_per_hour)
+    http = build_http_client(http_config(settings))
+    clients = [RunnerClient(http, client_config(settings, queue), redactor.scrub)
+               for queue, _ in settings.lanes]
     stats.worker_id, stats.runner = settings.worker_id, clients[0].url_for_logs
     log.info("pump_started", version=__version__, mode=mode.value,
              runner=clients[0].url_for_logs, health=health.url if health else None,
              config=settings.public_view())
     lanes = [Lane(queue, concurrency, client.call, client.url_for_logs)
              for (queue, concurrency), client in zip(settings.lanes, clients, strict=True)]
-    pump = Pump(lanes, Policy.from_settings(settings), stats, log, stop=stop, budget=budget,
-                waker=waker)
+    pump = Pump(lanes, policy(settings), stats, log, stop=stop, budget=budget, waker=waker)
     scheduler = asyncio.create_task(_run_schedules(schedules, settings, stats, stop, log))
     notifier.send("READY=1")
     dog = asyncio.create_task(watchdog(notifier, stats, environ))
@@ -152,18 +163,15 @@ async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stat
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True
-    from .schedule_file import describe
-    from .schedules import Scheduler
+    from .schedules import Scheduler, describe
 
     log.info("schedules_loaded", schedules=describe(schedules, datetime.now(UTC)))
     try:
         # Its own client: the loops may hold every pooled connection for a long call.
-        async with build_http_client(settings) as http:
+        async with build_http_client(http_config(settings)) as http:
             await Scheduler(schedules, http, contract_headers(settings), stop=stop,
                             now=lambda: datetime.now(UTC), pause=stop_or_timeout(stop), log=log,
-                            backoff_base_s=settings.backoff_base_s,
-                            backoff_max_s=settings.backoff_max_s,
-                            on_count=stats.schedule_event).run()
+                            policy=firing_policy(settings), on_count=stats.schedule_event).run()
     except Exception as exc:
         # Crash-only, as for the loops: a pump whose schedules silently stopped is worse than
         # one that exits 1 and is restarted (the restart catches the missed window up).
@@ -179,3 +187,74 @@ async def _finish(task: asyncio.Task[bool], grace_s: float) -> bool:
         return await asyncio.wait_for(task, timeout=grace_s)
     except TimeoutError:
         return True
+
+
+# --- what each part gets of the settings: its own frozen config, built here and only here ---
+
+Config = TypeVar("Config")
+
+
+def _pick(cls: type[Config], settings: Settings, **others: Any) -> Config:
+    """``cls`` from the settings' fields of the same names, and ``others`` for the rest."""
+    named = {f.name: getattr(settings, f.name) for f in fields(cls)  # type: ignore[arg-type]
+             if f.name not in others and hasattr(settings, f.name)}
+    return cls(**named, **others)
+
+
+def policy(settings: Settings) -> Policy:
+    return _pick(Policy, settings)
+
+
+def http_config(settings: Settings) -> HttpConfig:
+    """The runner's client: its pool sized to every loop that shares it."""
+    return HttpConfig(endpoint=settings.endpoint, transport=settings.http_transport,
+                      timeout_s=settings.http_timeout_s,
+                      connect_timeout_s=settings.connect_timeout_s,
+                      loops=max(settings.total_concurrency, settings.concurrency))
+
+
+def contract_headers(settings: Settings) -> dict[str, str]:
+    """What every call of the contract sends (the runner's and the schedules')."""
+    headers = {
+        "X-Agent-Token": settings.agent_token,
+        "X-Organization-Id": settings.organization_id,
+        "X-Worker-Id": settings.worker_id,
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": f"queue-pump/{__version__}",
+    }
+    if settings.anon_key:
+        headers["Authorization"] = f"Bearer {settings.anon_key}"
+        headers["apikey"] = settings.anon_key
+    return headers
+
+
+def client_config(settings: Settings, queue: str | None = None) -> ClientConfig:
+    return ClientConfig(endpoint=settings.endpoint, queue=queue or settings.queue,
+                        headers=tuple(contract_headers(settings).items()),
+                        max_response_bytes=settings.max_response_bytes,
+                        timeout_s=settings.http_timeout_s)
+
+
+def health_config(settings: Settings) -> HealthConfig:
+    return HealthConfig(host=settings.health_host, port=settings.health_port,
+                        wake_token=settings.wake_token)
+
+
+def firing_policy(settings: Settings) -> FiringPolicy:
+    from .schedules.firing import FiringPolicy
+
+    return _pick(FiringPolicy, settings)
+
+
+def start_alerter(settings: Settings, stats: Stats,
+                  log: FilteringBoundLogger) -> Alerter | None:
+    """The outage webhook, when one is set: through the chosen transport, like every call."""
+    if not settings.alert_webhook_url:
+        return None
+    url = settings.alert_webhook_url
+    http = build_http_client(HttpConfig(endpoint=url, transport=settings.http_transport,
+                                        timeout_s=WEBHOOK_TIMEOUT_S,
+                                        connect_timeout_s=WEBHOOK_TIMEOUT_S, loops=1))
+    config = AlertConfig(url=url, after=settings.alert_after, worker_id=settings.worker_id)
+    return Alerter.start(config, stats, log, http)

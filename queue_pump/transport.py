@@ -7,12 +7,12 @@ The contract call itself (what is sent, how an answer is read) is client.py.
 from __future__ import annotations
 
 import functools
+import os
 import ssl
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-
-from .config import Settings
 
 # Bytes the pump would have to inflate are never read: it asks for the body as sent, and an
 # answer coded anyway (gzip, "gzip, gzip", br, ...) is refused before one byte of it is decoded.
@@ -28,16 +28,27 @@ def trust_store() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    """What an HTTP client is built from (app.py makes one per client from the settings)."""
+
+    endpoint: str  # where it calls: the proxy the environment names for it is looked up once
+    transport: str  # what carries the calls: "httpx" (its own pool) or "aiohttp"
+    timeout_s: float  # a whole call, start to last byte
+    connect_timeout_s: float
+    loops: int  # calls in flight at once at most: the pool is sized to them
+
+
 def build_http_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    config: HttpConfig, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """The one AsyncClient of the process, its pool sized to the loops that share it."""
-    timeout = httpx.Timeout(settings.http_timeout_s, connect=settings.connect_timeout_s)
-    loops = max(settings.total_concurrency, settings.concurrency)
-    limits = httpx.Limits(max_connections=loops + 2, max_keepalive_connections=loops)
+    """An AsyncClient over the chosen transport, its pool sized to the loops that share it."""
+    timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
+    limits = httpx.Limits(max_connections=config.loops + 2,
+                          max_keepalive_connections=config.loops)
     verify: ssl.SSLContext | bool = True  # unused when httpx is handed a transport
-    if transport is None and settings.http_transport == "aiohttp":
-        transport = _aiohttp_transport(settings.endpoint, limits)
+    if transport is None and config.transport == "aiohttp":
+        transport = _aiohttp_transport(config.endpoint, limits)
     elif transport is None:
         verify = trust_store()
     return httpx.AsyncClient(
@@ -64,7 +75,11 @@ def _aiohttp_transport(endpoint: str, limits: httpx.Limits) -> httpx.AsyncBaseTr
     - TLS: aiohttp's verifying default (``ssl.create_default_context()``, the system trust
       store, built when aiohttp is imported), not a third copy of the trust store (~0.8 MB).
     """
-    # Imported only when chosen, so the default pays nothing for it at start-up.
+    # frozenlist (aiohttp's signal lists, read when a trace hook fires, which the pump never
+    # sets) is otherwise the one C++ extension loaded: its pure-Python build spares the C++
+    # runtime, ~1 MB of an idle pump. setdefault: a value the environment gives still wins.
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
+    # Imported only when chosen, so the httpx transport never loads aiohttp.
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 

@@ -1,12 +1,13 @@
-"""Shared fixtures: fake time for the loops, a base environment, log capture."""
+"""Fixtures (fake time for the loops, log capture) and the suite's set-up; the helpers the tests
+share are in tests/support/."""
 
 from __future__ import annotations
 
-import asyncio
 import compileall
 import importlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ import pytest
 import structlog
 
 from .supabase import kit
+from .support.env import ANON, BASE_ENV, TOKEN, FakeTime
+
+__all__ = ["ANON", "BASE_ENV", "TOKEN", "FakeTime"]  # the kit's tests import TOKEN from here
 
 # Filled by tests/supabase/conftest.py: the kit tests left out, one count per hint. The hooks
 # that print it live here, because an xdist controller collects nothing and so never loads
@@ -25,37 +29,38 @@ KIT_LEFT_OUT = pytest.StashKey[dict[str, int]]()
 # Where the kit's PostgreSQL cluster lives, shared by every worker (tests/supabase/conftest.py).
 KIT_PG_DIR = pytest.StashKey[str]()
 
-TOKEN = "tok-SECRET-5f3a9c"  # recognisable, so tests can assert it never leaks
-ANON = "anon-SECRET-77b1"
-
-BASE_ENV = {
-    "SUPABASE_URL": "https://proj.supabase.co",
-    "AGENT_TOKEN": TOKEN,
-    "ORGANIZATION_ID": "org-1",
-}
-
-
-class FakeTime:
-    """A clock that only moves when the pump pauses (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.pauses: list[float] = []
-        self.wakeable: list[bool] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def pause(self, seconds: float, wakeable: bool = False) -> None:
-        self.pauses.append(seconds)
-        self.wakeable.append(wakeable)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def fake_time() -> FakeTime:
     return FakeTime()
+
+
+@pytest.fixture
+def served_stats() -> Iterator[tuple[Any, FakeTime, str]]:
+    """Stats in fake time, served by a real health endpoint on loopback: (stats, time, url)."""
+    from queue_pump.observe.health import HealthConfig, HealthServer
+    from queue_pump.observe.state import Stats
+
+    fake = FakeTime()
+    stats = Stats(clock=fake.clock)
+    server = HealthServer(stats, HealthConfig("127.0.0.1", 0))
+    server.start()
+    try:
+        yield stats, fake, server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing for systemd's $NOTIFY_SOCKET: (socket, path)."""
+    path = os.path.join(tempfile.mkdtemp(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
 
 
 @pytest.fixture

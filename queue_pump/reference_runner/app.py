@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import contract
 from .faults import FAULT_KINDS, FaultKind, Faults, FaultsError, format_seconds
 from .store import JobStore
 from .validation import BadRequest, RunSpec, check_name, parse_jobs, parse_queue
@@ -125,7 +126,7 @@ class RunnerState:
         job = await asyncio.to_thread(self.store.claim, queue, worker_id)
         if job is None:
             self.counters.idle += 1
-            return Outcome(200, {"processed": False})
+            return Outcome(200, dict(contract.IDLE))
         spec = RunSpec.from_payload(job.payload)
         # Decide the outcome before sleeping so the rng draws follow call order, which keeps
         # seeded tests deterministic even when runs overlap.
@@ -141,12 +142,12 @@ class RunnerState:
             interrupted = await self._sleep_unless_aborted(spec.duration_ms / 1000)
         except asyncio.CancelledError:
             # Only reached when the loop itself is torn down; blocking briefly beats leaving the
-            # job processing until its lease runs out.
-            self.store.release(job, "run cancelled before it finished")
+            # job running until its lease runs out.
+            self.store.requeue(job, "run cancelled before it finished")
             raise
         if interrupted:
             await asyncio.to_thread(
-                self.store.release, job, "runner shut down before the run finished"
+                self.store.requeue, job, "runner shut down before the run finished"
             )
             self.counters.shutting_down += 1
             return Outcome(
@@ -155,19 +156,13 @@ class RunnerState:
                  "jobId": job.id},
                 {"Retry-After": "1"},
             )
-        status = await asyncio.to_thread(
-            self.store.finish, job, success=error is None, error=error
-        )
+        if error is None:
+            status = await asyncio.to_thread(self.store.complete, job)
+        else:
+            status = await asyncio.to_thread(self.store.fail, job, error)
         self.counters.processed += 1
-        body: dict[str, Any] = {
-            "processed": True,
-            "jobId": job.id,
-            "jobType": job.type,
-            "status": status,
-            "yielded": spec.yield_,
-            "queue": job.queue,
-            "attempt": job.attempts,
-        }
+        body = contract.processed(job.id, job.type, status, yielded=spec.yield_,
+                                  queue=job.queue, attempt=job.attempts)
         if error is not None:
             body["error"] = error
         return Outcome(200, body)
@@ -185,7 +180,7 @@ class RunnerState:
 
     async def drain(self) -> None:
         """Graceful shutdown: refuse new calls, let runs in flight finish (up to the drain
-        timeout), then make the rest give their jobs back, so nothing stays processing."""
+        timeout), then make the rest give their jobs back, so nothing stays running."""
         self.shutting_down.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout_s
@@ -417,9 +412,9 @@ def build_app(
     app[STATE] = state
 
     async def recover(_app: web.Application) -> None:
-        count = await asyncio.to_thread(store.requeue_stale)
+        count = await asyncio.to_thread(store.requeue_expired)
         if count:
-            log.warning("requeued %d job(s) left processing past the %gs lease", count,
+            log.warning("requeued %d job(s) left running past the %gs lease", count,
                         store.lease_s)
 
     async def drain(_app: web.Application) -> None:

@@ -94,7 +94,7 @@ OPTIONS: tuple[_Option, ...] = (
             "SQLite file holding the jobs (':memory:' for a throwaway store). Several runners "
             "may share one file.", "PATH"),
     _Option("--lease-s", str(DEFAULT_LEASE_S), _number(0.001, 7 * 86_400.0),
-            "A job processing for longer is presumed abandoned by a dead runner and requeued; "
+            "A job running for longer is presumed abandoned by a dead runner and requeued; "
             "must exceed the longest run.", "S"),
     _Option("--drain-timeout-s", str(DEFAULT_DRAIN_TIMEOUT_S), _number(0.0, 86_400.0),
             "On SIGTERM/SIGINT, how long runs in flight may take to finish before their jobs are "

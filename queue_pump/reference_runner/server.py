@@ -95,7 +95,7 @@ async def start_runner(
     """Listen on ``host:port`` (0: a free port, see ``.port``) and serve the reference runner.
 
     ``db`` is a SQLite path, ``":memory:"``, or an open ``JobStore`` (then the caller closes it).
-    Jobs left ``processing`` past ``lease_s`` are requeued before the first call is served.
+    Jobs left ``running`` past ``lease_s`` are requeued before the first call is served.
     """
     owns_store = not isinstance(db, JobStore)
     store = JobStore(db, lease_s=lease_s) if isinstance(db, str) else db

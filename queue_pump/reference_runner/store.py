@@ -1,7 +1,10 @@
-"""SQLite job store of the reference runner.
+"""SQLite job store of the reference runner, in the SQL kit's words (supabase/migrations): jobs
+are ``queued``, ``running``, ``done`` or ``failed``; a runner may ``claim`` one, ``heartbeat`` to
+keep its lease, then ``complete`` or ``fail`` it, or ``requeue`` it (give it back uncounted);
+``purge`` deletes finished jobs past an age.
 
 Every write happens in a ``BEGIN IMMEDIATE`` transaction: SQLite then takes the database's write
-lock up front, so a claim (read the oldest queued row, mark it processing) cannot interleave with
+lock up front, so a claim (read the oldest queued row, mark it running) cannot interleave with
 another claim, whether that one comes from a thread of this process or from another process that
 opened the same file. That, plus the ``AND status = 'queued'`` guard on the UPDATE, is what makes a
 job go to exactly one caller.
@@ -18,12 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-JobStatus = Literal["queued", "processing", "done", "failed"]
+JobStatus = Literal["queued", "running", "done", "failed"]
 # "lost": the job stopped being ours while it ran (its lease ran out and it was requeued, maybe
 # claimed again), so this run's outcome was not recorded.
 FinishStatus = Literal["done", "retry", "failed", "lost"]
 
-STATUSES: tuple[JobStatus, ...] = ("queued", "processing", "done", "failed")
+STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
 DEFAULT_QUEUE = "agent"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 300.0
@@ -35,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     type         TEXT    NOT NULL,
     payload      TEXT    NOT NULL DEFAULT '{}',
     status       TEXT    NOT NULL DEFAULT 'queued'
-                 CHECK (status IN ('queued', 'processing', 'done', 'failed')),
+                 CHECK (status IN ('queued', 'running', 'done', 'failed')),
     attempts     INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
     created_at   REAL    NOT NULL,
@@ -49,8 +52,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_queue_dedupe_key
     ON jobs (queue, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, status, id);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, started_at);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, updated_at);
 """
+# A file written before the statuses were the SQL kit's ("processing" for "running"): its CHECK
+# constraint is rebuilt with the table, rows and ids kept.
+_OLD_STATUS = "'processing'"
+_INDEXES = ("jobs_queue_dedupe_key", "jobs_claim", "jobs_lease")
 
 _COLUMNS = (
     "id, queue, type, payload, status, attempts, max_attempts, created_at, updated_at,"
@@ -130,8 +137,9 @@ class JobStore:
 
     One connection guarded by a lock, so any thread of the process may call any method; separate
     processes (or separate ``JobStore`` objects) sharing a file coordinate through SQLite's own
-    locking. ``lease_s`` is how long a job may stay ``processing`` before it is presumed abandoned
-    by a dead runner and put back to ``queued``; it must exceed the longest run.
+    locking. ``lease_s`` is how long a job may stay ``running`` without a claim or a heartbeat
+    before it is presumed abandoned by a dead runner and put back to ``queued``; it must exceed
+    the longest run between heartbeats.
     """
 
     def __init__(
@@ -165,9 +173,21 @@ class JobStore:
     def _create_schema(conn: sqlite3.Connection) -> None:
         # executescript() would COMMIT our open transaction first; run statements one by one so
         # two processes creating the schema at once are serialised by the IMMEDIATE lock.
+        old = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+                           ).fetchone()
+        migrate = old is not None and _OLD_STATUS in old[0]
+        if migrate:
+            for index in _INDEXES:
+                conn.execute(f"DROP INDEX IF EXISTS {index}")
+            conn.execute("ALTER TABLE jobs RENAME TO jobs_before_running")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if migrate:
+            renamed = _COLUMNS.replace(
+                " status,", " CASE status WHEN 'processing' THEN 'running' ELSE status END,")
+            conn.execute(f"INSERT INTO jobs ({_COLUMNS}) SELECT {renamed} FROM jobs_before_running")
+            conn.execute("DROP TABLE jobs_before_running")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -237,14 +257,14 @@ class JobStore:
         return results
 
     def claim(self, queue: str, worker_id: str | None = None) -> Job | None:
-        """Atomically take the oldest queued job of ``queue`` (stale leases are recovered
-        first); returns it as ``processing`` with ``attempts`` already counting this run."""
+        """Atomically take the oldest queued job of ``queue`` (expired leases are recovered
+        first); returns it as ``running`` with ``attempts`` already counting this run."""
         now = self._clock()
         with self._tx() as conn:
-            self._requeue_stale(conn, self.lease_s, now)
+            self._requeue_expired(conn, self.lease_s, now)
             # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
             rows = conn.execute(
-                "UPDATE jobs SET status = 'processing', attempts = attempts + 1,"
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
                 " started_at = ?, updated_at = ?, finished_at = NULL, worker_id = ?"
                 " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND status = 'queued'"
                 "             ORDER BY id LIMIT 1)"
@@ -254,19 +274,24 @@ class JobStore:
             ).fetchall()
         return Job.from_row(rows[0]) if rows else None
 
-    def finish(self, job: Job, *, success: bool, error: str | None = None) -> FinishStatus:
-        """Record the outcome of the run that claimed ``job``.
+    def complete(self, job: Job) -> FinishStatus:
+        """The run that claimed ``job`` succeeded: ``done``; "lost" when it was no longer ours."""
+        return self._finish(job, success=True, error=None)
 
-        A failure goes back to ``queued`` ("retry") while attempts < max_attempts, else
-        ``failed``. The claim's attempt number acts as a fencing token: if the job was requeued
-        by a lease expiry in the meantime, nothing is written and "lost" is returned.
-        """
+    def fail(self, job: Job, error: str | None = None) -> FinishStatus:
+        """The run that claimed ``job`` failed: back to ``queued`` ("retry") while attempts <
+        max_attempts, else ``failed``; "lost" when it was no longer ours."""
+        return self._finish(job, success=False, error=error)
+
+    def _finish(self, job: Job, *, success: bool, error: str | None) -> FinishStatus:
+        """The claim's attempt number acts as a fencing token: if the job was requeued by a
+        lease expiry in the meantime, nothing is written and "lost" is returned."""
         now = self._clock()
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT status, attempts, max_attempts FROM jobs WHERE id = ?", (job.id,)
             ).fetchone()
-            if row is None or row[0] != "processing" or row[1] != job.attempts:
+            if row is None or row[0] != "running" or row[1] != job.attempts:
                 return "lost"
             if success:
                 conn.execute(
@@ -289,36 +314,59 @@ class JobStore:
             )
             return "failed"
 
-    def release(self, job: Job, reason: str) -> bool:
-        """Give a claimed job back without counting the attempt (the run was interrupted by a
-        shutdown, not failed). Returns False when the job was no longer ours."""
+    def requeue(self, job: Job, reason: str) -> bool:
+        """Give a claimed job back to ``queued`` without counting the attempt (the run was
+        interrupted by a shutdown, not failed). Returns False when the job was no longer ours."""
         now = self._clock()
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'queued', attempts = attempts - 1, started_at = NULL,"
                 " updated_at = ?, last_error = ?"
-                " WHERE id = ? AND status = 'processing' AND attempts = ?",
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (now, reason, job.id, job.attempts),
             )
             return cur.rowcount == 1
 
-    def requeue_stale(self, lease_s: float | None = None) -> int:
-        """Put back to ``queued`` every job ``processing`` for longer than ``lease_s`` (default:
-        the store's lease); returns how many. The attempt stays counted: the run may have been
-        what killed the runner."""
+    def heartbeat(self, job: Job) -> bool:
+        """The run holding ``job`` is alive: its lease starts again from now. False when the
+        job is no longer ours (finished, or requeued after its lease ran out)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET updated_at = ? WHERE id = ? AND status = 'running'"
+                " AND attempts = ?",
+                (self._clock(), job.id, job.attempts),
+            )
+            return cur.rowcount == 1
+
+    def requeue_expired(self, lease_s: float | None = None) -> int:
+        """Put back to ``queued`` every ``running`` job without a claim or heartbeat for longer
+        than ``lease_s`` (default: the store's lease); returns how many. The attempt stays
+        counted: the run may have been what killed the runner."""
         lease = self.lease_s if lease_s is None else lease_s
         with self._tx() as conn:
-            return self._requeue_stale(conn, lease, self._clock())
+            return self._requeue_expired(conn, lease, self._clock())
 
     @staticmethod
-    def _requeue_stale(conn: sqlite3.Connection, lease_s: float, now: float) -> int:
+    def _requeue_expired(conn: sqlite3.Connection, lease_s: float, now: float) -> int:
         cur = conn.execute(
             "UPDATE jobs SET status = 'queued', updated_at = ?, started_at = NULL,"
             " last_error = 'lease expired: the runner holding it is presumed dead'"
-            " WHERE status = 'processing' AND started_at < ?",
+            " WHERE status = 'running' AND updated_at < ?",
             (now, now - lease_s),
         )
         return cur.rowcount
+
+    def purge(self, older_than_s: float, max_rows: int = 10_000) -> int:
+        """Delete up to ``max_rows`` jobs ``done`` or ``failed`` more than ``older_than_s`` ago,
+        oldest first; returns how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs"
+                " WHERE status IN ('done', 'failed') AND finished_at < ?"
+                " ORDER BY finished_at LIMIT ?)",
+                (self._clock() - older_than_s, max(max_rows, 0)),
+            )
+            return cur.rowcount
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -541,7 +541,7 @@ check_compose_down() {
   local cid t0 t1 code
   cid=$(dc ps -q queue-pump)
   jobs_py enqueue 1 --duration-ms "$LONG_JOB_MS"
-  jobs_py wait --done 20 --processing 1 --timeout 30     # the long job is in flight now
+  jobs_py wait --done 20 --running 1 --timeout 30     # the long job is in flight now
   setsid timeout 120 docker events --filter "container=$cid" --filter event=die \
     --format '{{.Actor.Attributes.exitCode}}' >"$TMP/die.txt" 2>&1 < /dev/null &
   echo $! > "$STATE/events.pid"
@@ -654,7 +654,7 @@ check_compose_shipped_down() {
   local done0
   done0=$(shipped_jobs stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
   shipped_jobs enqueue 1 --duration-ms "$LONG_JOB_MS"
-  shipped_jobs wait --done "$done0" --processing 1 --timeout 30    # the long job is in flight
+  shipped_jobs wait --done "$done0" --running 1 --timeout 30    # the long job is in flight
   setsid timeout 120 docker events --filter "container=$cid" --filter event=die \
     --format '{{.Actor.Attributes.exitCode}}' >"$TMP/shipped-die.txt" 2>&1 < /dev/null &
   echo $! > "$STATE/shipped-events.pid"
@@ -679,7 +679,7 @@ check_compose_shipped_down() {
   AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" wait \
     --done $((done0 + 1)) --timeout 5
   AGENT_TOKEN=$TOKEN ORGANIZATION_ID=$ORG "$PY" scripts/ci/jobs.py "http://127.0.0.1:$port" stats \
-    | grep -q 'queued=0 processing=0 .* failed=0'
+    | grep -q 'queued=0 running=0 .* failed=0'
   kill "$(cat "$STATE/check-runner.pid")" 2>/dev/null || true
   docker rmi "queue-pump:$VERSION.post1" >/dev/null 2>&1 || true
 }
@@ -813,7 +813,7 @@ check_systemd_stop() {
   local done0 t0 t1
   done0=$(jobs_py stats | sed -n 's/.* done=\([0-9]*\).*/\1/p')
   jobs_py enqueue 1 --duration-ms "$LONG_JOB_MS"
-  jobs_py wait --done "$done0" --processing 1 --timeout 30
+  jobs_py wait --done "$done0" --running 1 --timeout 30
   t0=$(now)
   timeout 120 podman exec "$PODMAN_CTR" systemctl stop queue-pump
   t1=$(now)
@@ -905,7 +905,7 @@ check_systemd_upgrade() {
 
   # A broken next version (its code does not import): the install stops, nothing changes.
   next_checkout /tmp/src-broken "$v1.post2"
-  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli.py'
+  pexec sh -c 'echo "this is not python" >> /tmp/src-broken/queue_pump/cli/commands.py'
   if out=$(pexec env PIP_CERT=/etc/ssl/certs/ca-certificates.crt bash /tmp/src-broken/scripts/install-systemd.sh 2>&1); then
     echo "$out"; echo "a broken version installed"; exit 1
   fi

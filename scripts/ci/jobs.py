@@ -3,9 +3,9 @@
 
     jobs.py URL enqueue N [--duration-ms MS]     queue N jobs of type "ci"
     jobs.py URL stats                            print /jobs/stats counts on one line
-    jobs.py URL wait --done N [--processing N] [--timeout S]
+    jobs.py URL wait --done N [--running N] [--timeout S]
                                                  poll /jobs/stats until done >= N (and, with
-                                                 --processing, processing >= that); exit 1 on
+                                                 --running, running >= that); exit 1 on
                                                  timeout, printing the last counts
 
 AGENT_TOKEN and ORGANIZATION_ID come from the environment (never from the command line, where
@@ -22,7 +22,7 @@ import time
 import urllib.request
 from typing import Any
 
-KEYS = ("queued", "processing", "done", "failed", "total")
+KEYS = ("queued", "running", "done", "failed", "total")
 
 
 def _request(url: str, body: Any = None) -> Any:
@@ -58,7 +58,7 @@ def main() -> int:
     sub.add_parser("stats")
     wait = sub.add_parser("wait")
     wait.add_argument("--done", type=int, required=True)
-    wait.add_argument("--processing", type=int, default=0)
+    wait.add_argument("--running", type=int, default=0)
     wait.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
 
@@ -72,7 +72,7 @@ def main() -> int:
         return 0
     deadline = time.monotonic() + args.timeout
     counts = stats(args.url)
-    while counts["done"] < args.done or counts["processing"] < args.processing:
+    while counts["done"] < args.done or counts["running"] < args.running:
         if time.monotonic() > deadline:
             print(f"timed out after {args.timeout:.0f}s: {line(counts)}", file=sys.stderr)
             return 1

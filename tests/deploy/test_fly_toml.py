@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.env import ROOT
+
 FLY_TOML = ROOT / "fly.toml"
 
 # The pump's default shutdown grace (QUEUE_PUMP_SHUTDOWN_GRACE_MS), in seconds.

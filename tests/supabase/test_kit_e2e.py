@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from .. import proc
 from ..conftest import TOKEN
+from ..support import proc
 from . import kit
 
 pytestmark = [pytest.mark.kit, pytest.mark.e2e]

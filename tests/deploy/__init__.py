@@ -1,0 +1,1 @@
+"""Deployment artifacts: the Fly script and fly.toml, the Compose entrypoint wrapper."""

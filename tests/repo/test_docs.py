@@ -1,0 +1,214 @@
+"""README.md and docs/*.md stay true: their command blocks run, their links resolve, and the
+configuration table is the knob table.
+
+Every fenced bash/sh/shell/console block is either run here (offline, in a temporary directory
+holding a link to this venv as ``.venv``) or listed in ``NOT_RUN`` with the reason it cannot
+run here. A new block that is in neither list fails, and so does a listed block that is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from queue_pump.config.knobs import Knob
+from queue_pump.config.settings import KNOBS
+from tests.support.env import ROOT
+from tests.support.net import free_port
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELLS = {"bash", "sh", "shell", "console"}
+
+DOCKER = "needs a Docker engine (none here); scripts/ci/deploy-checks.sh runs the Compose file"
+PYPI = "installs from a package registry (none in the test suite); CI's .ci/run runs it on a " \
+       "fresh machine"
+NOT_RUN: dict[tuple[str, str], str] = {
+    ("README.md", "# 1. The demo: a reference runner on loopback with 300 seeded jobs, drained "
+                  "by the real pump"):
+        PYPI + "; tests/process/test_demo.py runs the demo itself",
+    ("README.md", "cp .env.example .env        # then fill in SUPABASE_URL, AGENT_TOKEN, "
+                  "ORGANIZATION_ID"): DOCKER,
+    ("README.md", "export SUPABASE_URL=https://<project>.supabase.co AGENT_TOKEN=... "
+                  "ORGANIZATION_ID=..."):
+        "needs flyctl and Fly.io; tests/deploy runs deploy-fly.sh against a stand-in flyctl",
+    ("README.md", "sudo scripts/install-systemd.sh            # creates "
+                  "/etc/queue-pump/queue-pump.env (mode 600)"):
+        "needs systemd as PID 1; scripts/ci/deploy-checks.sh installs the unit under a real "
+        "systemd",
+    ("README.md", "python3 -m venv .venv && .venv/bin/pip install -q -e ."): PYPI,
+    ("docs/BENCHMARKS.md", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"): PYPI,
+    ("docs/BENCHMARKS.md", "python3 -m venv /tmp/rt && /tmp/rt/bin/pip install -q "
+                           "--require-hashes --no-deps \\"):
+        PYPI + "; tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
+        "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/DEPLOY.md", "cp .env.example .env            # fill in SUPABASE_URL, AGENT_TOKEN, "
+                       "ORGANIZATION_ID; never commit .env"): DOCKER,
+    ("docs/DEPLOY.md", "# the published image instead of a local build (multi-arch: amd64 and "
+                       "arm64)"): "pulls from GHCR (no image registry here)",
+    ("docs/DEPLOY.md", "kubectl create secret generic queue-pump-env \\"):
+        "needs a Kubernetes cluster; deploy-checks.sh renders and validates the manifests",
+    ("docs/DEPLOY.md", "kubectl create secret generic queue-pump-keda-postgres \\"):
+        "needs a Kubernetes cluster with KEDA",
+    ("docs/DEPLOY.md", "export SUPABASE_URL=https://<project>.supabase.co AGENT_TOKEN=... "
+                       "ORGANIZATION_ID=..."):
+        "needs flyctl and Fly.io; tests/deploy runs deploy-fly.sh against a stand-in flyctl",
+    ("docs/DEPLOY.md", "fly apps create my-queue-pump"): "needs flyctl and Fly.io",
+    ("docs/DEPLOY.md", "sudo apt-get install python3 python3-venv          # Python 3.11 or "
+                       "newer"):
+        "installs system packages as root; deploy-checks.sh runs the installer under systemd",
+    ("docs/DEPLOY.md", "git pull && sudo scripts/install-systemd.sh          # upgrade: new venv "
+                       "beside the old, switch, restart"):
+        "needs systemd as PID 1; deploy-checks.sh upgrades and rolls back under a real systemd",
+    ("docs/DEPLOY.md", "scripts/install-launchd.sh        # first run: venv + ~/Library/"
+                       "Application Support/queue-pump/queue-pump.env (mode 600)"):
+        "needs macOS (launchd); deploy-checks.sh parses the plist and shellchecks the script",
+    ("docs/DEPLOY.md", "python3 -m venv venv"): PYPI,
+    ("docs/DEVELOPMENT.md", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"):
+        PYPI + " (the whole block: install, the suite, lint, types)",
+    ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/process/test_faults.py "
+                            "tests/process/test_signals.py tests/unit/test_bad_input.py \\"):
+        "runs tests of this suite; from inside the suite they would run twice",
+    ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
+                         "into .tools/deno"): "downloads Deno from the npm registry",
+}
+
+
+def command_blocks() -> list[tuple[str, str, str]]:
+    """(file relative to the root, first line, whole text) of every shell block."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+            if match.group(1) in SHELLS:
+                body = match.group(2)
+                found.append((str(path.relative_to(ROOT)), body.splitlines()[0], body))
+    return found
+
+
+def sandbox(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A directory like a fresh clone after the Quickstart's install, and a clean environment."""
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QUEUE_PUMP_")
+           and k not in ("AGENT_TOKEN", "ORGANIZATION_ID", "SUPABASE_URL", "NOTIFY_SOCKET")}
+    env["PATH"] = str(tmp_path / ".venv" / "bin") + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def run_local_tryout(body: str, tmp_path: Path) -> None:
+    # The runner's default port may be taken on this machine: the runner takes a free one from
+    # its own environment variable, and the .env line points the pump there.
+    port = free_port()
+    script = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    env = sandbox(tmp_path, QUEUE_PUMP_RUNNER_PORT=str(port))
+    done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"event": "queue_drained"' in done.stdout, done.stdout
+    assert re.search(r'"processed": 10, "event": "queue_drained"', done.stdout), done.stdout
+    assert "enqueued 10 demo job(s)" in done.stdout
+    assert "give the pump SUPABASE_URL=" in done.stderr
+    assert "local-dev-token" not in done.stdout + done.stderr
+
+
+def run_reference_runner_start(body: str, tmp_path: Path) -> None:
+    port = free_port()
+    command = body.splitlines()[0].replace("--port 8000", f"--port {port}")
+    proc = subprocess.Popen(["bash", "-c", command], cwd=tmp_path,
+                            env=sandbox(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        said = [proc.stderr.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    # The block's comment lines are what it prints (with the port it was given).
+    expected = [line.removeprefix("# → ").removeprefix("#     ").replace("8000", str(port))
+                for line in body.splitlines()[2:5]]
+    assert [line.rstrip("\n").strip() for line in said] == [e.strip() for e in expected]
+    assert proc.returncode == 0 and "runner stopped: 0 calls" in rest
+
+
+RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
+    ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token\\n"
+                  "ORGANIZATION_ID=local-org\\n' > .env && chmod 600 .env"): run_local_tryout,
+    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ORGANIZATION_ID=dev-org queue-pump "
+                                "runner --port 8000 --seed-jobs 20"): run_reference_runner_start,
+}
+
+
+def test_every_command_block_is_run_or_says_why_not() -> None:
+    blocks = {(path, first) for path, first, _ in command_blocks()}
+    unclassified = sorted(blocks - set(RUN) - set(NOT_RUN))
+    assert not unclassified, f"run these in tests/repo/test_docs.py or list why not: {unclassified}"
+    stale = sorted((set(RUN) | set(NOT_RUN)) - blocks)
+    assert not stale, f"these blocks are gone from the docs: {stale}"
+    assert not set(RUN) & set(NOT_RUN)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("key", sorted(RUN), ids=lambda key: f"{key[0]}:{key[1][:30]}")
+def test_command_block_runs_as_written(key: tuple[str, str], tmp_path: Path) -> None:
+    bodies = [body for path, first, body in command_blocks() if (path, first) == key]
+    assert len(bodies) == 1, f"{key} is not one block"
+    started = time.monotonic()
+    RUN[key](bodies[0], tmp_path)
+    assert time.monotonic() - started < 120
+
+
+def _row(knob: Knob) -> str:
+    default = ("**required**" if knob.required
+               else f"`{knob.default}`" if knob.default else "(empty)")
+    name = knob.env.removeprefix("QUEUE_PUMP_").lower().replace("_", "-")
+    flag = "\N{EM DASH}" if knob.secret else f"`--{name}`"
+    text = knob.help
+    if knob.low is not None:
+        text += f" Range {knob.low}\N{EN DASH}{knob.high}."
+    if knob.choices:
+        text += f" One of {', '.join(knob.choices)}."
+    return f"| `{knob.env}` | {default} | {flag} | {text} |"
+
+
+def test_the_configuration_table_is_the_knob_table() -> None:
+    text = (ROOT / "docs" / "CONFIGURATION.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")
+            and line.split("`")[1] in {k.env for k in KNOBS}]
+    expected = [_row(knob) for knob in KNOBS]
+    assert rows == expected, ("docs/CONFIGURATION.md's table differs from "
+                              "queue_pump/config/settings.py")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_relative_links_resolve_to_files_and_headings() -> None:
+    broken = []
+    for path in DOCS:
+        text = path.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address: not checked offline
+            file_part, _, anchor = target.partition("#")
+            dest = (path.parent / file_part).resolve() if file_part else path
+            if not dest.exists():
+                broken.append(f"{path.name}: {target}")
+                continue
+            if anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{path.name}: {target} (no such heading)")
+    assert not broken, broken

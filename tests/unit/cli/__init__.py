@@ -1,0 +1,1 @@
+"""cli/: the command line, in process (cli.main), and the health client."""

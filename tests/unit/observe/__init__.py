@@ -1,0 +1,1 @@
+"""observe/: loop state, metrics, health, systemd, alerts, logs."""

@@ -1,0 +1,1 @@
+"""reference_runner/: its store, its HTTP app, its command line."""

@@ -1,0 +1,1 @@
+"""schedules/: the schedules file and the firing of its windows."""
