@@ -284,6 +284,17 @@ def test_job_ids_reveal_no_count_across_organizations(db_url: str, org: str) -> 
     assert sum(1 for g in gaps if g < 0) >= 5, "not even the order says anything"
 
 
+def test_jobs_due_at_one_instant_are_taken_in_the_order_they_were_enqueued(
+        db_url: str, org: str) -> None:
+    """Ids no longer follow the enqueue order; a batch enqueued in one statement (one now())
+    is still taken first in, first out."""
+    with connect(db_url) as conn:
+        conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo', jsonb_build_object('n', g))"
+                     " from generate_series(1, 30) g", (org,))
+        taken = [claim(conn, org, f"w{i}") for i in range(30)]
+    assert [t["payload"]["n"] if t else None for t in taken] == list(range(1, 31))
+
+
 def test_the_id_key_is_readable_by_no_role(db_url: str) -> None:
     for role in kit.SUPABASE_ROLES:
         with connect(db_url) as conn:
