@@ -47,8 +47,10 @@ export function connect(): Sql {
 // 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown),
 // 58 system error; and postgres.js's own connection codes.
 const UNAVAILABLE_CLASSES = ["08", "53", "57", "58"];
-// 55P03: a lock not had within the functions' lock_timeout (a migration holding the table).
-const UNAVAILABLE_CODES = new Set(["55P03"]);
+// 55P03: a lock not had within the functions' lock_timeout (a migration holding the table);
+// 40001 and 40P01: a conflict that a second try resolves (enqueue_job gives up with 40001 when
+// a dedupe key is taken and freed ten times in a row).
+const UNAVAILABLE_CODES = new Set(["55P03", "40001", "40P01"]);
 const CONNECTION_CODES = new Set([
   "ECONNREFUSED",
   "ECONNRESET",

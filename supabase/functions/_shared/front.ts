@@ -53,9 +53,9 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   while (at < bytes.length) at += await conn.write(bytes.subarray(at));
 }
 
-/** Content-Length of a request head, or why it is refused. */
-export function framing(head: Uint8Array, maxBodyBytes: number): number | Refusal {
-  const lines = latin1.decode(head).split("\r\n");
+/** Content-Length of a request head (its bytes as latin1 text), or why it is refused. */
+export function framing(head: string, maxBodyBytes: number): number | Refusal {
+  const lines = head.split("\r\n");
   if (!REQUEST_LINE.test(lines[0])) {
     return { status: 400, reason: "Bad Request", message: "not an HTTP/1.1 request line" };
   }
@@ -87,24 +87,18 @@ export function framing(head: Uint8Array, maxBodyBytes: number): number | Refusa
   return bytes;
 }
 
-function terminator(buf: Uint8Array, from: number, to: number): number {
-  for (let i = Math.max(from, 3); i < to; i++) {
-    if (buf[i] === 10 && buf[i - 1] === 13 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
-  }
-  return -1;
-}
-
 type Phase = "head" | "body" | "waiting" | "idle";
 
 /** One client connection and its upstream one, with the deadline of the current phase. */
 class Guarded {
   private phase: Phase = "head";
-  private readonly head: Uint8Array;
-  private headLength = 0;
+  private head = ""; // the bytes of the head so far, as latin1 text (one character a byte)
   private bodyLeft = 0;
   private answered = false; // upstream bytes seen since the current request began
   private unanswered = 0; // requests passed on with no upstream bytes seen since
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the current phase must be over (epoch ms; 0: no deadline), checked by the front a few times a second. */
+  deadline = 0;
+  private deadlinePhase = "";
   private draining = false;
   private closed = false;
 
@@ -113,18 +107,27 @@ class Guarded {
     private readonly upstream: Deno.Conn,
     private readonly limits: FrontLimits,
     private readonly log: Log,
-  ) {
-    this.head = new Uint8Array(limits.maxHeaderBytes);
-  }
+  ) {}
 
   async run(): Promise<void> {
     this.arm(this.limits.headerTimeoutMs, "headers");
     await Promise.all([this.fromClient(), this.fromUpstream()]);
   }
 
+  // Deadlines are numbers, checked for every connection a few times a second by the front:
+  // a timer set and cleared at each phase, with a head scanned byte by byte, made the front
+  // cost ~75 us of CPU per call here; ~45 us since (bench/supabase_kit.py, 3 pumps x 8).
   private arm(ms: number, phase: string): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.expire(phase), ms);
+    this.deadline = Date.now() + ms;
+    this.deadlinePhase = phase;
+  }
+
+  /** Called by the front's sweep: ends the phase whose deadline has passed. */
+  due(now: number): void {
+    if (this.deadline !== 0 && now >= this.deadline) {
+      this.deadline = 0;
+      this.expire(this.deadlinePhase);
+    }
   }
 
   private remote(): string {
@@ -166,23 +169,26 @@ class Guarded {
     while (at < chunk.length) {
       if (this.phase === "idle" || this.phase === "waiting") this.begin();
       if (this.phase === "head") {
-        const before = this.headLength;
-        const copied = Math.min(chunk.length - at, this.head.length - before);
-        this.head.set(chunk.subarray(at, at + copied), before);
-        this.headLength += copied;
-        const end = terminator(this.head, before, this.headLength);
-        if (end < 0) {
-          if (this.headLength >= this.head.length) {
+        // Head bytes go on as they come (the function's server waits for the rest); only the
+        // body waits until the head's framing is known to be acceptable.
+        const before = this.head.length;
+        const room = Math.min(chunk.length - at, this.limits.maxHeaderBytes - before);
+        this.head += latin1.decode(chunk.subarray(at, at + room));
+        const found = this.head.indexOf("\r\n\r\n", Math.max(0, before - 3));
+        if (found < 0) {
+          if (this.head.length >= this.limits.maxHeaderBytes) {
             return { status: 431, reason: "Request Header Fields Too Large", message: "headers too large" };
           }
-          at += copied;
+          await writeAll(this.upstream, chunk.subarray(at, at + room));
+          at += room;
           continue;
         }
-        const length = framing(this.head.subarray(0, end), this.limits.maxBodyBytes);
+        const end = found + 4 - before; // head bytes in this chunk
+        const length = framing(this.head.slice(0, found + 4), this.limits.maxBodyBytes);
         if (typeof length !== "number") return length;
-        await writeAll(this.upstream, this.head.subarray(0, end));
-        at += end - before;
-        this.headLength = 0;
+        await writeAll(this.upstream, chunk.subarray(at, at + end));
+        at += end;
+        this.head = "";
         this.bodyLeft = length;
         if (length > 0) {
           this.phase = "body";
@@ -212,7 +218,7 @@ class Guarded {
   private requested(): void {
     this.phase = "waiting";
     this.unanswered++;
-    clearTimeout(this.timer);
+    this.deadline = 0;
   }
 
   private async fromUpstream(): Promise<void> {
@@ -225,12 +231,12 @@ class Guarded {
         n = null;
       }
       if (n === null) break;
+      if (this.draining) break; // our own answer goes out instead
       try {
         await writeAll(this.client, buf.subarray(0, n));
       } catch {
         break;
       }
-      if (this.draining) break;
       this.answered = true;
       this.unanswered = 0;
       if (this.phase === "waiting") this.phase = "idle";
@@ -248,7 +254,7 @@ class Guarded {
     this.log({
       event: "http_timeout",
       during: phase,
-      ...(phase === "body" ? { missing_bytes: this.bodyLeft } : { header_bytes: this.headLength }),
+      ...(phase === "body" ? { missing_bytes: this.bodyLeft } : { header_bytes: this.head.length }),
       remote: this.remote(),
     });
     if (this.answered || this.unanswered > 0) {
@@ -268,7 +274,7 @@ class Guarded {
       this.log({ event: "http_refused", status: r.status, reason: r.message, remote: this.remote() });
     }
     this.draining = true;
-    clearTimeout(this.timer);
+    this.deadline = 0;
     try {
       this.upstream.close();
     } catch {
@@ -281,13 +287,13 @@ class Guarded {
       this.close();
       return;
     }
-    this.timer = setTimeout(() => this.close(), 1000);
+    setTimeout(() => this.close(), 1000);
   }
 
   private close(): void {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.timer);
+    this.deadline = 0;
     for (const conn of [this.client, this.upstream]) {
       try {
         conn.close();
@@ -326,6 +332,8 @@ async function sendAndClose(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
 export class Front {
   private open = 0;
   private waiters: (() => void)[] = [];
+  private readonly live = new Set<Guarded>();
+  private readonly sweeper: ReturnType<typeof setInterval>;
   private readonly listener: Deno.TcpListener;
 
   /** Listens on hostname:port at once; `serve()` starts accepting. */
@@ -337,6 +345,12 @@ export class Front {
     private readonly log: Log = defaultLog,
   ) {
     this.listener = Deno.listen({ hostname, port });
+    // A deadline is met to within a quarter of the shortest one (at most 250 ms).
+    const every = Math.max(10, Math.min(250, Math.floor(Math.min(limits.headerTimeoutMs, limits.bodyTimeoutMs) / 4)));
+    this.sweeper = setInterval(() => {
+      const now = Date.now();
+      for (const conn of this.live) conn.due(now);
+    }, every);
   }
 
   get addr(): Deno.NetAddr {
@@ -392,7 +406,13 @@ export class Front {
         );
         return;
       }
-      await new Guarded(conn, upstream, this.limits, this.log).run();
+      const guarded = new Guarded(conn, upstream, this.limits, this.log);
+      this.live.add(guarded);
+      try {
+        await guarded.run();
+      } finally {
+        this.live.delete(guarded);
+      }
     } finally {
       this.open--;
       if (this.open === 0) this.waiters.splice(0).forEach((wake) => wake());
@@ -411,6 +431,7 @@ export class Front {
   }
 
   close(): void {
+    clearInterval(this.sweeper);
     try {
       this.listener.close();
     } catch {

@@ -185,7 +185,7 @@ Deno.test("Retry-After starts at a second and grows with the outage, to the cap"
 });
 
 Deno.test("the front reads each request's framing and refuses what it cannot bound", () => {
-  const head = (lines: string[]) => new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n");
+  const head = (lines: string[]) => lines.join("\r\n") + "\r\n\r\n";
   equal(framing(head(["POST /functions/v1/enqueue HTTP/1.1", "Host: x", "Content-Length: 12"]), 100), 12);
   equal(framing(head(["POST / HTTP/1.1", "content-length: 5, 5"]), 100), 5);
   equal(framing(head(["GET / HTTP/1.0"]), 100), 0);
