@@ -19,7 +19,7 @@ export async function accept(
   const url = new URL(req.url);
   if (!isFunctionPath(url, name)) return error(404, "no such function");
   if (req.method !== "POST") return error(405, "use POST", { allow: "POST" });
-  const caller = await authenticate(req, token, allowedOrganizations);
+  const caller = authenticate(req, token, allowedOrganizations);
   if (caller instanceof Response) return caller;
   try {
     return { url, caller, body: await readJsonObject(req, maxBodyBytes) };
