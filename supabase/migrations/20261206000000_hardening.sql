@@ -196,8 +196,8 @@ alter index queue_pump.jobs_due_order_idx rename to jobs_due_idx;
 -- rows the old functions let through ---------------------------------------------------------
 
 -- requeue(max_free_yields => null) could leave a job queued with no attempts left; the claim
--- then ran it past max_attempts. End those failed, and keep new ones out. Both updates read
--- only queued jobs (the due index), not the history.
+-- then ran it past max_attempts. End those failed, and keep new ones out. These updates touch
+-- only jobs still to run (queued or running), not the history.
 update queue_pump.jobs j
    set status = 'failed', finished_at = now(), updated_at = now(),
        last_error = coalesce(j.last_error || ' / ', '') || 'no attempts left'
@@ -208,6 +208,23 @@ update queue_pump.jobs j
        updated_at = now()
  where j.status = 'queued'
    and not (j.run_at >= '2000-01-01 00:00:00+00' and j.run_at < '10000-01-01 00:00:00+00');
+-- Jobs still to run whose payload or progress a handler would get changed (a number such as
+-- 9007199254740993, which arrived as ...992) or should not get at all (over 1 MiB) end failed
+-- now, with the reason, rather than run. Enqueue refuses both from now on.
+update queue_pump.jobs j
+   set status = 'failed', finished_at = now(), updated_at = now(),
+       locked_by = null, lease_expires_at = null,
+       last_error = 'not run: its ' || coalesce('payload ' || queue_pump.json_problem(j.payload),
+                                                'progress ' || queue_pump.json_problem(j.progress))
+ where j.status = 'queued'
+   and coalesce(queue_pump.json_problem(j.payload), queue_pump.json_problem(j.progress)) is not null;
+update queue_pump.jobs j
+   set status = 'failed', finished_at = now(), updated_at = now(),
+       locked_by = null, lease_expires_at = null,
+       last_error = 'not run again: its ' || coalesce('payload ' || queue_pump.json_problem(j.payload),
+                                                      'progress ' || queue_pump.json_problem(j.progress))
+ where j.status = 'running'
+   and coalesce(queue_pump.json_problem(j.payload), queue_pump.json_problem(j.progress)) is not null;
 -- NOT VALID: enforced on every write from now on, without a scan of the whole history under
 -- this migration's lock. The rows that could break them (queued ones) were fixed just above.
 alter table queue_pump.jobs add constraint jobs_queued_has_attempts_left

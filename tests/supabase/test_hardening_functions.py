@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from ..conftest import TOKEN
@@ -137,18 +138,26 @@ def test_payload_numbers_reach_the_handler_as_written(
     assert row == {"same_payload": True, "same_result": True}
 
 
-def test_a_stored_number_a_handler_would_misread_fails_the_job_by_name(
-        deno_bin: Path, db_url: str, org: str) -> None:
-    """Finding 3: a payload holding 9007199254740993 reached the handler as ...992, a
-    different id (on 2ffcb6a: `done`, echoing 9007199254740992). Such a job (from before the
-    upgrade, or written around the functions) now fails with the reason."""
-    query(db_url, "insert into queue_pump.jobs (organization_id, job_type, payload, max_attempts)"
-                  " values (%s, 'echo', '{\"id\": 9007199254740993}', 1)", org)
-    with functions(deno_bin, "ai-job-runner", db_url) as [fn]:
+def test_a_job_holding_a_number_a_handler_would_misread_never_reaches_it(
+        deno_bin: Path, pg: kit.PgCluster, org: str) -> None:
+    """Finding 3: a payload enqueued by SQL with 9007199254740993 reached the handler as
+    ...992, a different id (on 2ffcb6a: `done`, echoing 9007199254740992). Enqueue refuses it
+    now (test_hardening_sql.py); one stored before the upgrade is failed by the upgrade."""
+    url = pg.create_database(f"kit_misread_{org[-12:]}".replace("-", "_"))
+    first, *rest = kit.MIGRATIONS
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(first.read_text())  # type: ignore[arg-type]
+        conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo', %s::jsonb)",
+                     (org, '{"id": 9007199254740993}'))
+        for path in rest:
+            conn.execute(path.read_text())  # type: ignore[arg-type]
+    with functions(deno_bin, "ai-job-runner", url) as [fn]:
         status, body, _ = send(fn.url, b"{}", org)
-    assert status == 200 and body["status"] == "failed", body
-    assert body["error"] == ("payload holds the number 9007199254740993, which JavaScript would"
-                             " not read exactly (send it as a string)")
+    assert (status, body) == (200, {"processed": False})
+    [row] = query(url, "select status, last_error from queue_pump.jobs")
+    assert row == {"status": "failed", "last_error": (
+        "not run: its payload holds the number 9007199254740993, which JavaScript would not"
+        " read exactly (send it as a string)")}
 
 
 # --- 4: payload size -----------------------------------------------------------------------------

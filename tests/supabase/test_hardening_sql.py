@@ -319,7 +319,8 @@ def test_the_migrations_refuse_a_database_that_is_not_utf8(pg: kit.PgCluster, or
 
 def test_upgrade_in_place_keeps_the_jobs_of_a_deployed_kit(pg: kit.PgCluster, org: str) -> None:
     """The first migration deployed with jobs in every state, then this one applied: the jobs
-    keep their ids and work on; what the old functions let in is put right."""
+    keep their ids and work on; what the old functions let in is put right (a job with no
+    attempt left, a run_at of -infinity, a 3 MB payload, a number a handler would misread)."""
     url = pg.create_database(f"kit_upgrade_{org[-12:]}".replace("-", "_"))
     first, *rest = kit.MIGRATIONS
     assert rest, "the hardening migration"
@@ -341,12 +342,18 @@ def test_upgrade_in_place_keeps_the_jobs_of_a_deployed_kit(pg: kit.PgCluster, or
         huge = conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo',"
                             " jsonb_build_object('s', repeat('x', 3000000))) as id",
                             (org,)).fetchone()
+        misread = enqueue(conn, org, payload='{"id": 9007199254740993}')
         assert huge is not None and job(conn, stuck)["status"] == "queued"
         for path in rest:
             with conn.transaction():
                 conn.execute(path.read_text())  # type: ignore[arg-type]
         assert job(conn, stuck)["status"] == "failed"
         assert "no attempts left" in job(conn, stuck)["last_error"]
+        # Jobs a handler would get changed, or should not get at all, end failed with the reason.
+        assert (job(conn, huge["id"])["status"], job(conn, huge["id"])["last_error"]) == (
+            "failed", "not run: its payload is 3000009 bytes of JSON, over the limit of 1048576")
+        assert job(conn, misread)["status"] == "failed"
+        assert "holds the number 9007199254740993" in job(conn, misread)["last_error"]
         assert job(conn, never)["run_at"].year == 2000
         # Old ids go on working: the lease of a job running across the upgrade, dedupe keys.
         assert conn.execute("select queue_pump.complete(%s, 'old-worker-2') as ok",
@@ -358,7 +365,5 @@ def test_upgrade_in_place_keeps_the_jobs_of_a_deployed_kit(pg: kit.PgCluster, or
         assert 2**52 <= new < 2**53 and max(queued, running, waiting, stuck) < 2**52
         taken = [claim(conn, org, f"n{i}") for i in range(4)]
         stats = conn.execute("select * from queue_pump.stats(%s)", (org,)).fetchone()
-        huge_after = job(conn, huge["id"])
     assert [t["id"] if t else None for t in taken] == [never, waiting, new, None]
-    assert huge_after["status"] == "failed", "the huge job is failed, not handed out"
-    assert stats is not None and stats["running"] == 3 and stats["done"] == 2
+    assert stats is not None and (stats["running"], stats["done"], stats["failed"]) == (3, 2, 3)

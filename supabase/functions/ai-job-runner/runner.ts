@@ -1,7 +1,7 @@
 // One runner call: claim one due job of the call's queue, run its handler, record the outcome.
 import { type Caller } from "../_shared/auth.ts";
 import { type Database, isUnavailable, ownCheck, sqlState } from "../_shared/db.ts";
-import { inexactProblem, jsonProblem, MAX_JSON_BYTES, parseExact } from "../_shared/json.ts";
+import { jsonProblem, MAX_JSON_BYTES } from "../_shared/json.ts";
 import { describe, type Masker } from "../_shared/secrets.ts";
 import { type Handler, type JobContext, type JobInfo, Yield } from "./handlers.ts";
 
@@ -25,8 +25,8 @@ interface ClaimedRow {
   id: number;
   job_type: string;
   queue: string;
-  payload: string;
-  progress: string | null;
+  payload: unknown;
+  progress: unknown;
   attempts: number;
   max_attempts: number;
 }
@@ -49,11 +49,11 @@ export async function runOne(db: Database, caller: Caller, queue: string, opts: 
   const worker = `${caller.workerId}/${crypto.randomUUID()}`;
   let rows: ClaimedRow[];
   try {
-    // Payload and progress come as text, parsed here: a number a double would change fails the
-    // job by name instead of reaching the handler changed (postgres.js would parse it as is).
+    // A payload holding a number a double would change cannot be here: enqueue refuses it,
+    // and the upgrade failed the jobs that held one (the hardening migration).
     rows = await db.run(() =>
       db.sql<ClaimedRow[]>`
-        select id, job_type, queue, payload::text as payload, progress::text as progress, attempts, max_attempts
+        select id, job_type, queue, payload, progress, attempts, max_attempts
           from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
                                 worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`
     );
@@ -109,12 +109,6 @@ async function outcomeOf(
   return { kind: "error", message: opts.masker.line(outcome.message, MAX_ERROR_CHARS) };
 }
 
-function parsed(text: string | null, what: string): { value: unknown } | { problem: string } {
-  if (text === null) return { value: null };
-  const { value, inexact } = parseExact(text);
-  return inexact === null ? { value } : { problem: inexactProblem(what, inexact) };
-}
-
 async function runHandler(
   db: Database,
   job: JobInfo,
@@ -124,14 +118,10 @@ async function runHandler(
 ): Promise<Outcome> {
   const handler = Object.hasOwn(opts.handlers, job.type) ? opts.handlers[job.type] : undefined;
   if (!handler) return { kind: "error", message: `no handler for job_type ${JSON.stringify(job.type.slice(0, 100))}` };
-  const payload = parsed(row.payload, "payload");
-  if ("problem" in payload) return { kind: "error", message: payload.problem };
-  const progress = parsed(row.progress, "progress");
-  if ("problem" in progress) return { kind: "error", message: progress.problem };
   // Leave the lease 10 % (at least 1 s) of slack to record the outcome before it runs out.
   const budget = Math.min(opts.timeBudgetMs, opts.leaseSeconds * 1000 - Math.max(1000, opts.leaseSeconds * 100));
   const controller = new AbortController();
-  const ctx = context(db, job, payload.value, progress.value, worker, opts, budget, controller.signal);
+  const ctx = context(db, job, row.payload, row.progress, worker, opts, budget, controller.signal);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<Outcome>((resolve) => {
     timer = setTimeout(() => {
