@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.supabase_kit restart      # pg_ctl restart -m fast -> a job done
     .venv/bin/python -m bench.supabase_kit memory       # the runner's peak RSS, big payloads
     .venv/bin/python -m bench.supabase_kit race         # enqueue with dedupe keys vs purge
+    .venv/bin/python -m bench.supabase_kit cost --against /tmp/kit-before   # CPU per job, A/B
     .venv/bin/python -m bench.supabase_kit all
 
 Needs what the kit's tests need (PostgreSQL's server binaries, Deno: scripts/get-deno.sh, and
@@ -32,11 +33,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.run import ROOT, save
+from bench.run import ROOT, load, save
 from tests.supabase import kit
 
 TOKEN = "bench-token-5f3a9c0d"  # the functions want 16+ characters
@@ -499,6 +501,98 @@ def cmd_race(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+# --- CPU per job, this tree against another ------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """(own, waited-for children's) CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return ((int(fields[11]) + int(fields[12])) / TICKS,
+            (int(fields[13]) + int(fields[14])) / TICKS)
+
+
+def _postgres_cpu_s(postmaster: int) -> float:
+    """The server's CPU: the postmaster, its exited children and its live ones (backends)."""
+    own, exited = _cpu_s(postmaster)
+    live = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    live += (int(fields[11]) + int(fields[12])) / TICKS
+    return own + exited + live
+
+
+def cost_round(deno: Any, pg_bin: Any, code: Path, jobs: int, name: str) -> dict[str, Any]:
+    """3 pumps x 8 over two functions drain `jobs` 0 ms jobs; the kit's SQL and functions
+    come from `code` (a checkout), the pump from here. CPU per job of each part."""
+    import resource
+
+    migrations = sorted((code / "supabase" / "migrations").glob("*.sql"))
+    with kit.cluster(pg_bin) as pg:
+        pg.create_roles()
+        url = pg.create_database(name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for path in migrations:
+                with conn.transaction():
+                    conn.execute(path.read_text())  # type: ignore[arg-type]
+        enqueue(url, jobs)
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        fns = [kit.DenoFunction(deno, "ai-job-runner",
+                                {"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": url, "DB_POOL_MAX": "16"},
+                                functions=code / "supabase" / "functions") for _ in range(2)]
+        try:
+            pg0 = _postgres_cpu_s(postmaster)
+            fn0 = sum(_cpu_s(f.proc.pid)[0] for f in fns)
+            ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cmds = [pump_cmd(fns[i % 2], 8, f"bench-{i}", 0) for i in range(3)]
+            procs = [subprocess.Popen(c, env=e, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL) for c, e in cmds]
+            for p in procs:
+                p.wait(timeout=600)
+            ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            fn1 = sum(_cpu_s(f.proc.pid)[0] for f in fns)
+        finally:
+            for f in fns:
+                f.stop()
+        pg1 = _postgres_cpu_s(postmaster)
+        rate = drained_rate(url)
+    pumps = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    per_job = {"functions_us": (fn1 - fn0) / jobs * 1e6, "postgres_us": (pg1 - pg0) / jobs * 1e6,
+               "pumps_us": pumps / jobs * 1e6}
+    per_job = {k: round(v) for k, v in per_job.items()}
+    result = {"code": str(code), **rate, **per_job, "total_us": sum(per_job.values()),
+              "load": load()}
+    print(json.dumps(result), file=sys.stderr)
+    return result
+
+
+def cmd_cost(args: argparse.Namespace) -> None:
+    pg_bin, deno = _deps()
+    trees = [("before", Path(args.against).resolve()), ("after", ROOT)] if args.against \
+        else [("here", ROOT)]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in range(args.rounds):  # alternating, so that the machine's load hits both alike
+        for label, code in trees:
+            runs.setdefault(label, []).append(
+                cost_round(deno, pg_bin, code, args.jobs, f"bench_cost_{label}_{r}"))
+    keys = ("jobs_per_s", "functions_us", "postgres_us", "pumps_us", "total_us")
+    summary = {label: {k: statistics.median(x[k] for x in rs) for k in keys}
+               for label, rs in runs.items()}
+    save("supabase_cost", {"rounds": args.rounds, "jobs": args.jobs, "summary": summary,
+                           "runs": runs})
+    print(f"| code | jobs/s (median of {args.rounds}) | functions us/job | PostgreSQL us/job |"
+          " pumps us/job | total us/job | jobs/s, each round |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for label, m in summary.items():
+        each = ", ".join(f"{x['jobs_per_s']:.0f}" for x in runs[label])
+        print(f"| {label} | {m['jobs_per_s']:.0f} | {m['functions_us']:.0f} |"
+              f" {m['postgres_us']:.0f} | {m['pumps_us']:.0f} | {m['total_us']:.0f} | {each} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.supabase_kit")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -513,6 +607,11 @@ def main() -> None:
     race = sub.add_parser("race")
     race.add_argument("--enqueues", type=int, default=50_000)
     race.add_argument("--keys", type=int, default=50)
+    cost = sub.add_parser("cost")
+    cost.add_argument("--against", help="another checkout (e.g. a git worktree of the code"
+                                        " before): its kit's SQL and functions, alternated")
+    cost.add_argument("--rounds", type=int, default=7)
+    cost.add_argument("--jobs", type=int, default=10_000)
     a = sub.add_parser("all")
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--samples", type=int, default=2000)
@@ -527,6 +626,8 @@ def main() -> None:
         cmd_memory(args)
     if args.cmd == "race":
         cmd_race(args)
+    if args.cmd == "cost":
+        cmd_cost(args)
 
 
 if __name__ == "__main__":

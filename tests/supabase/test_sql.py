@@ -310,7 +310,8 @@ WAYS_IN = {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail", "
            "stats", "due_since", "due_count", "purge", "new_job_id"}
 # Helpers that read no table: they run as their caller (the functions above, or service_role
 # calling them directly, with no right it does not already have).
-HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json"}
+HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json",
+           "forget_payload_bytes"}
 
 
 def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -> None:
