@@ -540,6 +540,10 @@ def cost_round(deno: Any, pg_bin: Any, code: Path, jobs: int, name: str) -> dict
                 with conn.transaction():
                     conn.execute(path.read_text())  # type: ignore[arg-type]
         enqueue(url, jobs)
+        with psycopg.connect(url, autocommit=True) as conn:
+            # Analyzed now, so that autovacuum's analyze of the new rows does not land in one
+            # round's window and not in another's.
+            conn.execute("vacuum analyze queue_pump.jobs")
         postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
         fns = [kit.DenoFunction(deno, "ai-job-runner",
                                 {"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": url, "DB_POOL_MAX": "16"},
