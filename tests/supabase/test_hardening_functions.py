@@ -70,7 +70,7 @@ def test_the_enqueue_function_racing_purge_answers_with_a_job(
 
 # --- 2: text that is not well-formed -------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "expected"), [
+NOT_WELL_FORMED = [
     (rb'{"type":"echo","dedupeKey":"k\ud800"}', "dedupeKey must be a string of 1-500 characters,"
                                                 " without NUL or lone surrogates"),
     (rb'{"type":"echo","dedupeKey":"k\udfff"}', "dedupeKey must be a string of 1-500 characters,"
@@ -81,14 +81,18 @@ def test_the_enqueue_function_racing_purge_answers_with_a_job(
     (b'{"type":"echo","dedupeKey":"k\xed\xa0\x80"}', "body is not UTF-8"),
     (rb'{"type":"echo","dedupeKey":"k\u0000"}', "dedupeKey must be a string of 1-500"
                                                 " characters, without NUL or lone surrogates"),
-])
+]
+
+
 def test_text_that_is_not_well_formed_is_refused_by_name(
-        deno_bin: Path, db_url: str, org: str, raw: bytes, expected: str) -> None:
+        deno_bin: Path, db_url: str, org: str) -> None:
     """Finding 2: lone surrogates and bytes that are not UTF-8 were stored as U+FFFD, so
-    "k\\ud800" and "k\\udfff" were one dedupe key (on 2ffcb6a: 201, then 200 created false)."""
+    "k\\ud800" and "k\\udfff" were one dedupe key (on 2ffcb6a: 201, then 200 created false).
+    (One function for every case: starting Deno is the test's main cost.)"""
     with functions(deno_bin, "enqueue", db_url) as [fn]:
-        status, body, _ = send(fn.url, raw, org)
-    assert (status, body) == (400, {"error": expected})
+        answers = [send(fn.url, raw, org)[:2] for raw, _ in NOT_WELL_FORMED]
+    for (raw, expected), answer in zip(NOT_WELL_FORMED, answers, strict=True):
+        assert answer == (400, {"error": expected}), raw
     assert query(db_url, "select count(*) as n from queue_pump.jobs") == [{"n": 0}]
 
 
@@ -105,21 +109,25 @@ def test_a_dedupe_key_means_exactly_the_text_that_was_sent(
 
 # --- 3: numbers ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("payload", "expected"), [
+MISREAD = [
     (b'{"id":12345678901234567891}', "payload.id holds the number 12345678901234567891"),
     (b'{"huge":1e400}', "payload.huge holds the number 1e400"),
     (b'{"a":[1,9007199254740993]}', "payload.a[1] holds the number 9007199254740993"),
     (b'[1e-400]', "payload[0] holds the number 1e-400"),
-])
+]
+
+
 def test_payload_numbers_a_handler_would_not_read_exactly_are_refused(
-        deno_bin: Path, db_url: str, org: str, payload: bytes, expected: str) -> None:
+        deno_bin: Path, db_url: str, org: str) -> None:
     """Finding 3: {"id":12345678901234567891,"huge":1e400} was stored as
     {"id":12345678901234567000,"huge":null} (on 2ffcb6a: 201)."""
     with functions(deno_bin, "enqueue", db_url) as [fn]:
-        status, body, _ = send(fn.url, b'{"type":"echo","payload":' + payload + b"}", org)
-    assert status == 400
-    assert body["error"] == expected + ", which JavaScript would not read exactly (send it as a" \
-                                       " string)"
+        answers = [send(fn.url, b'{"type":"echo","payload":' + payload + b"}", org)[:2]
+                   for payload, _ in MISREAD]
+    for (payload, expected), answer in zip(MISREAD, answers, strict=True):
+        assert answer == (400, {"error": expected + ", which JavaScript would not read exactly"
+                                                    " (send it as a string)"}), payload
+    assert query(db_url, "select count(*) as n from queue_pump.jobs") == [{"n": 0}]
 
 
 def test_payload_numbers_reach_the_handler_as_written(
@@ -269,27 +277,31 @@ def functions_with_handlers(tmp_path: Path, code: str) -> Iterator[Path]:
     yield copy
 
 
-@pytest.mark.parametrize(("job_type", "error"), [
-    ("unprintable", "the handler threw a value that cannot be shown"),
-    ("bad_message", "the handler threw a value that cannot be shown"),
-    ("hostile_result", "Error: no prototype"),
-])
+UNPRINTABLE = [("unprintable", "the handler threw a value that cannot be shown"),
+               ("bad_message", "the handler threw a value that cannot be shown"),
+               ("hostile_result", "Error: no prototype")]
+
+
 def test_an_unprintable_throw_fails_the_attempt_at_once(
-        deno_bin: Path, db_url: str, org: str, tmp_path: Path, job_type: str,
-        error: str) -> None:
+        deno_bin: Path, db_url: str, org: str, tmp_path: Path) -> None:
     """Finding 6: `throw Object.create(null)` made the call answer a plain-text 500 and left
     the job running for its whole lease (on 2ffcb6a: 500, job `running`)."""
-    query(db_url, "select queue_pump.enqueue(%s, 'agent', %s, max_attempts => 2)", org, job_type)
+    for job_type, _ in UNPRINTABLE:  # one queue each, so each call takes its own job
+        query(db_url, "select queue_pump.enqueue(%s, %s, %s, max_attempts => 2)",
+              org, job_type, job_type)
     with functions_with_handlers(tmp_path, HOSTILE) as copy:
         fn = kit.DenoFunction(deno_bin, "ai-job-runner",
                               {"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": db_url}, functions=copy)
         try:
-            status, body, _ = send(fn.url, b"{}", org)
+            answers = [send(f"{fn.url}?queue={job_type}", b"{}", org)
+                       for job_type, _ in UNPRINTABLE]
         finally:
             fn.stop()
-    assert status == 200 and (body["status"], body["error"]) == ("retry", error), body
-    [row] = query(db_url, "select status, last_error from queue_pump.jobs")
-    assert row == {"status": "queued", "last_error": error}
+    for (job_type, error), (status, body, _) in zip(UNPRINTABLE, answers, strict=True):
+        assert status == 200 and (body["status"], body["error"]) == ("retry", error), job_type
+        [row] = query(db_url, "select status, last_error from queue_pump.jobs where queue = %s",
+                      job_type)
+        assert row == {"status": "queued", "last_error": error}, job_type
 
 
 # --- 7: ids --------------------------------------------------------------------------------------
