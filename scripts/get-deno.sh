@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned Deno binary from the npm registry into .tools/deno (the Supabase kit's
-# tests find it there), then fetches the functions' npm dependencies once.
+# tests find it there), then fetches the functions' npm dependencies once, as their locks say.
 #
 #   scripts/get-deno.sh        prints the path of the deno binary on its last line
 #
@@ -25,5 +25,7 @@ if ! [ -x "$deno" ] || ! "$deno" --version 2>/dev/null | grep -q "^deno $DENO_VE
   mkdir -p "$dest"
   npm install --prefix "$dest" --no-save --no-audit --no-fund --loglevel=error "$pkg@$DENO_VERSION" >&2
 fi
-DENO_NO_UPDATE_CHECK=1 "$deno" cache --quiet "$root"/supabase/functions/*/index.ts >&2
+# Each function's deno.json maps its imports and its deno.lock pins them with their integrity:
+# --frozen fails here, with the difference, if a deno.json no longer matches its lock.
+DENO_NO_UPDATE_CHECK=1 "$deno" cache --quiet --frozen "$root"/supabase/functions/*/index.ts >&2
 echo "$deno"

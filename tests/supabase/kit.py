@@ -102,6 +102,11 @@ class PgCluster:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
 
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart``: stop in ``mode``, start again with the same options, wait."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", mode, "-l",
+                  str(self.dir / "log"), "restart")
+
     def url(self, db: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
@@ -183,14 +188,20 @@ class DenoFunction:
     """One Deno process serving one of the kit's functions under plain Deno, as a user would run
     it: `deno run -A supabase/functions/<name>/index.ts` with PORT."""
 
-    def __init__(self, deno: Path, name: str, env: Mapping[str, str]) -> None:
+    def __init__(self, deno: Path, name: str, env: Mapping[str, str], *,
+                 functions: Path = FUNCTIONS) -> None:
+        """``functions``: the kit's functions folder, or a copy of it with a handler added."""
         self.name = name
         self.port = free_port()
+        # Its own TMPDIR (the function's private socket lives there), removed even when the
+        # process is killed and cannot clean up after itself.
+        self.tmp = tempfile.mkdtemp(prefix="qp-deno-")
         full = {k: v for k, v in os.environ.items() if not k.startswith("QUEUE_PUMP_")}
-        full.update({"PORT": str(self.port), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"})
+        full.update({"PORT": str(self.port), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1",
+                     "TMPDIR": self.tmp})
         full.update(env)
         self.proc = subprocess.Popen(
-            [str(deno), "run", "-A", "--no-prompt", str(FUNCTIONS / name / "index.ts")],
+            [str(deno), "run", "-A", "--no-prompt", str(functions / name / "index.ts")],
             env=full, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._listening = threading.Event()
@@ -224,19 +235,29 @@ class DenoFunction:
                     found.append(event)
         return found
 
+    def peak_rss_kib(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM in /proc status")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=15)
+            code = self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.kill()
             return -9
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return code
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, step_s: float = 0.05) -> Any:

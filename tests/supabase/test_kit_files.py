@@ -107,3 +107,56 @@ def test_the_handler_example_in_the_docs_type_checks(deno_bin: Path, tmp_path: P
     out = subprocess.run([str(deno_bin), "check", "--quiet", str(check)], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in kit.FUNCTIONS.rglob("*.ts") if "node_modules" not in p.parts)
+
+
+def test_each_function_is_in_supabases_idiom() -> None:
+    """Deno.serve in each index.ts and Response.json for answers (issue 20: Deno.serve stood
+    two layers below, and a hand-written json() stood in for Response.json)."""
+    for name in ("ai-job-runner", "enqueue"):
+        index = (kit.FUNCTIONS / name / "index.ts").read_text()
+        assert "Deno.serve(" in index, name
+    text = "\n".join(p.read_text() for p in _sources())
+    assert "Response.json(" in text
+    assert "new Response(JSON.stringify" not in text
+    assert not re.search(r"export function json\(", text)
+
+
+def test_dependencies_come_from_an_import_map_pinned_by_a_committed_lock() -> None:
+    """Issue 20: deno.json said "lock": false, so dependencies were pinned by version with no
+    integrity check. CI also runs `deno check --frozen` on each function (.ci/run)."""
+    for name in ("ai-job-runner", "enqueue"):
+        config = json.loads((kit.FUNCTIONS / name / "deno.json").read_text())
+        assert config.get("lock", True) is not False, name
+        imports = config["imports"]
+        assert imports == {"postgres": "npm:postgres@3.4.9"}, imports
+        lock = json.loads((kit.FUNCTIONS / name / "deno.lock").read_text())
+        for specifier in imports.values():
+            package = specifier.removeprefix("npm:")
+            assert lock["specifiers"][specifier] == package.rsplit("@", 1)[1]
+            assert lock["npm"][package]["integrity"].startswith("sha512-")
+    for path in _sources():
+        # Only the import map names versions: no npm:, jsr: or URL import in the code.
+        assert not re.search(r"""from\s+["'](npm:|jsr:|https?:)""", path.read_text()), path
+
+
+def test_each_type_has_one_name() -> None:
+    """Issue 20: `Handler` named both a job handler and a request handler."""
+    seen: dict[str, Path] = {}
+    for path in _sources():
+        for match in re.finditer(r"^export (?:type|interface|class) (\w+)", path.read_text(), re.M):
+            name = match.group(1)
+            assert name not in seen, f"{name} in {seen.get(name)} and {path}"
+            seen[name] = path
+
+
+def test_the_json_limit_is_one_number_in_sql_and_in_the_functions() -> None:
+    sql = "".join(p.read_text() for p in kit.MIGRATIONS)
+    ts = (kit.FUNCTIONS / "_shared" / "json.ts").read_text()
+    in_sql = re.search(r"create function queue_pump\.max_json_bytes\(\).*?select (\d+)", sql, re.S)
+    in_ts = re.search(r"export const MAX_JSON_BYTES = (\d+) \* (\d+);", ts)
+    assert in_sql and in_ts
+    assert int(in_sql.group(1)) == int(in_ts.group(1)) * int(in_ts.group(2)) == 1048576

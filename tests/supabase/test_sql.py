@@ -218,7 +218,7 @@ def test_requeue_and_fail_clamp_their_delays(db_url: str, org: str) -> None:
         conn.execute("select queue_pump.requeue(%s, 'w', null, 'Infinity'::float8)", (a,))
         conn.execute("select queue_pump.fail(%s, 'w', 'x', -5)", (b,))
         delays = conn.execute("select extract(epoch from run_at - now())::float as d"
-                              " from queue_pump.jobs order by id").fetchall()
+                              " from queue_pump.jobs order by created_at").fetchall()
     assert 86000 < delays[0]["d"] <= 86400 and delays[1]["d"] <= 0
 
 
@@ -306,18 +306,30 @@ def test_service_role_runs_the_functions_but_cannot_read_the_table(db_url: str, 
             conn.execute("select * from queue_pump.jobs")
 
 
+WAYS_IN = {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail", "requeue",
+           "stats", "due_since", "due_count", "purge", "new_job_id"}
+# Helpers that read no table: they run as their caller (the functions above, or service_role
+# calling them directly, with no right it does not already have).
+HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json",
+           "forget_payload_bytes"}
+
+
 def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -> None:
     with connect(db_url) as conn:
         rows = conn.execute(
             "select p.proname, p.prosecdef, p.proconfig from pg_proc p"
             " join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'queue_pump'"
         ).fetchall()
-    names = {r["proname"] for r in rows}
-    assert names >= {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail",
-                     "requeue", "stats", "due_since", "due_count", "purge"}
+    assert {r["proname"] for r in rows} == WAYS_IN | HELPERS
     for r in rows:
-        # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging it.
-        assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r
+        if r["proname"] in WAYS_IN:
+            # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging.
+            assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r
+        else:
+            # Only the JSON check sets anything: floats written in their shortest exact form.
+            assert not r["prosecdef"], r
+            assert r["proconfig"] == (["extra_float_digits=3"]
+                                      if r["proname"] == "json_problem" else None), r
 
 
 def test_stats_counts_and_the_age_of_the_oldest_due_job(db_url: str, org: str) -> None:
@@ -354,7 +366,7 @@ def test_purge_deletes_only_old_finished_jobs_in_batches(db_url: str, org: str) 
         assert conn.execute("select queue_pump.purge(interval '7 days', 2) as n"
                             ).fetchone() == {"n": 1}
         left = conn.execute("select id, status from queue_pump.jobs where organization_id = %s"
-                            " order by id", (org,)).fetchall()
+                            " order by created_at", (org,)).fetchall()
     assert left == [{"id": ids[3], "status": "done"}, {"id": ids[4], "status": "queued"}]
 
 

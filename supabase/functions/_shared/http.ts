@@ -1,47 +1,61 @@
 // Answers and request reading shared by the kit's functions. Every error is JSON
 // {"error": "one line"} and never echoes a header value (the token least of all).
-
-export const MAX_BODY_BYTES = 64 * 1024;
-
-export function json(status: number, body: unknown, headers: HeadersInit = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json", ...headers },
-  });
-}
+import { parseExact } from "./json.ts";
 
 export function error(status: number, message: string, headers: HeadersInit = {}): Response {
-  return json(status, { error: message }, headers);
+  return Response.json({ error: message }, { status, headers });
 }
 
 export class BadRequest extends Error {}
+/** The client went away before its body arrived: nobody is left to answer. */
+export class ClientGone extends Error {}
 
-/** The request's JSON body, read up to MAX_BODY_BYTES; empty means `{}`. */
-export async function readJsonObject(req: Request): Promise<Record<string, unknown>> {
+// Bytes that are not UTF-8 are refused, not read as U+FFFD: two different keys would become one.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+async function readBytes(req: Request, maxBytes: number): Promise<Uint8Array> {
   const reader = req.body?.getReader();
-  if (!reader) return {};
+  if (!reader) return new Uint8Array();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > MAX_BODY_BYTES) {
-      await reader.cancel();
-      throw new BadRequest(`body too large: at most ${MAX_BODY_BYTES} bytes`);
+    let read: ReadableStreamReadResult<Uint8Array>;
+    try {
+      read = await reader.read();
+    } catch {
+      throw new ClientGone("the body ended early");
     }
-    chunks.push(value);
+    if (read.done) break;
+    size += read.value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw new BadRequest(`body too large: at most ${maxBytes} bytes`);
+    }
+    chunks.push(read.value);
   }
-  if (size === 0) return {};
   const bytes = new Uint8Array(size);
   let at = 0;
   for (const chunk of chunks) {
     bytes.set(chunk, at);
     at += chunk.byteLength;
   }
+  return bytes;
+}
+
+/** The request's JSON body, read up to maxBytes; empty means `{}`. Numbers a double would
+ * change come back as InexactNumber, for the caller's checks to name. */
+export async function readJsonObject(req: Request, maxBytes: number): Promise<Record<string, unknown>> {
+  const bytes = await readBytes(req, maxBytes);
+  if (bytes.byteLength === 0) return {};
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    throw new BadRequest("body is not UTF-8");
+  }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(new TextDecoder().decode(bytes));
+    parsed = parseExact(text).value;
   } catch {
     throw new BadRequest("body is not valid JSON");
   }
@@ -56,25 +70,4 @@ export async function readJsonObject(req: Request): Promise<Record<string, unkno
 export function isFunctionPath(url: URL, name: string): boolean {
   const path = url.pathname.replace(/\/+$/, "");
   return path === `/${name}` || path === `/functions/v1/${name}`;
-}
-
-/** Serves `handler` under Supabase's runtime, or under plain Deno on PORT (default 8000) and
- * HOST (default 127.0.0.1), finishing calls in flight on SIGTERM/SIGINT before exiting. */
-export function serve(handler: (req: Request) => Promise<Response>): void {
-  const port = Number(Deno.env.get("PORT") ?? 8000);
-  const hostname = Deno.env.get("HOST") ?? "127.0.0.1";
-  const server = Deno.serve({
-    port,
-    hostname,
-    onListen: ({ hostname, port }) => console.log(JSON.stringify({ event: "listening", hostname, port })),
-  }, handler);
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    try {
-      Deno.addSignalListener(signal, () => {
-        server.shutdown().then(() => Deno.exit(0));
-      });
-    } catch {
-      // Supabase's edge runtime manages the process's life; no signal listeners there.
-    }
-  }
 }

@@ -1,11 +1,13 @@
 // Unit tests for the functions' pure parts: `deno test supabase/functions/_tests` (CI runs it).
-import { deepStrictEqual, equal, match } from "node:assert/strict";
+import { deepStrictEqual, equal, match, notEqual } from "node:assert/strict";
 import { parseNewJob } from "../enqueue/validate.ts";
 import { queueOf } from "../ai-job-runner/runner.ts";
 import { sameSecret } from "../_shared/auth.ts";
+import { retryAfterFor } from "../_shared/db.ts";
+import { framing } from "../_shared/front.ts";
 import { isFunctionPath } from "../_shared/http.ts";
-import { jsonProblem, storableText } from "../_shared/json.ts";
-import { mask } from "../ai-job-runner/runner.ts";
+import { exactNumber, InexactNumber, jsonProblem, MAX_JSON_BYTES, parseExact, storableText } from "../_shared/json.ts";
+import { describe, Masker, UNPRINTABLE } from "../_shared/secrets.ts";
 
 function nested(depth: number): unknown {
   let v: unknown = 1;
@@ -42,18 +44,34 @@ Deno.test("bad bodies get one line naming the field", () => {
     [{ type: "t", runAt: "2026-13-45T99:00:00Z" }, /^runAt must be/],
     [{ type: "t", maxAttempts: 1.5 }, /^maxAttempts must be/],
     [{ type: "t", maxAttempts: 1001 }, /^maxAttempts must be/],
+    [{ type: "t", maxAttempts: new InexactNumber("1e400") }, /^maxAttempts must be/],
     [{ type: "t", runAt: "2026-02-30T00:00:00Z" }, /^runAt must be/],
     [{ type: "t", runAt: "0000-01-01T00:00:00Z" }, /^runAt must be/],
-    [{ type: "a\u0000b" }, /^type must be/],
+    [{ type: "t", runAt: "1999-12-31T23:59:59Z" }, /^runAt must be/],
+    [{ type: "t", runAt: "9999-12-31T23:59:59-14:59" }, /^runAt must be/],
+    [{ type: "a\u0000b" }, /^type must be .* without NUL or lone surrogates$/],
+    [{ type: "a\ud800" }, /^type must be .* without NUL or lone surrogates$/],
     [{ type: "t", dedupeKey: "k\u0000" }, /^dedupeKey must be/],
+    [{ type: "t", dedupeKey: "k\udfff" }, /^dedupeKey must be/],
     [{ type: "t", payload: { s: "x\u0000" } }, /^payload holds a \\u0000/],
     [{ type: "t", payload: { s: "\ud800" } }, /lone surrogate/],
+    [{ type: "t", payload: { ["\ud800"]: 1 } }, /lone surrogate/],
     [{ type: "t", payload: nested(100) }, /^payload is nested deeper than 64/],
+    [{ type: "t", payload: { a: [1, new InexactNumber("9007199254740993")] } }, /^payload\.a\[1\] holds the number/],
   ];
-  for (const [body, expected] of cases) {
+  cases.forEach(([body, expected], i) => {
     const got = parseNewJob(body, null);
-    equal(typeof got, "string", JSON.stringify(body));
+    equal(typeof got, "string", `case ${i}`);
     match(got as string, expected);
+  });
+});
+
+Deno.test("runAt: the window is checked as an instant in UTC", () => {
+  for (const ok of ["2000-01-01T00:00:00Z", "2000-01-01T01:00:00+01:00", "9999-12-31T23:59:59.999999Z"]) {
+    equal(typeof parseNewJob({ type: "t", runAt: ok }, null), "object", ok);
+  }
+  for (const bad of ["1999-12-31T23:00:00-00:59", "2000-01-01T00:30:00+01:00", "9999-12-31T20:00:00-04:00"]) {
+    equal(typeof parseNewJob({ type: "t", runAt: bad }, null), "string", bad);
   }
 });
 
@@ -66,11 +84,12 @@ Deno.test("the runner call's queue: query wins, then body, then agent", () => {
   equal(queueOf(url(""), { queue: 7 }), null);
 });
 
-Deno.test("secrets compare equal only when equal, whatever their lengths", async () => {
-  equal(await sameSecret("s3cret-token", "s3cret-token"), true);
-  equal(await sameSecret("s3cret-toke", "s3cret-token"), false);
-  equal(await sameSecret("", "s3cret-token"), false);
-  equal(await sameSecret("s3cret-token-and-more", "s3cret-token"), false);
+Deno.test("secrets compare equal only when equal, whatever their lengths", () => {
+  equal(sameSecret("s3cret-token", "s3cret-token"), true);
+  equal(sameSecret("s3cret-toke", "s3cret-token"), false);
+  equal(sameSecret("", "s3cret-token"), false);
+  equal(sameSecret("s3cret-token-and-more", "s3cret-token"), false);
+  equal(sameSecret("\u00e9\ud800", "s3cret-token"), false);
 });
 
 Deno.test("a function answers on its Supabase path and on the local one", () => {
@@ -85,18 +104,100 @@ Deno.test("jsonb's limits: what PostgreSQL would refuse is one line here", () =>
   equal(jsonProblem({ a: [1, "x", { b: null }] }, "v", 1000), null);
   equal(jsonProblem("a \\u0000 written out is fine", "v", 1000), null);
   equal(jsonProblem("\ud83d\ude00 a pair is fine", "v", 1000), null);
-  match(jsonProblem("x".repeat(2000), "v", 1000)!, /larger than 1000/);
+  match(jsonProblem("x".repeat(2000), "v", 1000)!, /larger than 1000 bytes/);
+  match(jsonProblem("\u00e9".repeat(600), "v", 1000)!, /larger than 1000 bytes/, "bytes, not characters");
   match(jsonProblem(nested(100_000), "v", 1e9)!, /nested deeper/);
   const cycle: Record<string, unknown> = {};
   cycle.self = cycle;
   match(jsonProblem(cycle, "v", 1000)!, /^v is not JSON/);
   match(jsonProblem(10n, "v", 1000)!, /^v is not JSON/);
-  equal(storableText("a\u0000b", 10), "ab");
+  const hostile = new Proxy({}, {
+    ownKeys() {
+      throw new Error("no keys");
+    },
+  });
+  equal(jsonProblem(hostile, "v", 1000), "v is not JSON (no keys)");
+  equal(storableText("a\u0000b\ud800", 10), "ab\ufffd");
+  equal(MAX_JSON_BYTES, 1048576);
 });
 
-Deno.test("secrets are masked out of error texts", () => {
-  equal(
-    mask("connect to postgres://u:pw-123456@h failed; token tok-abcdef", ["pw-123456", "tok-abcdef", ""]),
-    "connect to postgres://u:***@h failed; token ***",
-  );
+Deno.test("a number is exact when a double reads the value that was written", () => {
+  const exact = ["0", "-0", "0.1", "1.10", "1E2", "-0.5e-3", "9007199254740991", "12345678901234567000", "5e-324"];
+  for (const s of exact) equal(exactNumber(s, Number(s)), true, s);
+  const changed = ["9007199254740993", "12345678901234567891", "1e400", "-1e400", "1e-400", "0.1000000000000000055511"];
+  for (const s of changed) equal(exactNumber(s, Number(s)), false, s);
+});
+
+Deno.test("parseExact keeps exact numbers and marks the others", () => {
+  deepStrictEqual(parseExact('{"a":1,"b":[0.1,"1e400"]}'), { value: { a: 1, b: [0.1, "1e400"] }, inexact: null });
+  const { value, inexact } = parseExact('{"id":12345678901234567891,"ok":1.5e3}');
+  equal(inexact, "12345678901234567891");
+  const got = value as { id: unknown; ok: unknown };
+  equal(got.ok, 1500);
+  equal(got.id instanceof InexactNumber, true);
+  match(jsonProblem(value, "payload", 1000)!, /^payload\.id holds the number 12345678901234567891, which JavaScript/);
+});
+
+Deno.test("secrets are masked in every form before anything is cut", () => {
+  const token = "tok-0123456789abcdef-ZZ";
+  const password = 'p@ss/w0rd:"secret"';
+  const masker = new Masker([token, password], ["p%40ss%2Fw0rd%3A%22secret%22"]);
+  const forms = [
+    token,
+    token.toLowerCase(),
+    password,
+    encodeURIComponent(password),
+    encodeURIComponent(password).toLowerCase(),
+    JSON.stringify(password).slice(1, -1),
+  ];
+  for (const form of forms) equal(masker.mask(`a ${form} b`), "a *** b", form);
+  // A secret at the cut: masked whole, never cut in half.
+  const line = masker.line("x".repeat(490) + token, 500);
+  equal(line, "x".repeat(490) + "***");
+  const long = masker.line("y\n".repeat(100_000) + token, 500);
+  equal(long.includes("tok-"), false);
+  equal(long.length, 500);
+  equal(new Masker([""]).mask("nothing to mask"), "nothing to mask");
+});
+
+Deno.test("describe never throws, whatever was thrown", () => {
+  equal(describe(new TypeError("bad")), "TypeError: bad");
+  equal(describe("plain"), "plain");
+  equal(describe(Object.create(null)), UNPRINTABLE);
+  const err = new Error("hidden");
+  Object.defineProperty(err, "message", {
+    get() {
+      throw new Error("no");
+    },
+  });
+  equal(describe(err), UNPRINTABLE);
+  const proxy = new Proxy({}, {
+    getPrototypeOf() {
+      throw new Error("no prototype");
+    },
+  });
+  equal(describe(proxy), UNPRINTABLE);
+  notEqual(describe(Symbol("s")), undefined);
+});
+
+Deno.test("Retry-After starts at a second and grows with the outage, to the cap", () => {
+  deepStrictEqual([0, 500, 2000, 2001, 6000, 9000, 60_000].map((ms) => retryAfterFor(ms, 5)), [1, 1, 1, 2, 3, 5, 5]);
+  equal(retryAfterFor(60_000, 60), 30);
+});
+
+Deno.test("the front reads each request's framing and refuses what it cannot bound", () => {
+  const head = (lines: string[]) => lines.join("\r\n") + "\r\n\r\n";
+  equal(framing(head(["POST /functions/v1/enqueue HTTP/1.1", "Host: x", "Content-Length: 12"]), 100), 12);
+  equal(framing(head(["POST / HTTP/1.1", "content-length: 5, 5"]), 100), 5);
+  equal(framing(head(["GET / HTTP/1.0"]), 100), 0);
+  const refused = (lines: string[]) => {
+    const got = framing(head(lines), 100);
+    return typeof got === "number" ? got : got.status;
+  };
+  equal(refused(["POST / HTTP/1.1", "Transfer-Encoding: chunked"]), 411);
+  equal(refused(["POST / HTTP/1.1", "Content-Length: 101"]), 413);
+  equal(refused(["POST / HTTP/1.1", "Content-Length: 5", "Content-Length: 6"]), 400);
+  equal(refused(["POST / HTTP/1.1", "Content-Length: -1"]), 400);
+  equal(refused(["PRI * HTTP/2.0"]), 400);
+  equal(refused(["POST / HTTP/1.1", " folded: header"]), 400);
 });

@@ -4,32 +4,37 @@
 // Secrets/environment: AGENT_TOKEN (required, 16+ characters), SUPABASE_DB_URL (set by
 // Supabase), JOB_LEASE_SECONDS (default 600, above the platform's 400 s wall-clock limit),
 // JOB_TIME_BUDGET_MS (default 120000), ALLOWED_ORGANIZATION_IDS (optional, comma-separated),
-// DB_POOL_MAX (default 5), DB_RETRY_AFTER_SECONDS (default 5); PORT and HOST under plain Deno.
-import { connect, dbPassword, retryAfterFromEnv } from "../_shared/db.ts";
+// DB_POOL_MAX (default 5), DB_RECONNECT_MS (default 2000), DB_RETRY_AFTER_SECONDS (default 5);
+// under plain Deno PORT, HOST and the HTTP_* limits of the guarded front (docs/SUPABASE.md).
+import { availabilityFromEnv, connect, Database, dbPasswordForms } from "../_shared/db.ts";
 import { intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
 import { accept } from "../_shared/request.ts";
-import { start } from "../_shared/start.ts";
+import { Masker } from "../_shared/secrets.ts";
+import { prepare, stopOnSignals } from "../_shared/serve.ts";
 import { handlers } from "./handlers.ts";
-import { queueOf, type RunnerOptions, runOne } from "./runner.ts";
+import { MAX_BODY_BYTES, queueOf, type RunnerOptions, runOne } from "./runner.ts";
 
-start("ai-job-runner", () => {
+const { handler, options } = prepare("ai-job-runner", MAX_BODY_BYTES, () => {
   const token = tokenFromEnv("AGENT_TOKEN");
   const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
-  const options: RunnerOptions = {
+  const [password, ...spellings] = dbPasswordForms();
+  const runner: RunnerOptions = {
     leaseSeconds: intFromEnv("JOB_LEASE_SECONDS", 600, 2, 86400),
     timeBudgetMs: intFromEnv("JOB_TIME_BUDGET_MS", 120_000, 100, 86_400_000),
     handlers,
-    secrets: [token, dbPassword() ?? ""],
-    retryAfterSeconds: retryAfterFromEnv(),
+    masker: new Masker(password ? [token, password] : [token], spellings),
   };
-  const sql = connect();
+  const db = new Database(connect(), availabilityFromEnv());
 
   return async (req: Request): Promise<Response> => {
-    const call = await accept(req, "ai-job-runner", token, allowed);
+    const call = await accept(req, "ai-job-runner", token, allowed, MAX_BODY_BYTES);
     if (call instanceof Response) return call;
     const queue = queueOf(call.url, call.body);
     if (queue === null) return error(400, "queue must be 1-100 characters of A-Z a-z 0-9 _ . : -");
-    return await runOne(sql, call.caller, queue, options);
+    return await runOne(db, call.caller, queue, runner);
   };
 });
+
+// Plain Deno: a private unix socket behind the guarded front; Supabase: the runtime's socket.
+stopOnSignals("path" in options ? Deno.serve(options, handler) : Deno.serve(options, handler));

@@ -1,8 +1,8 @@
 // One runner call: claim one due job of the call's queue, run its handler, record the outcome.
 import { type Caller } from "../_shared/auth.ts";
-import { databaseError, isUnavailable, type Sql, sqlState } from "../_shared/db.ts";
-import { json } from "../_shared/http.ts";
-import { jsonProblem, storableText } from "../_shared/json.ts";
+import { type Database, isUnavailable, ownCheck, sqlState } from "../_shared/db.ts";
+import { jsonProblem, MAX_JSON_BYTES } from "../_shared/json.ts";
+import { describe, type Masker } from "../_shared/secrets.ts";
 import { type Handler, type JobContext, type JobInfo, Yield } from "./handlers.ts";
 
 export interface RunnerOptions {
@@ -10,16 +10,16 @@ export interface RunnerOptions {
   /** How long one handler may run, capped so that it ends well inside the lease. */
   timeBudgetMs: number;
   handlers: Record<string, Handler>;
-  /** Masked out of every error text the function answers or logs (the token, the DB password). */
-  secrets: string[];
-  /** Retry-After of the 503 answered while the database is away. */
-  retryAfterSeconds: number;
+  /** Masks the token and the database password out of every error text answered or logged. */
+  masker: Masker;
 }
 
 export class LeaseLost extends Error {}
 
-// A result or a checkpoint is stored as jsonb; past this it is a job error, not a memory bill.
-export const MAX_RESULT_CHARS = 1024 * 1024;
+/** The runner call's body holds at most a queue name. */
+export const MAX_BODY_BYTES = 64 * 1024;
+/** Error texts kept in last_error and answered to the pump. */
+export const MAX_ERROR_CHARS = 500;
 
 interface ClaimedRow {
   id: number;
@@ -44,19 +44,23 @@ export function queueOf(url: URL, body: Record<string, unknown>): string | null 
   return typeof raw === "string" && QUEUE_PATTERN.test(raw) ? raw : null;
 }
 
-export async function runOne(sql: Sql, caller: Caller, queue: string, opts: RunnerOptions): Promise<Response> {
+export async function runOne(db: Database, caller: Caller, queue: string, opts: RunnerOptions): Promise<Response> {
   // Unique per claim, so a lease is never mistaken for another call's even from one pump.
   const worker = `${caller.workerId}/${crypto.randomUUID()}`;
   let rows: ClaimedRow[];
   try {
-    rows = await sql<ClaimedRow[]>`
-      select id, job_type, queue, payload, progress, attempts, max_attempts
-        from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
-                              worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`;
+    // A payload holding a number a double would change cannot be here: enqueue refuses it,
+    // and the upgrade failed the jobs that held one (the hardening migration).
+    rows = await db.run(() =>
+      db.sql<ClaimedRow[]>`
+        select id, job_type, queue, payload, progress, attempts, max_attempts
+          from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
+                                worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`
+    );
   } catch (err) {
-    return databaseError(err, opts.retryAfterSeconds);
+    return db.errorResponse(err, "claim");
   }
-  if (rows.length === 0) return json(200, { processed: false });
+  if (rows.length === 0) return Response.json({ processed: false });
   const row = rows[0];
   const job: JobInfo = {
     id: row.id,
@@ -66,18 +70,17 @@ export async function runOne(sql: Sql, caller: Caller, queue: string, opts: Runn
     attempt: row.attempts,
     maxAttempts: row.max_attempts,
   };
-  let outcome = await runHandler(sql, job, row, worker, opts);
-  if (outcome.kind === "error") outcome = { kind: "error", message: mask(outcome.message, opts.secrets) };
+  const outcome = await outcomeOf(db, job, row, worker, opts);
   let status: string;
   try {
-    status = await recordOrFail(sql, job, worker, outcome);
+    status = await recordOrFail(db, job, worker, outcome);
   } catch (err) {
     // The job ran but its outcome could not be written: it stays running until its lease ends,
     // then runs again (at least once). Tell the pump to back off from a database that is away.
-    return databaseError(err, opts.retryAfterSeconds);
+    return db.errorResponse(err, "record");
   }
   logOutcome(job, status, outcome);
-  return json(200, {
+  return Response.json({
     processed: true,
     jobId: job.id,
     jobType: job.type,
@@ -88,8 +91,26 @@ export async function runOne(sql: Sql, caller: Caller, queue: string, opts: Runn
   });
 }
 
+/** What became of the claimed job; never throws, and an error's text is masked and cut. */
+async function outcomeOf(
+  db: Database,
+  job: JobInfo,
+  row: ClaimedRow,
+  worker: string,
+  opts: RunnerOptions,
+): Promise<Outcome> {
+  let outcome: Outcome;
+  try {
+    outcome = await runHandler(db, job, row, worker, opts);
+  } catch (err) {
+    outcome = { kind: "error", message: describe(err) };
+  }
+  if (outcome.kind !== "error") return outcome;
+  return { kind: "error", message: opts.masker.line(outcome.message, MAX_ERROR_CHARS) };
+}
+
 async function runHandler(
-  sql: Sql,
+  db: Database,
   job: JobInfo,
   row: ClaimedRow,
   worker: string,
@@ -100,7 +121,7 @@ async function runHandler(
   // Leave the lease 10 % (at least 1 s) of slack to record the outcome before it runs out.
   const budget = Math.min(opts.timeBudgetMs, opts.leaseSeconds * 1000 - Math.max(1000, opts.leaseSeconds * 100));
   const controller = new AbortController();
-  const ctx = context(sql, job, row, worker, opts, budget, controller.signal);
+  const ctx = context(db, job, row.payload, row.progress, worker, opts, budget, controller.signal);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<Outcome>((resolve) => {
     timer = setTimeout(() => {
@@ -116,9 +137,10 @@ async function runHandler(
 }
 
 function context(
-  sql: Sql,
+  db: Database,
   job: JobInfo,
-  row: ClaimedRow,
+  payload: unknown,
+  progress: unknown,
   worker: string,
   opts: RunnerOptions,
   budget: number,
@@ -126,15 +148,15 @@ function context(
 ): JobContext {
   return {
     job,
-    payload: row.payload,
-    progress: row.progress ?? null,
+    payload,
+    progress: progress ?? null,
     deadline: Date.now() + budget,
     signal,
     checkpoint: async (progress: unknown) => {
-      const problem = jsonProblem(progress, "checkpoint progress", MAX_RESULT_CHARS);
+      const problem = jsonProblem(progress, "checkpoint progress", MAX_JSON_BYTES);
       if (problem) throw new Error(problem);
-      const rows = await sql`select queue_pump.heartbeat(${job.id}::bigint, ${worker}, ${opts.leaseSeconds},
-                                                         ${sql.json(progress as never)}) as until`;
+      const rows = await db.sql`select queue_pump.heartbeat(${job.id}::bigint, ${worker}, ${opts.leaseSeconds},
+                                                            ${db.sql.json(progress as never)}) as until`;
       if (rows[0]?.until == null) throw new LeaseLost(`job ${job.id}: lease lost`);
     },
     yield: (progress?: unknown, runInSeconds = 0) => {
@@ -144,38 +166,43 @@ function context(
   };
 }
 
-/** The handler's outcome; a value that cannot be stored is the job's error, not the call's. */
+/** The handler's outcome; a value that cannot be stored is the job's error, not the call's.
+ * Never throws: whatever the handler throws or returns (a value without a prototype, a getter
+ * that throws, a Proxy) ends as an outcome. */
 async function settle(handler: Handler, ctx: JobContext): Promise<Outcome> {
   try {
     const result = await handler(ctx);
     if (result instanceof Yield) {
-      const problem = jsonProblem(result.progress, "yield progress", MAX_RESULT_CHARS);
+      const problem = jsonProblem(result.progress, "yield progress", MAX_JSON_BYTES);
       if (problem) return { kind: "error", message: problem };
       return { kind: "yield", progress: result.progress, runInSeconds: result.runInSeconds };
     }
-    const problem = jsonProblem(result, "the handler's result", MAX_RESULT_CHARS);
+    const problem = jsonProblem(result, "the handler's result", MAX_JSON_BYTES);
     if (problem) return { kind: "error", message: problem };
     return { kind: "done", result: result ?? null };
   } catch (err) {
-    return { kind: "error", message: oneLine(err) };
+    return { kind: "error", message: describe(err) };
   }
 }
 
-async function recordOrFail(sql: Sql, job: JobInfo, worker: string, outcome: Outcome): Promise<string> {
+async function recordOrFail(db: Database, job: JobInfo, worker: string, outcome: Outcome): Promise<string> {
   try {
-    return await record(sql, job, worker, outcome);
+    return await db.run(() => record(db, job, worker, outcome));
   } catch (err) {
     if (isUnavailable(err) || outcome.kind === "error") throw err;
     // The database refused what the handler gave (checked above, so rare): fail the attempt
     // with a fixed line rather than leave the job to its lease.
-    return await record(sql, job, worker, {
-      kind: "error",
-      message: `the outcome could not be stored (SQLSTATE ${sqlState(err)})`,
-    });
+    return await db.run(() =>
+      record(db, job, worker, {
+        kind: "error",
+        message: ownCheck(err) ?? `the outcome could not be stored (SQLSTATE ${sqlState(err)})`,
+      })
+    );
   }
 }
 
-async function record(sql: Sql, job: JobInfo, worker: string, outcome: Outcome): Promise<string> {
+async function record(db: Database, job: JobInfo, worker: string, outcome: Outcome): Promise<string> {
+  const sql = db.sql;
   if (outcome.kind === "done") {
     const [r] = await sql`select queue_pump.complete(${job.id}::bigint, ${worker},
                                                      ${sql.json(outcome.result as never)}) as ok`;
@@ -184,26 +211,11 @@ async function record(sql: Sql, job: JobInfo, worker: string, outcome: Outcome):
   if (outcome.kind === "yield") {
     const [r] = await sql`select queue_pump.requeue(${job.id}::bigint, ${worker}, ${
       sql.json(outcome.progress as never)
-    },
-                                                    ${outcome.runInSeconds}) as status`;
+    }, ${outcome.runInSeconds}) as status`;
     return r.status ?? "lost";
   }
   const [r] = await sql`select queue_pump.fail(${job.id}::bigint, ${worker}, ${outcome.message}) as status`;
   return r.status ?? "lost";
-}
-
-function oneLine(err: unknown): string {
-  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-  return storableText(text.replace(/\s+/g, " "), 500);
-}
-
-/** Handlers' error texts are shown to the caller and kept in last_error: never a secret. */
-export function mask(text: string, secrets: string[]): string {
-  let out = text;
-  for (const secret of secrets) {
-    if (secret.length >= 4) out = out.replaceAll(secret, "***");
-  }
-  return out;
 }
 
 function logOutcome(job: JobInfo, status: string, outcome: Outcome): void {
