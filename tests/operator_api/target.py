@@ -107,8 +107,8 @@ class Api:
                               headers=self.headers)
 
     def call(self, method: str, path: str = "", **kwargs: Any) -> httpx.Response:
-        return self.http.request(method, self.target.jobs_url + path, headers=self.headers,
-                                 **kwargs)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.http.request(method, self.target.jobs_url + path, headers=headers, **kwargs)
 
     # -- answers the tests expect to be 2xx ------------------------------------------------
     def ok(self, response: httpx.Response, status: int = 200) -> dict[str, Any]:

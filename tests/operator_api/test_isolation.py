@@ -7,12 +7,11 @@ from .target import Api, Target
 
 
 def _theirs(other: Api, target: Target) -> dict[str, int]:
-    """Organization B: a queued, a failed, a done and a running-looking old job."""
-    jobs = {"queued": other.add("echo")["id"]}
+    """Organization B: a queued, a failed and a done job, three days old."""
     failed = other.failing("theirs")
     done = other.add("echo")
     other.run_all()
-    jobs |= {"failed": failed["id"], "done": done["id"]}
+    jobs = {"queued": other.add("echo")["id"], "failed": failed["id"], "done": done["id"]}
     for job_id in jobs.values():
         target.backdate(job_id, 3 * 86400)
     return jobs

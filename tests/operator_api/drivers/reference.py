@@ -15,7 +15,6 @@ import pytest
 from queue_pump.reference_runner import start_runner
 from tests.operator_api.target import Target
 
-PENDING = "the reference runner's operator API is being built (steer-py)"
 AGENT_TOKEN = "agent-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-fedcba9876543210"
 ORG, OTHER_ORG = "org-a", "org-b"
