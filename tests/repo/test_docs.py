@@ -143,8 +143,9 @@ def run_reference_runner_start(body: str, tmp_path: Path) -> None:
 RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
     ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token\\n"
                   "ORGANIZATION_ID=local-org\\n' > .env && chmod 600 .env"): run_local_tryout,
-    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ORGANIZATION_ID=dev-org queue-pump "
-                                "runner --port 8000 --seed-jobs 20"): run_reference_runner_start,
+    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ADMIN_TOKEN=dev-admin-token-0123 "
+                                "ORGANIZATION_ID=dev-org queue-pump runner --port 8000 "
+                                "--seed-jobs 20"): run_reference_runner_start,
 }
 
 
