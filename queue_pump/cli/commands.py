@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .run import cmd_config, cmd_run
 
-COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config", "jobs")
+COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config", "jobs", "top")
 
 
 def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -50,6 +50,12 @@ def _cmd_jobs(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return jobs_main(argv, environ)
 
 
+def _cmd_top(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .top import main as top_main
+
+    return top_main(argv, environ)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "run": cmd_run,
     "config": cmd_config,
@@ -58,6 +64,7 @@ HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "status": _cmd_status,
     "healthcheck": _cmd_healthcheck,
     "jobs": _cmd_jobs,
+    "top": _cmd_top,
 }
 
 

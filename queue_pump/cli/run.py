@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -54,7 +55,7 @@ def _build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Keep calling a job runner endpoint: fast while there is work, slow while\n"
                     "idle, patient when it fails.\n\nother commands: queue-pump "
-                    "{run,runner,demo,status,healthcheck,config} --help",
+                    "{run,runner,demo,status,healthcheck,config,jobs,top} --help",
         epilog="environment variables (also read from .env; the real environment wins;\n"
                "a flag wins over both):\n" + describe_knobs(width) + "\n\nflags: every "
                f"variable but the secrets is also a flag: {env_of('idle_sleep_s')}\nas "
@@ -138,9 +139,37 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
     import asyncio
 
-    from ..app import serve
+    with _refusing_rich():
+        from ..app import serve
 
     return asyncio.run(serve(settings, mode, environ, schedules))
+
+
+# What the pump's libraries load for a person at a terminal, never for a pump (below).
+_TERMINAL_ONLY = ("rich", "pygments", "click")
+
+
+@contextmanager
+def _refusing_rich() -> Iterator[None]:
+    """While the pump's modules are imported, `import rich` (and pygments, click) fail as if
+    they were not installed.
+
+    structlog.dev imports rich (with pygments) whenever it is installed, to draw tracebacks the
+    pump never prints, and httpx imports click, pygments and rich for its `httpx` command line:
+    ~16.5 MB and ~33 ms of CPU in every pump (docs/BENCHMARKS.md). rich is there wherever an
+    operator runs `queue-pump top` (the `ops` extra) and in the dev extra. A None in sys.modules
+    refuses the import; both libraries then do without, as where these are not installed, and
+    the names are free again once the pump's modules are in (`top` imports rich as usual).
+    tests/process/test_footprint.py checks that a pump never loads them."""
+    refused = [name for name in _TERMINAL_ONLY if name not in sys.modules]
+    for name in refused:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in refused:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:
