@@ -118,7 +118,13 @@ def run_local_tryout(body: str, tmp_path: Path) -> None:
     assert re.search(r'"processed": 10, "event": "queue_drained"', done.stdout), done.stdout
     assert "enqueued 10 demo job(s)" in done.stdout
     assert "give the pump SUPABASE_URL=" in done.stderr
-    assert "local-dev-token" not in done.stdout + done.stderr
+    # the operator's side: the newest three, and job 1 in full
+    listed = [line.split() for line in done.stdout.splitlines() if re.match(r"^\d+ +done ", line)]
+    assert [row[0] for row in listed] == ["10", "9", "8"], done.stdout
+    assert "job 1: done, demo in queue agent, attempt 1 of 3" in done.stdout
+    assert re.search(r"\bclaimed\b.*\n.*\bcompleted\b", done.stdout), done.stdout
+    for secret in ("local-dev-token", "local-admin-token-0123"):
+        assert secret not in done.stdout + done.stderr
 
 
 def run_reference_runner_start(body: str, tmp_path: Path) -> None:
@@ -142,7 +148,8 @@ def run_reference_runner_start(body: str, tmp_path: Path) -> None:
 
 RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
     ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token\\n"
-                  "ORGANIZATION_ID=local-org\\n' > .env && chmod 600 .env"): run_local_tryout,
+                  "ADMIN_TOKEN=local-admin-token-0123\\nORGANIZATION_ID=local-org\\n' > .env "
+                  "&& chmod 600 .env"): run_local_tryout,
     ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ADMIN_TOKEN=dev-admin-token-0123 "
                                 "ORGANIZATION_ID=dev-org queue-pump runner --port 8000 "
                                 "--seed-jobs 20"): run_reference_runner_start,
