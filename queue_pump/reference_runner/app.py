@@ -159,16 +159,7 @@ class RunnerState:
         spec = RunSpec.from_job(job.type, job.payload, self.store.lease_s)
         # Decide the outcome before sleeping so the rng draws follow call order, which keeps
         # seeded tests deterministic even when runs overlap.
-        error = spec.error
-        if error is not None:
-            pass
-        elif job.attempts <= spec.fail_times:
-            error = (
-                f"failed on purpose: attempt {job.attempts} is within the first"
-                f" {spec.fail_times} (payload fail_times)"
-            )
-        elif spec.fail_rate > 0 and self.rng.random() < spec.fail_rate:
-            error = f"failed on purpose (payload fail_rate {spec.fail_rate:g})"
+        error = spec.error or self._knob_failure(job, spec)
         try:
             ended = await self._sleep(spec.duration_ms / 1000, job)
         except asyncio.CancelledError:
@@ -200,6 +191,15 @@ class RunnerState:
         if error is not None:
             body["error"] = error
         return Outcome(200, body)
+
+    def _knob_failure(self, job: Job, spec: RunSpec) -> str | None:
+        """The failure the payload's knobs ask for (fail_times, fail_rate), if any."""
+        if job.attempts <= spec.fail_times:
+            return (f"failed on purpose: attempt {job.attempts} is within the first"
+                    f" {spec.fail_times} (payload fail_times)")
+        if spec.fail_rate > 0 and self.rng.random() < spec.fail_rate:
+            return f"failed on purpose (payload fail_rate {spec.fail_rate:g})"
+        return None
 
     async def _sleep(self, seconds: float, job: Job) -> str:
         """The run's "work": "slept" the whole time, "aborted" by the drain timeout, or

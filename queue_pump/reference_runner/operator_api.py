@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import steering
 from .store import STATUSES, JobSpec
-from .validation import BadRequest, check_name, parse_job
+from .validation import JOB_KEYS, BadRequest, check_name, parse_job
 
 API_PATH = "/functions/v1/jobs"
 ADMIN_HEADER = "X-Admin-Token"
@@ -203,9 +203,7 @@ async def _list(request: web.Request, caller: Caller) -> web.StreamResponse:
 
 
 async def _add(request: web.Request, caller: Caller) -> web.StreamResponse:
-    from .validation import _JOB_KEYS
-
-    body = await _body(request, (*_JOB_KEYS, *_ADD_EXTRA), limit=16 * 1024 * 1024)
+    body = await _body(request, (*JOB_KEYS, *_ADD_EXTRA), limit=16 * 1024 * 1024)
     run_at = None
     if body.get("runAt") is not None and body.get("delaySeconds") is not None:
         raise BadRequest("delaySeconds and runAt: give one, not both")

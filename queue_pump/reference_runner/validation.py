@@ -15,7 +15,7 @@ MAX_BATCH = 10_000
 # A day: far beyond any test, but a typo'd duration cannot park a job for weeks.
 MAX_DURATION_MS = 86_400_000
 
-_JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
+JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
 
 
 class BadRequest(ValueError):
@@ -134,11 +134,11 @@ def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
 
     if not isinstance(obj, dict):
         raise BadRequest(f"{where or 'body'} must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(k for k in obj if k not in _JOB_KEYS)
+    unknown = sorted(k for k in obj if k not in JOB_KEYS)
     if unknown:
         raise BadRequest(
             f"{where or 'body'} has unknown field(s) {', '.join(unknown)}"
-            f" (allowed: {', '.join(_JOB_KEYS)})"
+            f" (allowed: {', '.join(JOB_KEYS)})"
         )
     if "type" not in obj:
         raise BadRequest(f"{at('type')} is required")
