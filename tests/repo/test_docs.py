@@ -48,6 +48,13 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", "python3 -m venv /tmp/rt && /tmp/rt/bin/pip install -q "
                            "--require-hashes --no-deps \\"):
         PYPI + "; tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", "/tmp/rt/bin/python bench/run.py idle --rounds 2 --seconds 30 "
+                           "--warmup-s 10"):
+        "needs the runtime-only venv the block above builds from a package registry; "
+        "tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --jobs 1000000 --calls 300 "
+                           "--claims 300"):
+        "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/DEPLOY.md", "cp .env.example .env            # fill in SUPABASE_URL, AGENT_TOKEN, "
