@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -165,14 +166,17 @@ def _pump(pump: dict[str, Any] | str) -> Any:
     if isinstance(pump, str):
         return Text(pump, style="yellow")
     loops = pump.get("loops", [])
-    states = ", ".join(f"{loop['name']} {loop['state']}" + (" STUCK" if loop.get("stuck") else "")
-                       for loop in loops[:8])
+    # Counted by state, the stuck ones named first: a line cut at 80 columns still shows them.
+    by_state = Counter(str(loop.get("state")) for loop in loops)
+    stuck = [str(loop.get("name")) for loop in loops if loop.get("stuck")]
     counters = pump.get("counters", {})
-    more = f" +{len(loops) - 8} more" if len(loops) > 8 else ""
     health = "healthy" if pump.get("healthy") else "UNHEALTHY"
-    line = Text.assemble(("pump ", "bold"), f"{health}, {pump.get('state', '?')}, "
+    line = Text.assemble(("pump ", "bold"), f"{health}, ",
+                         (f"STUCK: {', '.join(stuck)}; " if stuck else "", "bold red"),
+                         f"{len(loops)} loops (" + ", ".join(
+                             f"{n} {state}" for state, n in by_state.most_common()) + "), "
                          f"{counters.get('processed', 0)} processed, "
-                         f"{counters.get('errors', 0)} errors; loops: {states}{more}")
+                         f"{counters.get('errors', 0)} errors")
     line.no_wrap, line.overflow = True, "ellipsis"
     return line
 

@@ -147,3 +147,89 @@ def test_a_refused_token_ends_top_with_one_line(target: Target, tmp_path: Path) 
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "ADMIN_TOKEN" in done.stderr
+
+
+# -- what it draws, in this process: the view at 80 columns, a pump's loops, failures later on --
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_view_in_a_terminal_with_a_pumps_loops(
+        api: Api, target: Target, served_stats: tuple[object, object, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stats, _, health_url = served_stats
+    stats.add_loop("agent-0", "agent")  # type: ignore[attr-defined]
+    api.failing("it broke")
+    api.run()
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setenv("COLUMNS", "80")
+    code = main(["top", "--count", "2", "--every-s", "0.1", "--pump", health_url],
+                target.cli_env())
+    assert code == 0
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert "queue-pump top" in drawn and "it broke" in drawn
+    assert "pump healthy, 1 loops (1 starting)" in drawn
+
+
+def test_the_view_fits_80x24_however_many_queues_and_failures() -> None:
+    from rich.console import Console
+
+    from queue_pump.cli.top import Snapshot, view
+
+    queues = [{"queue": f"queue-{i}", "queued": i, "running": 0, "done": 10 * i, "failed": 1,
+               "cancelled": 0, "due": i, "oldestDueAgeSeconds": 3.5 * i or None}
+              for i in range(12)]
+    stats = {"queues": queues, "total": {**queues[-1], "queue": None},
+             "perMinute": [{"minute": f"2026-12-06T08:{m:02d}:00Z", "done": m, "failed": m % 3}
+                           for m in range(61)],
+             "recentFailures": [{"id": i, "queue": "q", "type": "t", "error": "x " * 200,
+                                 "finishedAt": "2026-12-06T08:00:00Z"} for i in range(10)]}
+    loops = [{"name": f"agent-{i}", "state": "working", "stuck": i == 3} for i in range(12)]
+    pump = {"healthy": False, "state": "working", "counters": {"processed": 5}, "loops": loops}
+    drawn = []
+    for snap in (Snapshot(stats, pump), Snapshot(stats, "no pump answers at x", error="boom"),
+                 Snapshot({}, None, error="HTTP 503")):
+        console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+        console.print(view(snap, "org at http://127.0.0.1/functions/v1/jobs"))
+        lines = console.export_text().rstrip("\n").splitlines()
+        assert all(len(line) <= 80 for line in lines), lines
+        assert len(lines) <= 24, len(lines)
+        drawn.append("\n".join(lines))
+    assert "+6 more" in drawn[0]
+    assert "pump UNHEALTHY, STUCK: agent-3; 12 loops (12 working)" in drawn[0]
+    assert "last refresh failed: boom" in drawn[1] and "no pump answers at x" in drawn[1]
+    assert "last refresh failed: HTTP 503" in drawn[2]
+
+
+def test_a_failure_after_the_first_refresh_is_shown_not_fatal() -> None:
+    from queue_pump.cli.operator_client import OperatorError
+    from queue_pump.cli.top import _refreshes, plain_line
+
+    class Flaky:
+        calls = 0
+
+        def call(self, *_args: object, **_kwargs: object) -> dict[str, object]:
+            self.calls += 1
+            if self.calls == 2:
+                raise OperatorError("HTTP 503: database away", "try again later")
+            return {"total": {"queued": 1, "running": 0, "done": 2, "failed": 0,
+                              "cancelled": 0, "due": 1, "oldestDueAgeSeconds": None},
+                    "queues": [], "perMinute": [], "recentFailures": []}
+
+    snaps = list(_refreshes(Flaky(), None, None, 0.0, 3))  # type: ignore[arg-type]
+    assert [s.error for s in snaps] == [None, "HTTP 503: database away; try again later", None]
+    assert plain_line(snaps[1]).endswith("error: HTTP 503: database away; try again later")
+    assert "oldest_due=- " in plain_line(snaps[0])
+
+
+def test_a_pump_that_does_not_answer_is_said_in_the_view(target: Target) -> None:
+    from queue_pump.cli.top import _pump_health
+    from tests.support.net import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert str(_pump_health(dead)).startswith(f"no pump answers at {dead}")
+    not_a_pump = _pump_health(target.jobs_url)
+    assert isinstance(not_a_pump, str) and "not as a pump" in not_a_pump
