@@ -206,3 +206,42 @@ def test_nothing_answers_exits_1_with_a_hint(cli: Cli) -> None:
     code, _, err = cli("stats", env={**cli.env,
                                      "SUPABASE_URL": f"http://127.0.0.1:{free_port()}"})
     assert code == 1 and "no answer" in err and "SUPABASE_URL" in err
+
+
+def test_every_command_speaks_json_for_scripts(cli: Cli, api: Api, target: Target,
+                                               tmp_path: Path) -> None:
+    assert cli.json("ls") == []
+    code, out, _ = cli("ls")
+    assert code == 0 and out.strip() == "no jobs match"
+    failed = api.failing("json please")
+    api.run()
+    lines = [json.loads(line) for line in cli("logs", str(failed["id"]), "--json")[1].splitlines()]
+    assert [e["kind"] for e in lines] == ["enqueued", "claimed", "failed"]
+    assert cli.json("retry", str(failed["id"]))["status"] == "queued"
+    assert cli.json("cancel", str(failed["id"]))["job"]["status"] == "cancelled"
+    assert cli.json("hung") == []
+    assert cli.json("purge", "--older-than", "1d") == {"matched": 0, "deleted": 0,
+                                                       "dryRun": False, "more": False}
+    code, out, _ = cli("retry", "--failed", "--dry-run")
+    assert code == 0 and out.strip() == "would retry 0 failed job(s)"
+    code, out, _ = cli("logs", str(api.add("echo", delaySeconds=60)["id"]))
+    assert code == 0 and "enqueued" in out
+
+
+def test_show_tells_a_run_cancelled_while_running(cli: Cli, api: Api) -> None:
+    job = api.sleeper()
+    with api.running(job["id"]) as run:
+        api.ok(api.post(f"/{job['id']}/cancel"))
+        run.result(timeout=60)
+    code, out, _ = cli("show", str(job["id"]))
+    assert code == 0 and "cancel_requested" in out and "cancelled while running" in out
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["add", "echo", "--payload", "@no-such-file.json"], "cannot be read"),
+    (["retry", "7", "--type", "x"], "go with --failed"),
+    (["logs", "0"], "is not a job id"),
+])
+def test_more_usage_errors_say_what_is_wrong(cli: Cli, argv: list[str], said: str) -> None:
+    code, _, err = cli(*argv)
+    assert code == 2 and said in err
