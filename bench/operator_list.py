@@ -7,7 +7,8 @@ The jobs are written straight into the SQLite file (97 % done, 2 % failed, 1 % q
 over the last 30 days), then the runner serves it on loopback from this process's thread; each
 figure is the wall time of one HTTP call made with httpx (a fresh page, no cursor), p50 and p99
 over ``--calls`` calls, and of one claim + complete at the store (the runner call's own cost
-without HTTP), over ``--claims`` (or as many jobs as are queued). Not a test: the figures depend on the machine."""
+without HTTP), over ``--claims`` (or as many jobs as are queued). Not a test: the figures
+depend on the machine."""
 
 from __future__ import annotations
 
