@@ -181,13 +181,6 @@ class Settings:
         return sum(n for _, n in self.lanes)
 
     @property
-    def operator_url(self) -> str:
-        """The operator API (docs/OPERATOR_API.md) without a path below it."""
-        if self.jobs_url:
-            return self.jobs_url.rstrip("/")
-        return self.supabase_url.rstrip("/") + "/functions/v1/jobs"
-
-    @property
     def endpoint(self) -> str:
         """The runner URL without its query; the client adds worker=1&queue=<queue>."""
         if self.endpoint_override:
