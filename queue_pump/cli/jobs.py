@@ -11,17 +11,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import ConfigError, env_of
-from .operator_client import (
-    EXIT_USAGE,
-    OperatorClient,
-    OperatorError,
-    load_config,
-    missing_config_hint,
-)
-from .parsing import OneLineParser
+from .parsing import OneLineParser, refusing_terminal_libraries
 from .render import (
     ago,
     one_line,
@@ -32,7 +25,11 @@ from .render import (
     terminal_width,
 )
 
+if TYPE_CHECKING:
+    from .operator_client import OperatorClient
+
 PROG = "queue-pump jobs"
+EXIT_USAGE = 2  # bad arguments or configuration, as the operator client says too
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 FOLLOW_EVERY_S = 1.0
@@ -57,7 +54,7 @@ class Out:
         print(table(headers, rows, width=self.width), file=self.stream)
 
 
-Command = Callable[[OperatorClient, argparse.Namespace, Out], int]
+Command = Callable[["OperatorClient", argparse.Namespace, Out], int]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -407,6 +404,14 @@ def build_parser() -> OneLineParser:
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = build_parser().parse_args(argv)
     prog = f"{PROG} {args.command}"
+    # After the arguments: --help and a usage error never load the HTTP client.
+    with refusing_terminal_libraries():
+        from .operator_client import (
+            OperatorClient,
+            OperatorError,
+            load_config,
+            missing_config_hint,
+        )
     try:
         config = load_config(args.env_file, environ)
     except ConfigError as err:

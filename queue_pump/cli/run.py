@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -24,7 +23,7 @@ from ..config import (
     missing_env_note,
 )
 from ..exits import Mode
-from .parsing import OneLineParser, print_problems
+from .parsing import OneLineParser, print_problems, refusing_terminal_libraries
 
 if TYPE_CHECKING:
     from ..schedules import Schedule
@@ -140,37 +139,10 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
     import asyncio
 
-    with _refusing_rich():
+    with refusing_terminal_libraries():
         from ..app import serve
 
     return asyncio.run(serve(settings, mode, environ, schedules))
-
-
-# What the pump's libraries load for a person at a terminal, never for a pump (below).
-_TERMINAL_ONLY = ("rich", "pygments", "click")
-
-
-@contextmanager
-def _refusing_rich() -> Iterator[None]:
-    """While the pump's modules are imported, `import rich` (and pygments, click) fail as if
-    they were not installed.
-
-    structlog.dev imports rich (with pygments) whenever it is installed, to draw tracebacks the
-    pump never prints, and httpx imports click, pygments and rich for its `httpx` command line:
-    ~16.5 MB and ~33 ms of CPU in every pump (docs/BENCHMARKS.md). rich is there wherever an
-    operator runs `queue-pump top` (the `ops` extra) and in the dev extra. A None in sys.modules
-    refuses the import; both libraries then do without, as where these are not installed, and
-    the names are free again once the pump's modules are in (`top` imports rich as usual).
-    tests/process/test_footprint.py checks that a pump never loads them."""
-    refused = [name for name in _TERMINAL_ONLY if name not in sys.modules]
-    for name in refused:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name in refused:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
 
 
 def cmd_config(argv: Sequence[str], environ: Mapping[str, str]) -> int:

@@ -14,15 +14,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
-from .operator_client import (
-    EXIT_USAGE,
-    OperatorClient,
-    OperatorError,
-    load_config,
-    missing_config_hint,
-)
-from .parsing import OneLineParser
+from .parsing import OneLineParser, refusing_terminal_libraries
 from .render import ago, one_line, short_duration
+
+# The operator client (httpx) is imported with rich refused: httpx would load rich for its own
+# command line; top imports rich itself, only when it draws.
+with refusing_terminal_libraries():
+    from .operator_client import (
+        EXIT_USAGE,
+        OperatorClient,
+        OperatorError,
+        load_config,
+        missing_config_hint,
+    )
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
