@@ -56,7 +56,7 @@ def notify_socket() -> Iterator[tuple[socket.socket, str]]:
     path = os.path.join(tempfile.mkdtemp(), "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
-    sock.settimeout(5)
+    sock.settimeout(30)  # a hang guard, as every wait of the suite: traced pumps start slowly
     try:
         yield sock, path
     finally:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .run import cmd_config, cmd_run
 
-COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config")
+COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config", "jobs", "top")
 
 
 def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -44,6 +44,18 @@ def _cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return cmd_healthcheck(argv, environ)
 
 
+def _cmd_jobs(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .jobs import main as jobs_main
+
+    return jobs_main(argv, environ)
+
+
+def _cmd_top(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .top import main as top_main
+
+    return top_main(argv, environ)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "run": cmd_run,
     "config": cmd_config,
@@ -51,6 +63,8 @@ HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "demo": _cmd_demo,
     "status": _cmd_status,
     "healthcheck": _cmd_healthcheck,
+    "jobs": _cmd_jobs,
+    "top": _cmd_top,
 }
 
 

@@ -209,6 +209,8 @@ def _summary(out: TextIO, stats: Mapping[str, Any], total: int, wall: float, tal
     print("\nsummary", file=out)
     for key, value in rows:
         print(f"  {key:<17} {value}", file=out)
+    print("\nnext: a runner of your own, and its jobs seen and steered with `queue-pump jobs` "
+          "and `queue-pump top`: README, \"Try it locally\"", file=out)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:

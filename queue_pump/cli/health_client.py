@@ -32,7 +32,7 @@ def _health_url(environ: Mapping[str, str]) -> str | None:
     return f"http://{host}:{port}"
 
 
-def _fetch_health(base: str, timeout_s: float) -> tuple[int, dict[str, Any] | None]:
+def fetch_health(base: str, timeout_s: float) -> tuple[int, dict[str, Any] | None]:
     """GET /healthz with the standard library: no curl in the image, no event loop needed.
     The body is None when the answer is not a queue-pump health document."""
     try:
@@ -92,7 +92,7 @@ def cmd_healthcheck(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if bad is not None:
         return bad
     try:
-        status, body = _fetch_health(args.url, args.timeout_s)
+        status, body = fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
         print(f"unhealthy: {args.url} did not answer ({type(exc).__name__})", file=sys.stderr)
         return 1
@@ -156,7 +156,7 @@ def cmd_status(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if bad is not None:
         return bad
     try:
-        status, body = _fetch_health(args.url, args.timeout_s)
+        status, body = fetch_health(args.url, args.timeout_s)
     except (OSError, ValueError) as exc:
         print(f"queue-pump status: no pump answers at {args.url} ({type(exc).__name__}); is it "
               f"running, and is {PORT.env} the same?", file=sys.stderr)

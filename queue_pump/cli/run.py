@@ -23,7 +23,7 @@ from ..config import (
     missing_env_note,
 )
 from ..exits import Mode
-from .parsing import OneLineParser, print_problems
+from .parsing import OneLineParser, print_problems, refusing_terminal_libraries
 
 if TYPE_CHECKING:
     from ..schedules import Schedule
@@ -54,7 +54,8 @@ def _build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Keep calling a job runner endpoint: fast while there is work, slow while\n"
                     "idle, patient when it fails.\n\nother commands: queue-pump "
-                    "{run,runner,demo,status,healthcheck,config} --help",
+                    "{run,runner,demo,status,healthcheck,config} --help\n"
+                    f"the operator's ({env_of('admin_token')}): queue-pump {{jobs,top}} --help",
         epilog="environment variables (also read from .env; the real environment wins;\n"
                "a flag wins over both):\n" + describe_knobs(width) + "\n\nflags: every "
                f"variable but the secrets is also a flag: {env_of('idle_sleep_s')}\nas "
@@ -138,7 +139,8 @@ def cmd_run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     # The wiring pulls in asyncio, httpx & co: --help and config should not pay for them.
     import asyncio
 
-    from ..app import serve
+    with refusing_terminal_libraries():
+        from ..app import serve
 
     return asyncio.run(serve(settings, mode, environ, schedules))
 

@@ -4,7 +4,7 @@ into Settings (environment.py, envfile.py), names that look like settings but ar
 (unknown_names.py), and the URL helpers they share (urls.py). Imports nothing of the pump."""
 
 from .envfile import load_env, missing_env_note
-from .environment import from_mapping
+from .environment import from_mapping, some_from_mapping
 from .knobs import Kind, Knob
 from .rules import ConfigError
 from .settings import (
@@ -36,4 +36,5 @@ __all__ = [
     "load_env",
     "missing_env_note",
     "redact_url",
+    "some_from_mapping",
 ]

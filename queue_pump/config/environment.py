@@ -214,3 +214,34 @@ def from_mapping(env: Mapping[str, str], *, hostname: str | None = None) -> Sett
     if not values["worker_id"]:
         values["worker_id"] = hostname or socket.gethostname()
     return Settings(**values)
+
+
+_URL_OVER = ("jobs_url", "endpoint_override")
+
+
+def some_from_mapping(env: Mapping[str, str], attrs: tuple[str, ...], *,
+                      required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Only the settings ``attrs`` (a command that is no pump, e.g. ``queue-pump jobs``, needs
+    neither the pump's token nor the loop's settings), parsed and checked as the pump parses
+    them, with the same problem lines; ``required`` are required here whatever the table
+    says."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for attr in attrs:
+        knob = KNOBS_BY_ATTR[attr]
+        raw = env.get(knob.env)
+        needed = attr in required or knob.required
+        if attr == "supabase_url" and any(env.get(env_of(a), "").strip() for a in _URL_OVER):
+            needed = False  # a full URL replaces the project URL
+        if needed and (raw is None or not raw.strip()):
+            problems.append(f"{knob.env} is not set; it is required ({knob.help.split('.')[0]})")
+            values[attr] = ""
+            continue
+        values[attr] = _parse(knob, (knob.default or "") if raw is None else raw, problems)
+        if knob.placeholder and (raw or "").strip() == knob.placeholder:
+            problems.append(f"{knob.env} is still the placeholder from .env.example; set your own")
+    # The rules between fields read every knob; those not asked for are unset here.
+    problems += between_fields(KNOBS, {k.attr: values.get(k.attr) for k in KNOBS})
+    if problems:
+        raise ConfigError(problems)
+    return values

@@ -75,6 +75,8 @@ class Knob:
 
 MAX_TOTAL_CONCURRENCY = 256
 MIN_WAKE_TOKEN = 16
+# The operator's token cancels and purges: as long as the kit's functions want their secrets.
+MIN_ADMIN_TOKEN = 16
 # Every secret is masked wherever it appears in a log line: a one-letter token would turn
 # "call_failed" into "call_fail***d" and so show the token. Shorter than this is no secret.
 MIN_SECRET_CHARS = 8

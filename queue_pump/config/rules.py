@@ -110,9 +110,10 @@ def _plain_http(by_attr: Mapping[str, Knob], values: Mapping[str, Any]) -> list[
     runner = [(override, values.get("endpoint_override") or "")]
     if not runner[0][1]:  # the derived URL is used only without an override
         runner = [(by_attr["supabase_url"], values.get("supabase_url") or "")]
-    webhook = by_attr["alert_webhook_url"]
+    webhook, jobs = by_attr["alert_webhook_url"], by_attr["jobs_url"]
     problems = []
-    for knob, url in [*runner, (webhook, values.get("alert_webhook_url") or "")]:
+    for knob, url in [*runner, (webhook, values.get("alert_webhook_url") or ""),
+                      (jobs, values.get("jobs_url") or "")]:
         parts = urlsplit(url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             shown = "(hidden)" if knob.secret else repr(redact_url(url))

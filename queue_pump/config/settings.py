@@ -16,6 +16,7 @@ from .knobs import (
     DAY_MS,
     HOUR_MS,
     MIB,
+    MIN_ADMIN_TOKEN,
     MIN_SECRET_CHARS,
     MIN_WAKE_TOKEN,
     Kind,
@@ -59,6 +60,18 @@ class Settings:
         "When set, also sent as Authorization: Bearer and apikey (for JWT-verifying "
         f"functions); at least {MIN_SECRET_CHARS} characters.", header=True,
         min_chars=MIN_SECRET_CHARS, min_chars_why=SHORT_SECRET)
+    # For people, not pumps: the operator commands' credential (docs/OPERATIONS.md).
+    admin_token: str = setting(
+        "ADMIN_TOKEN", Kind.SECRET, "",
+        "The operator's token: queue-pump jobs and top send it as X-Admin-Token. For people, "
+        "never for pumps: the operator API (the kit's jobs function, the reference runner) "
+        f"refuses AGENT_TOKEN there; at least {MIN_ADMIN_TOKEN} characters.",
+        header=True, min_chars=MIN_ADMIN_TOKEN,
+        min_chars_why="it can cancel and purge jobs: it must not be guessable")
+    jobs_url: str = setting(
+        "QUEUE_PUMP_JOBS_URL", Kind.URL, "",
+        "The operator API for queue-pump jobs and top; default "
+        "{SUPABASE_URL}/functions/v1/jobs.")
     endpoint_override: str = setting(
         "QUEUE_PUMP_ENDPOINT", Kind.URL, "",
         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners).")

@@ -39,6 +39,7 @@ class Processed:
     job_type: Any = None
     status: Any = None
     yielded: bool = False
+    error: Any = None  # the runner's reason for a failed run, clipped
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def classify(
             return Processed(job_id=_loggable(data.get("jobId")),
                              job_type=_loggable(data.get("jobType")),
                              status=_loggable(data.get("status")),
-                             yielded=bool(data.get("yielded")))
+                             yielded=bool(data.get("yielded")),
+                             error=_loggable(data.get("error")))
         return IDLE
     raise failures.from_status(status, headers, body, failures.RUNNER, now=now)
 

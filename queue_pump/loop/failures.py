@@ -95,6 +95,16 @@ SCHEDULE = Hints(
     rejected="check this schedule's body against what the endpoint accepts")
 
 
+_OPERATOR_URL = f"check {env_of('supabase_url')} or {env_of('jobs_url')}"
+OPERATOR = Hints(
+    target="the operator API", bad_url=_OPERATOR_URL,
+    not_found=f"{_OPERATOR_URL}, and that the jobs function is deployed",
+    credentials=f"check {env_of('admin_token')} and {env_of('organization_id')} (the pump's "
+                f"{env_of('agent_token')} is refused there; and {env_of('anon_key')} if the "
+                "function verifies JWTs)",
+    rejected="check the command's arguments, and the server's version")
+
+
 def from_status(status: int, headers: Mapping[str, str], body: bytes, hints: Hints, *,
                 now: datetime | None = None) -> CallError:
     """The CallError for a complete answer that is not a 2xx."""

@@ -27,12 +27,15 @@ from .backoff import (
 from .budget import TokenBucket
 from .client import Outcome, Processed
 from .failures import CallError, ErrorKind, internal
+from .rate import RecentRate
 from .waits import Pause, Waker, stop_or_timeout
 
 CallFn = Callable[[], Awaitable[Outcome]]
 
 
 IDLE_LOG_INTERVAL_S = 60.0
+# The progress line's rate: jobs per second over the last minute, not since start.
+RATE_WINDOW_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
 DRAIN_MAX_FAILURES = 5
 
@@ -156,6 +159,7 @@ class Pump:
         self._drained: set[str] = set()
         self._processed = 0
         self._started = clock()
+        self._rate = RecentRate(RATE_WINDOW_S, self._started)
         self._last_idle_log: dict[str, float] = {}
         self._idle_since_log: dict[str, int] = {}
         self._quiet: set[str] = set()  # queues whose idle state was already announced
@@ -352,17 +356,20 @@ class Pump:
         self._quiet.discard(lane.queue)
         # A job's own failure is a 200 to the pump, but an operator must see it without
         # /metrics: every job that ended failed, and every retry, gets its own line.
+        now = self._clock()
+        self._rate.add(now)
         if outcome.status in ("failed", "retry"):
+            # With the runner's own words for why (clipped, and masked like every line).
             log = self._log.warning if outcome.status == "failed" else self._log.info
             log(f"job_{outcome.status}", queue=lane.queue, job_id=outcome.job_id,
-                job_type=outcome.job_type)
+                job_type=outcome.job_type, error=outcome.error)
         every = self._policy.log_every
         if outcome.yielded or (every and self._processed % every == 0):
-            elapsed = max(self._clock() - self._started, 1e-9)
             self._log.info("progress", queue=lane.queue, processed=self._processed,
                            job_id=outcome.job_id, job_type=outcome.job_type,
                            job_status=outcome.status, yielded=outcome.yielded,
-                           rate_per_s=round(self._processed / elapsed, 2))
+                           rate_per_s=round(self._rate.per_second(now), 2),
+                           rate_window_s=RATE_WINDOW_S)
 
     def _note_idle(self, lane: Lane, next_sleep_s: float) -> None:
         """Per queue: the first idle answer after work, then about once a minute."""

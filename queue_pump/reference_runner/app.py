@@ -1,8 +1,10 @@
-"""HTTP side of the reference runner: the runner endpoint, enqueue, stats and fault control."""
+"""HTTP side of the reference runner: the runner endpoint, enqueue, stats and fault control, and
+the operator API (operator_api.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -13,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import contract
+from . import contract, operator_api
 from .faults import FAULT_KINDS, FaultKind, Faults, FaultsError, format_seconds
-from .store import JobStore
+from .store import OWN, Job, JobStore
 from .validation import BadRequest, RunSpec, check_name, parse_jobs, parse_queue
 
 log = logging.getLogger("queue_pump.reference_runner")
@@ -25,6 +27,9 @@ TOKEN_HEADER = "X-Agent-Token"
 ORG_HEADER = "X-Organization-Id"
 WORKER_HEADER = "X-Worker-Id"
 MAX_WORKER_ID_LEN = 200
+# How often a run asks the store whether an operator cancelled it: a cancel sent to this
+# process stops the run at once; one sent to another runner on the same file, within this.
+CANCEL_POLL_S = 1.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # Big enough for a 10k-job batch of small payloads; aiohttp's default is 1 MiB.
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
@@ -88,20 +93,37 @@ class RunnerState:
         faults: Faults,
         rng: random.Random,
         drain_timeout_s: float,
+        admin_token: str | None = None,
+        allowed_organizations: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.admin_token = admin_token
+        self.organization_id = organization_id
+        # The runner's own organization first; jobs of the others are stored under their name.
+        self.organizations = (organization_id, *(
+            o for o in allowed_organizations if o != organization_id))
         self.faults = faults
         self.rng = rng
         self.drain_timeout_s = drain_timeout_s
         self.counters = CallCounters()
         self._token = token.encode()
-        self._org = organization_id.encode()
+        # Runs in flight by job id: set when an operator cancels the job.
+        self.cancels: dict[int, asyncio.Event] = {}
         # Claim-and-run tasks; kept apart from the request handlers so a client that hangs up,
         # or a handler cancelled by the server, never leaves a claimed job half-run.
         self.tasks: set[asyncio.Task[Outcome]] = set()
         self.shutting_down = asyncio.Event()
         # Set when the drain timeout runs out: runs still sleeping give their job back.
         self.abort = asyncio.Event()
+
+    def store_org(self, org: str) -> str:
+        """An organization as the store names it: the runner's own is ``OWN``."""
+        return OWN if org == self.organization_id else org
+
+    def cancel_run(self, job_id: int) -> None:
+        event = self.cancels.get(job_id)
+        if event is not None:
+            event.set()
 
     def check_auth(self, request: web.Request) -> str | None:
         """None when the caller may proceed, else the reason (never containing the token)."""
@@ -111,41 +133,41 @@ class RunnerState:
             return f"missing {TOKEN_HEADER} header"
         if not org:
             return f"missing {ORG_HEADER} header"
-        # Both comparisons always run so the timing does not tell which one failed.
+        # Both checks always run so the timing does not tell which one failed.
         token_ok = hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._token)
-        org_ok = hmac.compare_digest(org.encode("utf-8", "surrogateescape"), self._org)
+        org_ok = org in self.organizations
         if not token_ok:
             return f"{TOKEN_HEADER} is not valid"
         if not org_ok:
             return f"{ORG_HEADER} does not match this runner's organization"
         return None
 
-    async def claim_and_run(self, queue: str, worker_id: str | None) -> Outcome:
+    async def claim_and_run(self, queue: str, worker_id: str | None, org: str = OWN) -> Outcome:
         # DB calls go to a thread: with a shared file another process may hold the write lock
         # for a while, and the event loop must keep serving meanwhile.
-        job = await asyncio.to_thread(self.store.claim, queue, worker_id)
+        job = await asyncio.to_thread(self.store.claim, queue, worker_id, org=org)
         if job is None:
             self.counters.idle += 1
             return Outcome(200, dict(contract.IDLE))
-        spec = RunSpec.from_payload(job.payload)
+        self.cancels[job.id] = asyncio.Event()
+        try:
+            return await self._run(job)
+        finally:
+            self.cancels.pop(job.id, None)
+
+    async def _run(self, job: Job) -> Outcome:
+        spec = RunSpec.from_job(job.type, job.payload, self.store.lease_s)
         # Decide the outcome before sleeping so the rng draws follow call order, which keeps
         # seeded tests deterministic even when runs overlap.
-        error: str | None = None
-        if job.attempts <= spec.fail_times:
-            error = (
-                f"failed on purpose: attempt {job.attempts} is within the first"
-                f" {spec.fail_times} (payload fail_times)"
-            )
-        elif spec.fail_rate > 0 and self.rng.random() < spec.fail_rate:
-            error = f"failed on purpose (payload fail_rate {spec.fail_rate:g})"
+        error = spec.error or self._knob_failure(job, spec)
         try:
-            interrupted = await self._sleep_unless_aborted(spec.duration_ms / 1000)
+            ended = await self._sleep(spec.duration_ms / 1000, job)
         except asyncio.CancelledError:
             # Only reached when the loop itself is torn down; blocking briefly beats leaving the
             # job running until its lease runs out.
             self.store.requeue(job, "run cancelled before it finished")
             raise
-        if interrupted:
+        if ended == "aborted":
             await asyncio.to_thread(
                 self.store.requeue, job, "runner shut down before the run finished"
             )
@@ -156,8 +178,11 @@ class RunnerState:
                  "jobId": job.id},
                 {"Retry-After": "1"},
             )
-        if error is None:
-            status = await asyncio.to_thread(self.store.complete, job)
+        if ended == "cancelled":
+            status = await asyncio.to_thread(self.store.cancelled_while_running, job)
+            error = None
+        elif error is None:
+            status = await asyncio.to_thread(self.store.complete, job, spec.result)
         else:
             status = await asyncio.to_thread(self.store.fail, job, error)
         self.counters.processed += 1
@@ -167,16 +192,39 @@ class RunnerState:
             body["error"] = error
         return Outcome(200, body)
 
-    async def _sleep_unless_aborted(self, seconds: float) -> bool:
-        if seconds <= 0:
-            return False
-        if self.abort.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self.abort.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+    def _knob_failure(self, job: Job, spec: RunSpec) -> str | None:
+        """The failure the payload's knobs ask for (fail_times, fail_rate), if any."""
+        if job.attempts <= spec.fail_times:
+            return (f"failed on purpose: attempt {job.attempts} is within the first"
+                    f" {spec.fail_times} (payload fail_times)")
+        if spec.fail_rate > 0 and self.rng.random() < spec.fail_rate:
+            return f"failed on purpose (payload fail_rate {spec.fail_rate:g})"
+        return None
+
+    async def _sleep(self, seconds: float, job: Job) -> str:
+        """The run's "work": "slept" the whole time, "aborted" by the drain timeout, or
+        "cancelled" by an operator (here, or through the store from another process)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        cancel = self.cancels[job.id]
+        while True:
+            if self.abort.is_set():
+                return "aborted"
+            if cancel.is_set():
+                return "cancelled"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return "slept"
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.abort, cancel)]
+            try:
+                await asyncio.wait(waits, timeout=min(remaining, CANCEL_POLL_S),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if (not cancel.is_set() and not self.abort.is_set() and loop.time() < deadline
+                    and await asyncio.to_thread(self.store.cancel_requested, job)):
+                cancel.set()
 
     async def drain(self) -> None:
         """Graceful shutdown: refuse new calls, let runs in flight finish (up to the drain
@@ -266,7 +314,8 @@ async def _runner_call(request: web.Request) -> web.StreamResponse:
     worker_id = request.headers.get(WORKER_HEADER) or None
     if worker_id is not None:
         worker_id = worker_id[:MAX_WORKER_ID_LEN]
-    task = asyncio.create_task(st.claim_and_run(queue, worker_id))
+    org = st.store_org(request.headers[ORG_HEADER])
+    task = asyncio.create_task(st.claim_and_run(queue, worker_id, org))
     st.tasks.add(task)
     task.add_done_callback(st.tasks.discard)
     try:
@@ -313,7 +362,9 @@ async def _enqueue(request: web.Request) -> web.StreamResponse:
         specs = parse_jobs(await _read_json(request, empty=_REQUIRED), st.store.lease_s)
     except BadRequest as exc:
         return _error(400, str(exc))
-    results = await asyncio.to_thread(st.store.enqueue_many, specs)
+    org = st.store_org(request.headers[ORG_HEADER])
+    specs = [dataclasses.replace(spec, organization=org) for spec in specs]
+    results = await asyncio.to_thread(st.store.enqueue_many, specs, by="enqueue")
     jobs = [
         {"id": job.id, "queue": job.queue, "type": job.type, "status": job.status,
          "dedupeKey": job.dedupe_key, "created": created}
@@ -347,7 +398,8 @@ async def _get_job(request: web.Request) -> web.StreamResponse:
         return _error(401, denied)
     job_id = int(request.match_info["id"])
     # Past SQLite's 64-bit range no job can exist (and binding it would raise).
-    job = await asyncio.to_thread(st.store.get, job_id) if job_id < 2**63 else None
+    org = st.store_org(request.headers[ORG_HEADER])
+    job = await asyncio.to_thread(st.store.get, job_id, org=org) if job_id < 2**63 else None
     if job is None:
         return _error(404, f"no job with id {job_id}")
     return web.json_response(job.to_json())
@@ -393,13 +445,18 @@ def build_app(
     faults: Faults | None = None,
     rng: random.Random | None = None,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    admin_token: str | None = None,
+    allowed_organizations: tuple[str, ...] = (),
 ) -> web.Application:
     """The reference runner as an aiohttp app. ``faults`` is used (and mutated by
-    ``POST /_faults``) in place; ``rng`` drives faults and payload ``fail_rate``."""
+    ``POST /_faults``) in place; ``rng`` drives faults and payload ``fail_rate``.
+    ``admin_token`` turns the operator API on; ``allowed_organizations`` are served besides
+    ``organization_id``, each with jobs of its own."""
     if not token:
         raise ValueError("token must not be empty")
     if not organization_id:
         raise ValueError("organization_id must not be empty")
+    check_admin_token(admin_token, token)
     app = web.Application(middlewares=[_json_errors], client_max_size=CLIENT_MAX_SIZE)
     state = RunnerState(
         store,
@@ -408,6 +465,8 @@ def build_app(
         faults=faults if faults is not None else Faults(),
         rng=rng if rng is not None else random.Random(),
         drain_timeout_s=drain_timeout_s,
+        admin_token=admin_token,
+        allowed_organizations=allowed_organizations,
     )
     app[STATE] = state
 
@@ -429,4 +488,17 @@ def build_app(
     app.router.add_get("/_faults", _get_faults)
     app.router.add_post("/_faults", _set_faults)
     app.router.add_get("/healthz", _healthz)
+    operator_api.add_routes(app)
     return app
+
+
+def check_admin_token(admin_token: str | None, token: str) -> None:
+    """ValueError, one line, for an admin token that would not keep pumps and people apart."""
+    if admin_token is None:
+        return
+    if len(admin_token) < operator_api.MIN_ADMIN_TOKEN:
+        raise ValueError(f"ADMIN_TOKEN must be at least {operator_api.MIN_ADMIN_TOKEN} "
+                         f"characters, got {len(admin_token)}")
+    if admin_token == token:
+        raise ValueError("ADMIN_TOKEN must differ from AGENT_TOKEN: a pump's token must not "
+                         "cancel or purge")

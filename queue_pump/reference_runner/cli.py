@@ -23,7 +23,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from .app import DEFAULT_DRAIN_TIMEOUT_S
+from .app import DEFAULT_DRAIN_TIMEOUT_S, check_admin_token
 from .faults import MAX_STALL_S, Faults, FaultsError
 from .server import RunningRunner, start_runner
 from .store import DEFAULT_LEASE_S, DEFAULT_QUEUE, JobSpec
@@ -221,7 +221,9 @@ def start_hint(host: str, port: int) -> str:
         host = "127.0.0.1"  # a wildcard listens on loopback too
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     return (f"  give the pump SUPABASE_URL={base} (and the same AGENT_TOKEN and ORGANIZATION_ID)\n"
-            f"  enqueue a job: python -m queue_pump.reference_runner enqueue demo --url {base}")
+            f"  enqueue a job: python -m queue_pump.reference_runner enqueue demo --url {base}\n"
+            f"  see and steer jobs: queue-pump jobs ls (SUPABASE_URL={base}, ADMIN_TOKEN and "
+            "ORGANIZATION_ID)")
 
 
 def _say(message: str) -> None:
@@ -250,10 +252,20 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return asyncio.run(_serve(settings, environ["AGENT_TOKEN"], environ["ORGANIZATION_ID"]))
+    admin = environ.get("ADMIN_TOKEN", "").strip() or None
+    try:
+        check_admin_token(admin, environ["AGENT_TOKEN"])
+    except ValueError as exc:
+        _say(f"{PROG}: {exc}")
+        return 2
+    others = tuple(o.strip() for o in environ.get("ALLOWED_ORGANIZATION_IDS", "").split(",")
+                   if o.strip())
+    return asyncio.run(_serve(settings, environ["AGENT_TOKEN"], environ["ORGANIZATION_ID"],
+                              admin, others))
 
 
-async def _serve(settings: Settings, token: str, organization_id: str) -> int:
+async def _serve(settings: Settings, token: str, organization_id: str,
+                 admin_token: str | None = None, others: tuple[str, ...] = ()) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     running: RunningRunner | None = None
@@ -277,6 +289,8 @@ async def _serve(settings: Settings, token: str, organization_id: str) -> int:
                 db=settings.db,
                 token=token,
                 organization_id=organization_id,
+                admin_token=admin_token,
+                allowed_organizations=others,
                 faults=settings.faults,
                 rng=random.Random(settings.seed),
                 lease_s=settings.lease_s,
@@ -294,7 +308,8 @@ async def _serve(settings: Settings, token: str, organization_id: str) -> int:
             spec = JobSpec("demo", {"duration_ms": settings.seed_duration_ms},
                            queue=settings.seed_queue)
             running.store.enqueue_many([spec] * settings.seed_jobs)
-        _say(f"runner listening on {running.url} db={settings.db}")
+        _say(f"runner listening on {running.url} db={settings.db}"
+             + ("" if admin_token else "; operator API off (no ADMIN_TOKEN)"))
         _say(start_hint(settings.host, running.port))
         await stop.wait()
         await running.close()

@@ -91,11 +91,15 @@ async def start_runner(
     lease_s: float = DEFAULT_LEASE_S,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
     access_log: bool = False,
+    admin_token: str | None = None,
+    allowed_organizations: tuple[str, ...] = (),
 ) -> RunningRunner:
     """Listen on ``host:port`` (0: a free port, see ``.port``) and serve the reference runner.
 
     ``db`` is a SQLite path, ``":memory:"``, or an open ``JobStore`` (then the caller closes it).
     Jobs left ``running`` past ``lease_s`` are requeued before the first call is served.
+    ``admin_token`` turns the operator API on (docs/OPERATOR_API.md); ``allowed_organizations``
+    are served besides ``organization_id``.
     """
     owns_store = not isinstance(db, JobStore)
     store = JobStore(db, lease_s=lease_s) if isinstance(db, str) else db
@@ -107,6 +111,8 @@ async def start_runner(
             faults=faults,
             rng=rng,
             drain_timeout_s=drain_timeout_s,
+            admin_token=admin_token,
+            allowed_organizations=allowed_organizations,
         )
         runner = web.AppRunner(
             app,

@@ -1,7 +1,13 @@
 """SQLite job store of the reference runner, in the SQL kit's words (supabase/migrations): jobs
-are ``queued``, ``running``, ``done`` or ``failed``; a runner may ``claim`` one, ``heartbeat`` to
-keep its lease, then ``complete`` or ``fail`` it, or ``requeue`` it (give it back uncounted);
-``purge`` deletes finished jobs past an age.
+are ``queued``, ``running``, ``done``, ``failed`` or ``cancelled``; a runner may ``claim`` one,
+``heartbeat`` to keep its lease, then ``complete`` or ``fail`` it, or ``requeue`` it (give it back
+uncounted); ``purge`` deletes finished jobs past an age. Every change of a job is also an event of
+its history (history.py), written here in the same transaction, so every path records.
+
+Jobs belong to an organization. The empty name, ``OWN``, is the runner's own organization (its
+``ORGANIZATION_ID``, whatever that is): a store used directly, and every file written before
+organizations, holds its jobs there. The operator's side (lists, cancel, retry, hung, purge per
+organization, the summary) is steering.py, over the same transactions.
 
 Every write happens in a ``BEGIN IMMEDIATE`` transaction: SQLite then takes the database's write
 lock up front, so a claim (read the oldest queued row, mark it running) cannot interleave with
@@ -21,59 +27,109 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-JobStatus = Literal["queued", "running", "done", "failed"]
-# "lost": the job stopped being ours while it ran (its lease ran out and it was requeued, maybe
-# claimed again), so this run's outcome was not recorded.
-FinishStatus = Literal["done", "retry", "failed", "lost"]
+from . import history
 
-STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+# "lost": the job stopped being ours while it ran (its lease ran out and it was requeued, maybe
+# claimed again), so this run's outcome was not recorded. "cancelled": an operator asked, and
+# the run's outcome, whatever it was, ended the job cancelled.
+FinishStatus = Literal["done", "retry", "failed", "lost", "cancelled"]
+
+STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed", "cancelled")
+FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
 DEFAULT_QUEUE = "agent"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 300.0
+OWN = ""  # the runner's own organization
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue        TEXT    NOT NULL,
-    type         TEXT    NOT NULL,
-    payload      TEXT    NOT NULL DEFAULT '{}',
-    status       TEXT    NOT NULL DEFAULT 'queued'
-                 CHECK (status IN ('queued', 'running', 'done', 'failed')),
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-    created_at   REAL    NOT NULL,
-    updated_at   REAL    NOT NULL,
-    started_at   REAL,
-    finished_at  REAL,
-    worker_id    TEXT,
-    dedupe_key   TEXT,
-    last_error   TEXT
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL,
+    type             TEXT    NOT NULL,
+    payload          TEXT    NOT NULL DEFAULT '{}',
+    status           TEXT    NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    created_at       REAL    NOT NULL,
+    updated_at       REAL    NOT NULL,
+    started_at       REAL,
+    finished_at      REAL,
+    worker_id        TEXT,
+    dedupe_key       TEXT,
+    last_error       TEXT,
+    organization_id  TEXT    NOT NULL DEFAULT '',
+    run_at           REAL    NOT NULL DEFAULT 0,
+    heartbeat_at     REAL,
+    lease_expires_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress         TEXT,
+    result           TEXT,
+    -- the history's bound, kept on the job so that writing an event never counts the history
+    events           INTEGER NOT NULL DEFAULT 0,
+    event_bytes      INTEGER NOT NULL DEFAULT 0,
+    dropped          INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_queue_dedupe_key
-    ON jobs (queue, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, status, id);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, updated_at);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    at      REAL    NOT NULL,
+    kind    TEXT    NOT NULL,
+    attempt INTEGER,
+    worker  TEXT,
+    message TEXT,
+    data    TEXT,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedupe
+    ON jobs (organization_id, queue, dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_due
+    ON jobs (organization_id, queue, run_at, id) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_heartbeats
+    ON jobs (organization_id, heartbeat_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_finished
+    ON jobs (organization_id, status, finished_at)
+    WHERE status IN ('done', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_finished_at
+    ON jobs (finished_at) WHERE status IN ('done', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (organization_id, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_counts ON jobs (organization_id, queue, status)
 """
-# A file written before the statuses were the SQL kit's ("processing" for "running"): its CHECK
-# constraint is rebuilt with the table, rows and ids kept.
-_OLD_STATUS = "'processing'"
-_INDEXES = ("jobs_queue_dedupe_key", "jobs_claim", "jobs_lease")
+# Indexes of the tables written before: dropped when such a file is upgraded.
+_OLD_INDEXES = ("jobs_queue_dedupe_key", "jobs_claim", "jobs_lease")
+# The columns every version of the table had, copied when a file is upgraded.
+_OLD_COLUMNS = ("id, queue, type, payload, status, attempts, max_attempts, created_at,"
+                " updated_at, started_at, finished_at, worker_id, dedupe_key, last_error")
 
 _COLUMNS = (
     "id, queue, type, payload, status, attempts, max_attempts, created_at, updated_at,"
-    " started_at, finished_at, worker_id, dedupe_key, last_error"
+    " started_at, finished_at, worker_id, dedupe_key, last_error, organization_id, run_at,"
+    " heartbeat_at, lease_expires_at, cancel_requested, progress, result"
 )
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job to enqueue, already validated for shape (see ``validation.parse_jobs``)."""
+    """One job to enqueue, already validated for shape (see ``validation.parse_jobs``).
+    ``run_at`` None: due now."""
 
     type: str
     payload: Mapping[str, Any] = field(default_factory=dict)
     queue: str = DEFAULT_QUEUE
     dedupe_key: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    run_at: float | None = None
+    organization: str = OWN
 
 
 @dataclass(frozen=True)
@@ -92,6 +148,13 @@ class Job:
     worker_id: str | None
     dedupe_key: str | None
     last_error: str | None
+    organization: str = OWN
+    run_at: float = 0.0
+    heartbeat_at: float | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    progress: Any = None
+    result: Any = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Job:
@@ -111,9 +174,18 @@ class Job:
             worker_id=row[11],
             dedupe_key=row[12],
             last_error=row[13],
+            organization=row[14],
+            run_at=row[15],
+            heartbeat_at=row[16],
+            lease_expires_at=row[17],
+            cancel_requested=bool(row[18]),
+            progress=_load(row[19]),
+            result=_load(row[20]),
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The runner's own ``GET /jobs/{id}`` (epoch seconds); the operator API's shape is
+        steering.py's."""
         return {
             "id": self.id,
             "queue": self.queue,
@@ -154,7 +226,7 @@ class JobStore:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
         self.path = path
         self.lease_s = lease_s
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves instead of letting the module
         # open deferred transactions, which would take the write lock too late to be atomic.
@@ -166,31 +238,37 @@ class JobStore:
                 # WAL lets readers (stats, get) run while another process holds the write lock.
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self._tx() as conn:
-            self._create_schema(conn)
+        with self.transaction() as conn:
+            self._create_schema(conn, lease_s)
 
     @staticmethod
-    def _create_schema(conn: sqlite3.Connection) -> None:
+    def _create_schema(conn: sqlite3.Connection, lease_s: float) -> None:
         # executescript() would COMMIT our open transaction first; run statements one by one so
         # two processes creating the schema at once are serialised by the IMMEDIATE lock.
         old = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
                            ).fetchone()
-        migrate = old is not None and _OLD_STATUS in old[0]
-        if migrate:
-            for index in _INDEXES:
+        # A file written before cancellation, organizations and histories: the table is rebuilt
+        # (its CHECK constraint changed), rows and ids kept, the new times derived.
+        upgrade = old is not None and "cancel_requested" not in old[0]
+        if upgrade:
+            for index in _OLD_INDEXES:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
-            conn.execute("ALTER TABLE jobs RENAME TO jobs_before_running")
+            conn.execute("ALTER TABLE jobs RENAME TO jobs_before")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        if migrate:
-            renamed = _COLUMNS.replace(
+        if upgrade:
+            renamed = _OLD_COLUMNS.replace(
                 " status,", " CASE status WHEN 'processing' THEN 'running' ELSE status END,")
-            conn.execute(f"INSERT INTO jobs ({_COLUMNS}) SELECT {renamed} FROM jobs_before_running")
-            conn.execute("DROP TABLE jobs_before_running")
+            conn.execute(f"INSERT INTO jobs ({_OLD_COLUMNS}) SELECT {renamed} FROM jobs_before")
+            conn.execute("DROP TABLE jobs_before")
+            conn.execute("UPDATE jobs SET run_at = created_at, heartbeat_at = CASE status"
+                         " WHEN 'running' THEN updated_at END, lease_expires_at = CASE status"
+                         " WHEN 'running' THEN updated_at + ? END", (lease_s,))
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The write lock, taken up front (BEGIN IMMEDIATE), committed at the end."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -202,6 +280,12 @@ class JobStore:
                     self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads (one statement each, or a deferred snapshot)."""
+        with self._lock:
+            yield self._conn
 
     def close(self) -> None:
         with self._lock:
@@ -223,170 +307,210 @@ class JobStore:
         spec = JobSpec(type, dict(payload or {}), queue, dedupe_key, max_attempts)
         return self.enqueue_many([spec])[0]
 
-    def enqueue_many(self, specs: Sequence[JobSpec]) -> list[tuple[Job, bool]]:
-        """Add several jobs in one transaction (all or none), deduplicating as ``enqueue``."""
+    def enqueue_many(self, specs: Sequence[JobSpec], *, by: str = "sql"
+                     ) -> list[tuple[Job, bool]]:
+        """Add several jobs in one transaction (all or none), deduplicating as ``enqueue``;
+        ``by`` is who, for the history (``sql``, ``enqueue``, ``operator``)."""
         for spec in specs:
             _check_spec(spec)
         results: list[tuple[Job, bool]] = []
-        now = self._clock()
-        with self._tx() as conn:
+        now = self.clock()
+        with self.transaction() as conn:
             for spec in specs:
                 if spec.dedupe_key is not None:
                     row = conn.execute(
-                        f"SELECT {_COLUMNS} FROM jobs WHERE queue = ? AND dedupe_key = ?",
-                        (spec.queue, spec.dedupe_key),
+                        f"SELECT {_COLUMNS} FROM jobs WHERE organization_id = ? AND queue = ?"
+                        " AND dedupe_key = ?",
+                        (spec.organization, spec.queue, spec.dedupe_key),
                     ).fetchone()
                     if row is not None:
                         results.append((Job.from_row(row), False))
                         continue
                 rows = conn.execute(
-                    "INSERT INTO jobs (queue, type, payload, max_attempts, created_at, updated_at,"
-                    " dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO jobs (organization_id, queue, type, payload, max_attempts,"
+                    " created_at, updated_at, run_at, dedupe_key)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     f" RETURNING {_COLUMNS}",
-                    (
-                        spec.queue,
-                        spec.type,
-                        json.dumps(dict(spec.payload), separators=(",", ":")),
-                        spec.max_attempts,
-                        now,
-                        now,
-                        spec.dedupe_key,
-                    ),
+                    (spec.organization, spec.queue, spec.type, dump(dict(spec.payload)),
+                     spec.max_attempts, now, now, now if spec.run_at is None else spec.run_at,
+                     spec.dedupe_key),
                 ).fetchall()
-                results.append((Job.from_row(rows[0]), True))
+                job = Job.from_row(rows[0])
+                history.append(conn, job.id, "enqueued", now, data={"by": by})
+                results.append((job, True))
         return results
 
-    def claim(self, queue: str, worker_id: str | None = None) -> Job | None:
-        """Atomically take the oldest queued job of ``queue`` (expired leases are recovered
+    def claim(self, queue: str, worker_id: str | None = None, *, org: str = OWN) -> Job | None:
+        """Atomically take the oldest due job of ``queue`` (expired leases are recovered
         first); returns it as ``running`` with ``attempts`` already counting this run."""
-        now = self._clock()
-        with self._tx() as conn:
-            self._requeue_expired(conn, self.lease_s, now)
+        now = self.clock()
+        with self.transaction() as conn:
+            self._requeue_expired(conn, now)
             # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
             rows = conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-                " started_at = ?, updated_at = ?, finished_at = NULL, worker_id = ?"
-                " WHERE id = (SELECT id FROM jobs WHERE queue = ? AND status = 'queued'"
-                "             ORDER BY id LIMIT 1)"
+                " started_at = ?, updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
+                " finished_at = NULL, worker_id = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE organization_id = ? AND queue = ?"
+                "             AND status = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1)"
                 " AND status = 'queued'"
                 f" RETURNING {_COLUMNS}",
-                (now, now, worker_id, queue),
+                (now, now, now, now + self.lease_s, worker_id, org, queue, now),
             ).fetchall()
-        return Job.from_row(rows[0]) if rows else None
+            if not rows:
+                return None
+            job = Job.from_row(rows[0])
+            history.append(conn, job.id, "claimed", now, attempt=job.attempts, worker=worker_id)
+        return job
 
-    def complete(self, job: Job) -> FinishStatus:
-        """The run that claimed ``job`` succeeded: ``done``; "lost" when it was no longer ours."""
-        return self._finish(job, success=True, error=None)
+    def complete(self, job: Job, result: Any = None) -> FinishStatus:
+        """The run that claimed ``job`` succeeded: ``done`` (``cancelled`` when an operator
+        asked meanwhile); "lost" when it was no longer ours."""
+        return self._finish(job, error=None, result=result)
 
     def fail(self, job: Job, error: str | None = None) -> FinishStatus:
         """The run that claimed ``job`` failed: back to ``queued`` ("retry") while attempts <
-        max_attempts, else ``failed``; "lost" when it was no longer ours."""
-        return self._finish(job, success=False, error=error)
+        max_attempts, else ``failed``; ``cancelled`` when an operator asked meanwhile; "lost"
+        when it was no longer ours."""
+        return self._finish(job, error=error or "failed")
 
-    def _finish(self, job: Job, *, success: bool, error: str | None) -> FinishStatus:
+    def cancelled_while_running(self, job: Job) -> FinishStatus:
+        """The run stopped because an operator cancelled it: ``cancelled``, never retried."""
+        return self._finish(job, error=None, stopped=True)
+
+    def _finish(self, job: Job, *, error: str | None, result: Any = None,
+                stopped: bool = False) -> FinishStatus:
         """The claim's attempt number acts as a fencing token: if the job was requeued by a
         lease expiry in the meantime, nothing is written and "lost" is returned."""
-        now = self._clock()
-        with self._tx() as conn:
+        now = self.clock()
+        with self.transaction() as conn:
             row = conn.execute(
-                "SELECT status, attempts, max_attempts FROM jobs WHERE id = ?", (job.id,)
+                "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = ?",
+                (job.id,),
             ).fetchone()
             if row is None or row[0] != "running" or row[1] != job.attempts:
                 return "lost"
-            if success:
+            if stopped or row[3]:
+                _end_cancelled(conn, job.id, now, "cancelled while running: an operator asked"
+                               + (f" (the run ended: {error})" if error else ""))
+                return "cancelled"
+            if error is None:
                 conn.execute(
                     "UPDATE jobs SET status = 'done', finished_at = ?, updated_at = ?,"
-                    " last_error = NULL WHERE id = ?",
-                    (now, now, job.id),
+                    " lease_expires_at = NULL, last_error = NULL, result = ? WHERE id = ?",
+                    (now, now, None if result is None else dump(result), job.id),
                 )
+                history.append(conn, job.id, "completed", now, attempt=job.attempts,
+                               worker=job.worker_id)
                 return "done"
-            if row[1] < row[2]:
-                conn.execute(
-                    "UPDATE jobs SET status = 'queued', started_at = NULL, updated_at = ?,"
-                    " last_error = ? WHERE id = ?",
-                    (now, error, job.id),
-                )
-                return "retry"
-            conn.execute(
-                "UPDATE jobs SET status = 'failed', finished_at = ?, updated_at = ?,"
-                " last_error = ? WHERE id = ?",
-                (now, now, error, job.id),
-            )
-            return "failed"
+            return _record_failure(conn, job, row[1] < row[2], error, now)
 
     def requeue(self, job: Job, reason: str) -> bool:
         """Give a claimed job back to ``queued`` without counting the attempt (the run was
         interrupted by a shutdown, not failed). Returns False when the job was no longer ours."""
-        now = self._clock()
-        with self._tx() as conn:
+        now = self.clock()
+        with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'queued', attempts = attempts - 1, started_at = NULL,"
-                " updated_at = ?, last_error = ?"
+                " updated_at = ?, last_error = ?, lease_expires_at = NULL"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (now, reason, job.id, job.attempts),
             )
+            if cur.rowcount == 1:
+                history.append(conn, job.id, "requeued", now, attempt=job.attempts,
+                               worker=job.worker_id, message=reason)
             return cur.rowcount == 1
 
-    def heartbeat(self, job: Job) -> bool:
-        """The run holding ``job`` is alive: its lease starts again from now. False when the
-        job is no longer ours (finished, or requeued after its lease ran out)."""
-        with self._tx() as conn:
+    def heartbeat(self, job: Job, progress: Any = None) -> bool:
+        """The run holding ``job`` is alive: its lease starts again from now (with
+        ``progress``, a checkpoint, saved and recorded). False when the job is no longer ours
+        (finished, or requeued after its lease ran out)."""
+        now = self.clock()
+        with self.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET updated_at = ? WHERE id = ? AND status = 'running'"
-                " AND attempts = ?",
-                (self._clock(), job.id, job.attempts),
+                "UPDATE jobs SET updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
+                " progress = COALESCE(?, progress)"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (now, now, now + self.lease_s, None if progress is None else dump(progress),
+                 job.id, job.attempts),
             )
+            if cur.rowcount == 1 and progress is not None:
+                history.append(conn, job.id, "progress", now, attempt=job.attempts,
+                               data={"progress": progress})
             return cur.rowcount == 1
+
+    def cancel_requested(self, job: Job) -> bool:
+        """Whether an operator asked the run holding ``job`` to stop (a read, no write)."""
+        with self.reading() as conn:
+            row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?",
+                               (job.id,)).fetchone()
+        return bool(row and row[0])
 
     def requeue_expired(self, lease_s: float | None = None) -> int:
-        """Put back to ``queued`` every ``running`` job without a claim or heartbeat for longer
-        than ``lease_s`` (default: the store's lease); returns how many. The attempt stays
-        counted: the run may have been what killed the runner."""
-        lease = self.lease_s if lease_s is None else lease_s
-        with self._tx() as conn:
-            return self._requeue_expired(conn, lease, self._clock())
+        """Put back to ``queued`` every ``running`` job whose lease ran out (with ``lease_s``:
+        without a claim or heartbeat for longer than that); returns how many. The attempt stays
+        counted: the run may have been what killed the runner. A job an operator asked to
+        cancel ends ``cancelled`` instead."""
+        with self.transaction() as conn:
+            return self._requeue_expired(conn, self.clock(), lease_s)
 
     @staticmethod
-    def _requeue_expired(conn: sqlite3.Connection, lease_s: float, now: float) -> int:
-        cur = conn.execute(
-            "UPDATE jobs SET status = 'queued', updated_at = ?, started_at = NULL,"
-            " last_error = 'lease expired: the runner holding it is presumed dead'"
-            " WHERE status = 'running' AND updated_at < ?",
-            (now, now - lease_s),
-        )
-        return cur.rowcount
+    def _requeue_expired(conn: sqlite3.Connection, now: float,
+                         lease_s: float | None = None) -> int:
+        if lease_s is None:
+            where, bound = "lease_expires_at < ?", now
+        else:
+            where, bound = "heartbeat_at < ?", now - lease_s
+        rows = conn.execute(
+            f"SELECT id, attempts, worker_id, cancel_requested FROM jobs"
+            f" WHERE status = 'running' AND {where}", (bound,)).fetchall()
+        for job_id, attempt, worker, cancel in rows:
+            history.append(conn, job_id, "lease_expired", now, attempt=attempt, worker=worker)
+            if cancel:
+                _end_cancelled(conn, job_id, now, "its lease ran out while it was being cancelled")
+                continue
+            conn.execute(
+                "UPDATE jobs SET status = 'queued', updated_at = ?, started_at = NULL,"
+                " lease_expires_at = NULL,"
+                " last_error = 'lease expired: the runner holding it is presumed dead'"
+                " WHERE id = ?", (now, job_id))
+        return len(rows)
 
     def purge(self, older_than_s: float, max_rows: int = 10_000) -> int:
-        """Delete up to ``max_rows`` jobs ``done`` or ``failed`` more than ``older_than_s`` ago,
-        oldest first; returns how many."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs"
-                " WHERE status IN ('done', 'failed') AND finished_at < ?"
-                " ORDER BY finished_at LIMIT ?)",
-                (self._clock() - older_than_s, max(max_rows, 0)),
-            )
-            return cur.rowcount
+        """Delete up to ``max_rows`` finished jobs (``done``, ``failed``, ``cancelled``) of
+        every organization finished more than ``older_than_s`` ago, oldest first, with their
+        histories; returns how many. The global clean-up; an operator's is steering.purge."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM jobs WHERE status IN ('done', 'failed', 'cancelled')"
+                " AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                (self.clock() - older_than_s, max(max_rows, 0)))]
+            return delete_jobs(conn, ids)
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+    def get(self, job_id: int, *, org: str | None = None) -> Job | None:
+        """The job, or None; with ``org``, only that organization's."""
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
+        params: tuple[Any, ...] = (job_id,)
+        if org is not None:
+            sql += " AND organization_id = ?"
+            params += (org,)
+        with self.reading() as conn:
+            row = conn.execute(sql, params).fetchone()
         return Job.from_row(row) if row is not None else None
 
     def stats(self, queue: str | None = None) -> dict[str, Any]:
-        """Counts by status, overall and per queue: ``{"queued": n, ..., "total": n,
-        "byQueue": {queue: {"queued": n, ..., "total": n}}}`` (only ``queue`` when given)."""
+        """Counts by status, overall and per queue, every organization: ``{"queued": n, ...,
+        "total": n, "byQueue": {queue: {"queued": n, ..., "total": n}}}`` (only ``queue`` when
+        given). The operator's summary, per organization, is steering.stats."""
         sql = "SELECT queue, status, COUNT(*) FROM jobs"
         params: tuple[str, ...] = ()
         if queue is not None:
             sql += " WHERE queue = ?"
             params = (queue,)
-        with self._lock:
-            rows = self._conn.execute(sql + " GROUP BY queue, status", params).fetchall()
+        with self.reading() as conn:
+            rows = conn.execute(sql + " GROUP BY queue, status", params).fetchall()
         totals: dict[str, Any] = {s: 0 for s in STATUSES} | {"total": 0}
         by_queue: dict[str, dict[str, int]] = {}
         if queue is not None:
@@ -399,6 +523,59 @@ class JobStore:
             totals["total"] += count
         totals["byQueue"] = by_queue
         return totals
+
+
+def select_jobs(conn: sqlite3.Connection, where: str, params: Sequence[Any],
+                tail: str = "") -> list[Job]:
+    """Jobs matching a WHERE clause (steering.py's reads)."""
+    return [Job.from_row(r) for r in conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE {where} {tail}", tuple(params))]
+
+
+def delete_jobs(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """Delete jobs and their histories; how many jobs went."""
+    deleted = 0
+    for start in range(0, len(ids), 500):  # SQLite's bound on host parameters
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", chunk)
+        deleted += conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk).rowcount
+    return deleted
+
+
+def end_cancelled(conn: sqlite3.Connection, job_id: int, now: float, why: str) -> None:
+    """The job ends ``cancelled`` (steering.py cancels queued jobs with it)."""
+    _end_cancelled(conn, job_id, now, why)
+
+
+def _end_cancelled(conn: sqlite3.Connection, job_id: int, now: float, why: str) -> None:
+    conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?, updated_at = ?,"
+        " lease_expires_at = NULL WHERE id = ?", (now, now, job_id))
+    history.append(conn, job_id, "cancelled", now, message=why)
+
+
+def _record_failure(conn: sqlite3.Connection, job: Job, again: bool, error: str,
+                    now: float) -> FinishStatus:
+    if again:
+        # Due again at once, in its place: the reference runner has no backoff of its own.
+        conn.execute(
+            "UPDATE jobs SET status = 'queued', started_at = NULL, updated_at = ?,"
+            " lease_expires_at = NULL, last_error = ? WHERE id = ?",
+            (now, error, job.id),
+        )
+        run_at = conn.execute("SELECT run_at FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+        history.append(conn, job.id, "failed", now, attempt=job.attempts, worker=job.worker_id,
+                       message=error, data={"retryAt": history.iso(max(run_at, now))})
+        return "retry"
+    conn.execute(
+        "UPDATE jobs SET status = 'failed', finished_at = ?, updated_at = ?,"
+        " lease_expires_at = NULL, last_error = ? WHERE id = ?",
+        (now, now, error, job.id),
+    )
+    history.append(conn, job.id, "failed", now, attempt=job.attempts, worker=job.worker_id,
+                   message=error, data={"final": True})
+    return "failed"
 
 
 def _check_spec(spec: JobSpec) -> None:

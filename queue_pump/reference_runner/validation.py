@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .store import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobSpec
@@ -15,7 +15,7 @@ MAX_BATCH = 10_000
 # A day: far beyond any test, but a typo'd duration cannot park a job for weeks.
 MAX_DURATION_MS = 86_400_000
 
-_JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
+JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
 
 
 class BadRequest(ValueError):
@@ -24,12 +24,19 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """How the reference runner "runs" a job, read from its payload."""
+    """How the reference runner "runs" a job, read from its type and payload.
+
+    The kit's handler types run as the kit runs them (supabase/functions/ai-job-runner/
+    handlers.ts): ``echo`` returns its payload, ``sleep`` waits ``{"ms": N}`` (stopped early by
+    a cancel), ``fail`` throws ``{"message": M}``. Any type also obeys the payload's knobs
+    (``duration_ms``, ``fail_rate``, ``fail_times``, ``yield``)."""
 
     duration_ms: float = 0.0
     fail_rate: float = 0.0
     fail_times: int = 0
     yield_: bool = False
+    error: str | None = None  # the handler's own failure, decided by type and payload
+    result: Any = None
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> RunSpec:
@@ -44,6 +51,32 @@ class RunSpec:
             fail_times=max(int(fail_times), 0),
             yield_=payload.get("yield") is True,
         )
+
+    @classmethod
+    def from_job(cls, job_type: str, payload: dict[str, Any], lease_s: float) -> RunSpec:
+        spec = cls.from_payload(payload)
+        if job_type == "echo":
+            return replace(spec, result={"echo": payload})
+        if job_type == "fail":
+            message = payload.get("message")
+            return replace(spec, error=message if isinstance(message, str)
+                           else "fail: this handler always fails")
+        if job_type == "sleep":
+            return _sleep(spec, payload.get("ms", 0), lease_s)
+        return spec
+
+
+def _sleep(spec: RunSpec, ms: object, lease_s: float) -> RunSpec:
+    if not _is_number(ms) or ms < 0:  # type: ignore[operator]
+        return replace(spec, error="sleep: payload.ms must be a number >= 0")
+    wanted = float(ms)  # type: ignore[arg-type]
+    # As the kit's deadline does: a run ends well inside its lease, or it would be run twice.
+    budget = max(lease_s * 1000 * 0.9, 0.0)
+    if wanted > budget:
+        return replace(spec, duration_ms=budget,
+                       error=f"sleep: deadline reached before {wanted:g} ms")
+    return replace(spec, duration_ms=max(spec.duration_ms, wanted),
+                   result={"slept_ms": int(wanted) if wanted.is_integer() else wanted})
 
 
 def _num(value: object, default: float) -> float:
@@ -94,27 +127,33 @@ def check_name(value: object, where: str, max_len: int = MAX_NAME_LEN) -> str:
 
 
 def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
+    """One job object; ``where`` prefixes the field names in messages ("" for none)."""
+
+    def at(name: str) -> str:
+        return f"{where}.{name}" if where else name
+
     if not isinstance(obj, dict):
-        raise BadRequest(f"{where} must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(k for k in obj if k not in _JOB_KEYS)
+        raise BadRequest(f"{where or 'body'} must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(k for k in obj if k not in JOB_KEYS)
     if unknown:
         raise BadRequest(
-            f"{where} has unknown field(s) {', '.join(unknown)} (allowed: {', '.join(_JOB_KEYS)})"
+            f"{where or 'body'} has unknown field(s) {', '.join(unknown)}"
+            f" (allowed: {', '.join(JOB_KEYS)})"
         )
     if "type" not in obj:
-        raise BadRequest(f"{where}.type is required")
-    job_type = check_name(obj["type"], f"{where}.type")
+        raise BadRequest(f"{at('type')} is required")
+    job_type = check_name(obj["type"], f"{at('type')}")
     payload = obj.get("payload", {})
     if payload is None:
         payload = {}
     if not isinstance(payload, dict):
-        raise BadRequest(f"{where}.payload must be a JSON object, got {type(payload).__name__}")
-    check_run_knobs(payload, f"{where}.payload", lease_s)
+        raise BadRequest(f"{at('payload')} must be a JSON object, got {type(payload).__name__}")
+    check_run_knobs(payload, f"{at('payload')}", lease_s)
     queue = obj.get("queue", DEFAULT_QUEUE)
-    queue = DEFAULT_QUEUE if queue is None else check_name(queue, f"{where}.queue")
+    queue = DEFAULT_QUEUE if queue is None else check_name(queue, f"{at('queue')}")
     dedupe_key = obj.get("dedupeKey")
     if dedupe_key is not None:
-        dedupe_key = check_name(dedupe_key, f"{where}.dedupeKey", MAX_DEDUPE_KEY_LEN)
+        dedupe_key = check_name(dedupe_key, f"{at('dedupeKey')}", MAX_DEDUPE_KEY_LEN)
     max_attempts = obj.get("maxAttempts", DEFAULT_MAX_ATTEMPTS)
     if max_attempts is None:
         max_attempts = DEFAULT_MAX_ATTEMPTS
@@ -124,7 +163,7 @@ def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
         or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
     ):
         raise BadRequest(
-            f"{where}.maxAttempts must be an integer between 1 and {MAX_ATTEMPTS_LIMIT},"
+            f"{at('maxAttempts')} must be an integer between 1 and {MAX_ATTEMPTS_LIMIT},"
             f" got {max_attempts!r}"
         )
     return JobSpec(job_type, payload, queue, dedupe_key, max_attempts)

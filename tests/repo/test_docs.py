@@ -48,6 +48,13 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", "python3 -m venv /tmp/rt && /tmp/rt/bin/pip install -q "
                            "--require-hashes --no-deps \\"):
         PYPI + "; tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", "/tmp/rt/bin/python bench/run.py idle --rounds 2 --seconds 30 "
+                           "--warmup-s 10"):
+        "needs the runtime-only venv the block above builds from a package registry; "
+        "tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --jobs 1000000 --calls 300 "
+                           "--claims 300"):
+        "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/DEPLOY.md", "cp .env.example .env            # fill in SUPABASE_URL, AGENT_TOKEN, "
@@ -118,7 +125,13 @@ def run_local_tryout(body: str, tmp_path: Path) -> None:
     assert re.search(r'"processed": 10, "event": "queue_drained"', done.stdout), done.stdout
     assert "enqueued 10 demo job(s)" in done.stdout
     assert "give the pump SUPABASE_URL=" in done.stderr
-    assert "local-dev-token" not in done.stdout + done.stderr
+    # the operator's side: the newest three, and job 1 in full
+    listed = [line.split() for line in done.stdout.splitlines() if re.match(r"^\d+ +done ", line)]
+    assert [row[0] for row in listed] == ["10", "9", "8"], done.stdout
+    assert "job 1: done, demo in queue agent, attempt 1 of 3" in done.stdout
+    assert re.search(r"\bclaimed\b.*\n.*\bcompleted\b", done.stdout), done.stdout
+    for secret in ("local-dev-token", "local-admin-token-0123"):
+        assert secret not in done.stdout + done.stderr
 
 
 def run_reference_runner_start(body: str, tmp_path: Path) -> None:
@@ -142,9 +155,11 @@ def run_reference_runner_start(body: str, tmp_path: Path) -> None:
 
 RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
     ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token\\n"
-                  "ORGANIZATION_ID=local-org\\n' > .env && chmod 600 .env"): run_local_tryout,
-    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ORGANIZATION_ID=dev-org queue-pump "
-                                "runner --port 8000 --seed-jobs 20"): run_reference_runner_start,
+                  "ADMIN_TOKEN=local-admin-token-0123\\nORGANIZATION_ID=local-org\\n' > .env "
+                  "&& chmod 600 .env"): run_local_tryout,
+    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ADMIN_TOKEN=dev-admin-token-0123 "
+                                "ORGANIZATION_ID=dev-org queue-pump runner --port 8000 "
+                                "--seed-jobs 20"): run_reference_runner_start,
 }
 
 

@@ -86,12 +86,14 @@ def test_a_missing_env_file_says_where_the_pump_looked(tmp_path: Path) -> None:
 
 def test_failed_and_retried_jobs_get_their_own_lines(fake_time: FakeTime,
                                                      logs: list[dict[str, Any]]) -> None:
-    run([Processed(job_id="7", job_type="mail", status="failed"),
-         Processed(job_id="8", job_type="mail", status="retry"),
+    run([Processed(job_id="7", job_type="mail", status="failed", error="SMTP said 550"),
+         Processed(job_id="8", job_type="mail", status="retry", error="timeout"),
          Processed(job_id="9", job_type="mail", status="done")], fake_time)
-    lines = [(e["event"], e["log_level"], e["job_id"]) for e in logs
+    lines = [(e["event"], e["log_level"], e["job_id"], e["error"]) for e in logs
              if e["event"].startswith("job_")]
-    assert lines == [("job_failed", "warning", "7"), ("job_retry", "info", "8")]
+    # with the runner's reason: a failed job is findable without the runner's own log
+    assert lines == [("job_failed", "warning", "7", "SMTP said 550"),
+                     ("job_retry", "info", "8", "timeout")]
 
 
 def test_drain_that_gives_up_says_so_and_why(fake_time: FakeTime,
@@ -203,6 +205,7 @@ def test_help_fits_80_columns_and_names_every_command(tmp_path: Path) -> None:
     wide = [line for line in out.stdout.splitlines() if len(line) > 80]
     assert wide == []
     assert "queue-pump {run,runner,demo,status,healthcheck,config} --help" in out.stdout
+    assert "queue-pump {jobs,top} --help" in out.stdout
     assert "  QUEUE_PUMP_CONCURRENCY  (default: 1)" in out.stdout
 
 

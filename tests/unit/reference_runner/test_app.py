@@ -384,6 +384,7 @@ def test_stats_by_queue_and_filtered() -> None:
             s = await stats(client)
             assert (s["queued"], s["done"], s["failed"], s["total"]) == (1, 1, 1, 3)
             assert s["byQueue"]["a"] == {"queued": 1, "running": 0, "done": 1, "failed": 0,
+                                         "cancelled": 0,
                                          "total": 2}
             assert s["byQueue"]["b"]["failed"] == 1
             only_b = await stats(client, queue="b")
@@ -391,6 +392,7 @@ def test_stats_by_queue_and_filtered() -> None:
             empty = await stats(client, queue="nothing-here")
             assert empty["total"] == 0 and empty["byQueue"] == {
                 "nothing-here": {"queued": 0, "running": 0, "done": 0, "failed": 0,
+                                 "cancelled": 0,
                                  "total": 0}}
             assert s["faults"]["error_rate"] == 0.0
 

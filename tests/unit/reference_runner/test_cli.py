@@ -81,6 +81,25 @@ def test_bad_values_are_one_line_and_exit_2(
     assert needle in err and TOKEN not in err
 
 
+@pytest.mark.parametrize(("admin", "needle"), [
+    (TOKEN + "-longer-than-16", None),
+    ("short-admin", "ADMIN_TOKEN must be at least 16 characters, got 11"),
+])
+def test_the_admin_token_is_long_and_not_the_pumps(
+    admin: str, needle: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    same = {**ENV, "AGENT_TOKEN": admin, "ADMIN_TOKEN": admin}
+    if needle is None:  # long enough, but the pump's own: refused
+        needle = "ADMIN_TOKEN must differ from AGENT_TOKEN"
+        env = same
+    else:
+        env = {**ENV, "ADMIN_TOKEN": admin}
+    assert main(parse("--port", "0"), env) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert needle in err and admin not in err
+
+
 def test_unopenable_database_is_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -150,9 +150,10 @@ def test_stats_counts_by_status_and_queue() -> None:
     assert job is not None
     s = store.stats()
     assert (s["queued"], s["running"], s["total"]) == (2, 1, 3)
-    assert s["byQueue"]["a"] == {"queued": 1, "running": 1, "done": 0, "failed": 0, "total": 2}
+    assert s["byQueue"]["a"] == {"queued": 1, "running": 1, "done": 0, "failed": 0,
+                                 "cancelled": 0, "total": 2}
     assert store.stats("b")["byQueue"] == {
-        "b": {"queued": 1, "running": 0, "done": 0, "failed": 0, "total": 1}}
+        "b": {"queued": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 1}}
     store.close()
 
 
