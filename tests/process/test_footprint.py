@@ -1,9 +1,11 @@
 """What a pump at the defaults loads, read from the real process (python -X importtime): the
 transport that was not chosen never, and what only some runs need (metrics, backoff, .env,
-misspelled names) not before it is needed. Idle memory itself is measured in bench/ (idle)."""
+misspelled names) not before it is needed; and how many copies of the trust store it holds.
+Idle memory itself is measured in bench/ (idle)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -43,3 +45,39 @@ def test_a_run_loads_its_transport_alone_and_nothing_it_does_not_use(
     assert transport in names
     assert not names & NOT_CHOSEN[transport]
     assert not names & LATER
+
+
+# The real pump (python -m queue_pump), and at its exit a count of the TLS contexts it holds
+# and of those with certificates loaded: each such copy of the system trust store is ~0.8 MB.
+COUNT_TRUST_STORES = """
+import atexit, gc, json, runpy, ssl, sys
+
+def count():
+    contexts = [o for o in gc.get_objects() if isinstance(o, ssl.SSLContext)]
+    loaded = [c for c in contexts if c.cert_store_stats()["x509_ca"]]
+    print("TRUST_STORES " + json.dumps({"contexts": len(contexts), "loaded": len(loaded)}),
+          file=sys.stderr)
+
+atexit.register(count)
+sys.argv = ["queue_pump", *sys.argv[1:]]
+runpy.run_module("queue_pump", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_pump_holds_one_trust_store_with_a_webhook_client_too(
+        transport: str, tmp_path: object) -> None:
+    with runner_double(lambda i: IDLE) as double:
+        env = pump_env(double.url, QUEUE_PUMP_HTTP_TRANSPORT=transport,
+                       QUEUE_PUMP_ALERT_WEBHOOK_URL=double.url + "/hook")
+        proc = subprocess.run([sys.executable, "-c", COUNT_TRUST_STORES, "--once"], env=env,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        assert double.seen  # it made its call
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("TRUST_STORES "))
+    held = json.loads(line.removeprefix("TRUST_STORES "))
+    assert held["loaded"] == 1, held
+    # The count saw them all: aiohttp builds two contexts of its own at import (verified and
+    # not), which would each load the trust store; the pump hands every session its own.
+    assert held["contexts"] >= (3 if transport == "aiohttp" else 1), held
