@@ -69,36 +69,14 @@ def build_http_client(
 
 
 def _aiohttp_transport(endpoint: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport over a session configured here, not by its defaults.
-
-    - the pool: at most ``max_connections`` (aiohttp has no separate keep-alive count);
-    - no cookie jar: like the Node pump's fetch, nothing a runner sets is sent back;
-    - proxies from the environment, resolved once here for the one endpoint, because httpx
-      ignores them when handed a transport, and aiohttp's own ``trust_env`` would also read
-      ~/.netrc for credentials and look the proxy up again on every call;
-    - TLS: the process's ``trust_store()``, the one context every client shares.
-    """
+    """The aiohttp transport (aiohttp_transport.py): the pool sized by ``limits``, the trust
+    store, and the proxy the environment names for ``endpoint``, looked up once here, because
+    httpx ignores the environment's proxies when handed a transport."""
     _import_aiohttp()
     # Imported only when chosen, so the httpx transport never loads aiohttp.
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
+    from .aiohttp_transport import AiohttpTransport
 
-    verified = trust_store()  # loaded here, not inside the event loop at the first call
-
-    def session() -> aiohttp.ClientSession:
-        # Called by the transport on its first request, inside the running event loop.
-        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0,
-                                         keepalive_timeout=limits.keepalive_expiry,
-                                         ssl=verified)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=False)
-
-    # httpx-aiohttp builds a context from ``verify`` for its own session, which ``session``
-    # replaces: a bare client context (it verifies, and trusts nothing) costs nothing to build.
-    unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
-        verify=unused, limits=limits, proxy=_env_proxy(endpoint), client=session)
-    return transport
+    return AiohttpTransport(limits, trust_store(), proxy=_env_proxy(endpoint))
 
 
 # What OpenSSL reads for the default trust store (ssl.get_default_verify_paths()).

@@ -163,9 +163,10 @@ def test_the_tls_context_verifies_certificates_and_host_names(transport: str) ->
     asyncio.run(http.aclose())
 
 
-def test_the_webhook_client_verifies_with_the_runner_clients_trust_store() -> None:
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_the_webhook_client_verifies_with_the_runner_clients_trust_store(transport: str) -> None:
     """One trust store per process, loaded once, and the alert webhook's client verifies too."""
-    settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": "httpx",
+    settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": transport,
                               "QUEUE_PUMP_ALERT_WEBHOOK_URL": "https://hooks.example/x"})
     http = build_http_client(http_config(settings_))
     alerter = start_alerter(settings_, Stats(), structlog.get_logger())
