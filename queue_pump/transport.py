@@ -22,10 +22,14 @@ IDENTITY = "identity"
 
 @functools.cache
 def trust_store() -> ssl.SSLContext:
-    """The process's one TLS context, shared by every client it builds: loading the trust
-    store costs ~30 ms of CPU and ~0.8 MB each time. Verification is always on; the trust
-    store is the system's, so corporate CAs work."""
-    return ssl.create_default_context()
+    """The process's one TLS context, shared by every client it builds, on either transport:
+    loading the trust store costs ~30 ms of CPU and ~0.8 MB each time. Verification is always
+    on; the trust store is the system's (SSL_CERT_FILE and SSL_CERT_DIR honoured), so corporate
+    CAs work."""
+    context = ssl.create_default_context()
+    # HTTP/1.1 only, as aiohttp's own context says; httpcore sets the same on every connect.
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 @dataclass(frozen=True)
@@ -65,37 +69,49 @@ def build_http_client(
 
 
 def _aiohttp_transport(endpoint: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport over a session configured here, not by its defaults.
+    """The aiohttp transport (aiohttp_transport.py): the pool sized by ``limits``, the trust
+    store, and the proxy the environment names for ``endpoint``, looked up once here, because
+    httpx ignores the environment's proxies when handed a transport."""
+    _import_aiohttp()
+    # Imported only when chosen, so the httpx transport never loads aiohttp.
+    from .aiohttp_transport import AiohttpTransport
 
-    - the pool: at most ``max_connections`` (aiohttp has no separate keep-alive count);
-    - no cookie jar: like the Node pump's fetch, nothing a runner sets is sent back;
-    - proxies from the environment, resolved once here for the one endpoint, because httpx
-      ignores them when handed a transport, and aiohttp's own ``trust_env`` would also read
-      ~/.netrc for credentials and look the proxy up again on every call;
-    - TLS: aiohttp's verifying default (``ssl.create_default_context()``, the system trust
-      store, built when aiohttp is imported), not a third copy of the trust store (~0.8 MB).
+    return AiohttpTransport(limits, trust_store(), proxy=_env_proxy(endpoint))
+
+
+# What OpenSSL reads for the default trust store (ssl.get_default_verify_paths()).
+_TRUST_STORE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+@functools.cache
+def _import_aiohttp() -> None:
+    """aiohttp, imported without the two trust stores it would load for itself.
+
+    Importing aiohttp builds two TLS contexts (``aiohttp.connector``): a verifying one and
+    one for ``ssl=False``, each loading the system trust store, ~0.8 MB apiece, for contexts
+    the pump never uses: every session it builds is handed ``trust_store()``. So for the
+    moment of the import the default verify paths point at nothing (os.devnull), and both of
+    aiohttp's contexts trust no one: a caller that ever fell back to them would fail closed,
+    never open. The variables are put back in ``finally`` as they were, a value the user set
+    included, before ``trust_store()`` reads them. It runs once, in the event loop's thread
+    before the first call, with the GIL held by every write and read of os.environ; the one
+    other thread then is the health server's, which makes no TLS connection and no name lookup
+    (the C library calls that read the environment without the GIL).
     """
     # frozenlist (aiohttp's signal lists, read when a trace hook fires, which the pump never
     # sets) is otherwise the one C++ extension loaded: its pure-Python build spares the C++
     # runtime, ~1 MB of an idle pump. setdefault: a value the environment gives still wins.
     os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
-    # Imported only when chosen, so the httpx transport never loads aiohttp.
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
-
-    def session() -> aiohttp.ClientSession:
-        # Called by the transport on its first request, inside the running event loop.
-        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0,
-                                         keepalive_timeout=limits.keepalive_expiry, ssl=True)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=False)
-
-    # httpx-aiohttp builds a context from ``verify`` for its own session, which ``session``
-    # replaces: a bare client context (it verifies, and trusts nothing) costs nothing to build.
-    unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
-        verify=unused, limits=limits, proxy=_env_proxy(endpoint), client=session)
-    return transport
+    saved = {name: os.environ.get(name) for name in _TRUST_STORE_VARIABLES}
+    os.environ.update(dict.fromkeys(_TRUST_STORE_VARIABLES, os.devnull))
+    try:
+        import aiohttp  # noqa: F401
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _env_proxy(url: str) -> httpx.Proxy | None:

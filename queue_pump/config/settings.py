@@ -124,8 +124,8 @@ class Settings:
         low=1024, high=256 * MIB)
     http_transport: str = setting(
         "QUEUE_PUMP_HTTP_TRANSPORT", Kind.CHOICE, "aiohttp",
-        "What carries the calls under the httpx API: httpx (its own pool) or aiohttp "
-        "(httpx-aiohttp).", choices=("httpx", "aiohttp"))
+        "What carries the calls under the httpx API: httpx (its own pool) or aiohttp.",
+        choices=("httpx", "aiohttp"))
     log_format: str = setting(
         "QUEUE_PUMP_LOG_FORMAT", Kind.CHOICE, "",
         "json or console; default json when stdout is not a terminal.",

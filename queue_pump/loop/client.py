@@ -141,8 +141,9 @@ class RunnerClient:
                 hint="the pump asks for Accept-Encoding: identity and never inflates an answer; "
                      "make the runner (or the proxy in front of it) send it uncompressed") from None
         except Exception as exc:
-            # httpx-aiohttp lets through the aiohttp errors its map does not name: those are
-            # classified too; anything else is a bug, for the loop to count as "internal".
+            # The aiohttp transport lets through the aiohttp errors its map does not name:
+            # those are classified too; anything else is a bug, for the loop to count as
+            # "internal".
             error = failures.from_exception(exc, failures.RUNNER)
             if error is None:
                 raise
@@ -208,7 +209,8 @@ class _WireMeter:
     hundreds of MB in a few hundred pieces. So the count is taken where aiohttp reads, on the
     connection's protocol, for this one answer. httpx's own transport (h11) needs no meter:
     each of its pieces is one chunk, whose header h11 caps at 16 kB. Where the attributes are
-    not found (another httpx-aiohttp release), the meter reads 0 and the piece cap remains.
+    not found (a body that is not aiohttp_transport.AiohttpBody), the meter reads 0 and the
+    piece cap remains.
     """
 
     def __init__(self, response: httpx.Response) -> None:

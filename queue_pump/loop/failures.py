@@ -127,9 +127,10 @@ def from_exception(exc: BaseException, hints: Hints) -> CallError | None:
     """A failure below HTTP (connect, DNS, reset, timeout, cut body, bad URL) as a CallError,
     on either transport; None when ``exc`` is none of those (a bug: the caller decides).
 
-    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``, so
-    a refused connection, a failed DNS lookup or a connection dropped after the request all
-    read "timeout" there; the aiohttp error it chains as the cause says what really happened.
+    The aiohttp transport maps every ``aiohttp.ClientConnectionError`` to
+    ``httpx.ConnectTimeout``, as httpx-aiohttp does, so a refused connection, a failed DNS
+    lookup or a connection dropped after the request all read "timeout" there; the aiohttp
+    error it chains as the cause says what really happened.
     """
     native = _in_chain(exc, _is_aiohttp)
     if native is not None:

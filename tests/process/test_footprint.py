@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -27,16 +28,18 @@ _AT_EXIT = ("import atexit, runpy, sys; atexit.register(lambda: print('MODULES',
             "runpy.run_module('queue_pump', run_name='__main__')")
 NOT_CHOSEN = {"httpx": {"aiohttp", "httpx_aiohttp", "frozenlist", "yarl"},
               "aiohttp": {"httpcore", "h11"}}
+# Never loaded: importlib.metadata (with zipfile, csv, importlib.resources: ~0.8 MB), which
+# httpx-aiohttp imported for a version check, before the pump had a transport of its own.
+NEVER = {"importlib.metadata", "zipfile", "csv", "httpx_aiohttp"}
 
 
 def imported(env: dict[str, str], cwd: str) -> set[str]:
-    """Top-level names of every module the process imported, from -X importtime's report."""
+    """Every module the process imported, from -X importtime's report."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "queue_pump", "--once"],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
-             if line.startswith("import time:")}
-    return {name.split(".")[0] for name in names}
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
 
 
 @pytest.mark.e2e
@@ -48,11 +51,13 @@ def test_a_run_loads_its_transport_alone_and_nothing_it_does_not_use(
         env = pump_env(double.url, QUEUE_PUMP_HTTP_TRANSPORT=transport)
         if webhook:  # its client goes through the chosen transport too
             env["QUEUE_PUMP_ALERT_WEBHOOK_URL"] = double.url + "/hook"
-        names = imported(env, str(tmp_path))
+        modules = imported(env, str(tmp_path))
+    names = {module.split(".")[0] for module in modules}
     assert "queue_pump" in names and "httpx" in names  # the report was read
     assert transport in names
     assert not names & NOT_CHOSEN[transport]
     assert not names & LATER
+    assert not modules & NEVER
 
 
 @pytest.mark.e2e
@@ -68,3 +73,39 @@ def test_a_pump_never_loads_rich_even_where_it_is_installed(tmp_path: object) ->
     loaded = set(ast.literal_eval(line.removeprefix("MODULES ")))
     assert {"queue_pump", "structlog", "httpx"} <= loaded  # the run was read
     assert not loaded & OPERATORS_ONLY
+
+
+# The real pump (python -m queue_pump), and at its exit a count of the TLS contexts it holds
+# and of those with certificates loaded: each such copy of the system trust store is ~0.8 MB.
+COUNT_TRUST_STORES = """
+import atexit, gc, json, runpy, ssl, sys
+
+def count():
+    contexts = [o for o in gc.get_objects() if isinstance(o, ssl.SSLContext)]
+    loaded = [c for c in contexts if c.cert_store_stats()["x509_ca"]]
+    print("TRUST_STORES " + json.dumps({"contexts": len(contexts), "loaded": len(loaded)}),
+          file=sys.stderr)
+
+atexit.register(count)
+sys.argv = ["queue_pump", *sys.argv[1:]]
+runpy.run_module("queue_pump", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_pump_holds_one_trust_store_with_a_webhook_client_too(
+        transport: str, tmp_path: object) -> None:
+    with runner_double(lambda i: IDLE) as double:
+        env = pump_env(double.url, QUEUE_PUMP_HTTP_TRANSPORT=transport,
+                       QUEUE_PUMP_ALERT_WEBHOOK_URL=double.url + "/hook")
+        proc = subprocess.run([sys.executable, "-c", COUNT_TRUST_STORES, "--once"], env=env,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        assert double.seen  # it made its call
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("TRUST_STORES "))
+    held = json.loads(line.removeprefix("TRUST_STORES "))
+    assert held["loaded"] == 1, held
+    # The count saw them all: aiohttp builds two contexts of its own at import (verified and
+    # not), which would each load the trust store; the pump hands every session its own.
+    assert held["contexts"] >= (3 if transport == "aiohttp" else 1), held

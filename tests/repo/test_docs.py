@@ -57,6 +57,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
+                           "code"):
+        PYPI + "; tests/repo/test_bench.py runs the harness",
+    ("docs/BENCHMARKS.md", "mkdir -p /tmp/before && git archive af9ba79 queue_pump | tar -x -C "
+                           "/tmp/before"):
+        "benchmarks of minutes against an older commit; benchmarks are not tests",
     ("docs/DEPLOY.md", "cp .env.example .env            # fill in SUPABASE_URL, AGENT_TOKEN, "
                        "ORGANIZATION_ID; never commit .env"): DOCKER,
     ("docs/DEPLOY.md", "# the published image instead of a local build (multi-arch: amd64 and "

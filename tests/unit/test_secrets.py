@@ -163,9 +163,10 @@ def test_the_tls_context_verifies_certificates_and_host_names(transport: str) ->
     asyncio.run(http.aclose())
 
 
-def test_the_webhook_client_verifies_with_the_runner_clients_trust_store() -> None:
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_the_webhook_client_verifies_with_the_runner_clients_trust_store(transport: str) -> None:
     """One trust store per process, loaded once, and the alert webhook's client verifies too."""
-    settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": "httpx",
+    settings_ = from_mapping({**BASE_ENV, "QUEUE_PUMP_HTTP_TRANSPORT": transport,
                               "QUEUE_PUMP_ALERT_WEBHOOK_URL": "https://hooks.example/x"})
     http = build_http_client(http_config(settings_))
     alerter = start_alerter(settings_, Stats(), structlog.get_logger())
@@ -269,6 +270,29 @@ def test_no_environment_variable_turns_verification_off(
     assert done.named("call_failed")[0]["reason"] == "connect"
     assert "CERTIFICATE_VERIFY_FAILED" in done.named("call_failed")[0].get("detail", "")
     assert not double.seen and time.monotonic() - t0 < 15
+    no_secret_in(done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_a_ca_added_to_the_trust_store_is_trusted(
+        tls_double: tuple[RunnerDouble, str], self_signed: tuple[Path, Path],
+        tmp_path: Path, transport: str, variable: str) -> None:
+    """A corporate CA, named the way OpenSSL reads the system trust store (a bundle file, or a
+    hashed directory), is trusted on both transports: the real pump makes its call. With
+    test_no_environment_variable_turns_verification_off above, the pump verifies against the
+    system's store, not a copy of its own, and not an empty one."""
+    double, url = tls_double
+    cert = self_signed[0]
+    where = str(cert)
+    if variable == "SSL_CERT_DIR":  # as update-ca-certificates lays it out: <subject hash>.0
+        digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(cert)],
+                                check=True, capture_output=True, text=True, timeout=30)
+        (tmp_path / f"{digest.stdout.strip()}.0").symlink_to(cert)
+        where = str(tmp_path)
+    done = run(pump_env(url, QUEUE_PUMP_HTTP_TRANSPORT=transport, **{variable: where}), "--once")
+    assert done.code == 0, done.stdout[-2000:]
+    assert len(double.seen) == 1 and not done.named("call_failed")
     no_secret_in(done.stdout, done.stderr)
 
 

@@ -293,7 +293,7 @@ TRANSPORTS = ["httpx", "aiohttp"]
 ])
 def test_failures_after_connect_classify_alike(transport: str, reply_kind: str,
                                                 reason: str) -> None:
-    # httpx-aiohttp maps aiohttp.ClientConnectionError (which a server hang-up is) to
+    # The aiohttp transport maps aiohttp.ClientConnectionError (which a server hang-up is) to
     # httpx.ConnectTimeout: the classifier must look at the cause, not trust the mapped name.
     from tests.support.runner_double import Reply, runner_double
 
