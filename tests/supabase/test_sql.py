@@ -409,11 +409,11 @@ def test_a_claim_reads_the_same_few_rows_with_1000_or_1000000_in_the_table(
             reads[total] = _claim_reads(conn, org)
     big, small = reads[1_000_000], reads[1_000]
     # A table of 1,000 rows may be read whole (the planner's right choice); 1,000,000 never is.
-    assert big["seq_scan"] == 0 and big["idx_tup_fetch"] <= 4, big
-    def rows_read(s: dict[str, Any]) -> int:
-        return int(s["seq_tup_read"] + s["idx_tup_fetch"])
-
-    assert rows_read(big) <= rows_read(small)
+    # "A handful" is at most 8 fetches: the job taken, the next index entries, and entries of
+    # jobs that earlier claims moved on whose removal depends on when vacuum and hint bits run
+    # (4 or 5 seen on the same code). A scan of the finished jobs would be 999,800.
+    assert big["seq_scan"] == 0 and big["idx_tup_fetch"] <= 8, big
+    assert small["seq_tup_read"] + small["idx_tup_fetch"] <= 1_000, small
     with connect(url) as conn:
         statuses = Counter(r["status"] for r in conn.execute(
             "select status from queue_pump.jobs where organization_id = %s", (org,)).fetchall())
