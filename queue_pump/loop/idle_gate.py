@@ -1,9 +1,8 @@
 """Who may call an idle queue: one loop probes it, the others wait, so an idle queue costs one
 loop's calls whatever the concurrency. Pure: no clock, no asyncio; the pump does the waiting.
 
-Each loop polling at the idle pace on its own made 158 calls in 20 s at
-QUEUE_PUMP_CONCURRENCY=8 against an empty queue, 20 at 1: the runner's bill grew with the
-loops, not with the work. Here a loop that gets an idle answer becomes the queue's prober if
+Each loop polling at the idle pace on its own made 158 calls in 20 s with 8 loops against an
+empty queue, 20 with one: the runner's bill grew with the loops, not with the work. Here a loop that gets an idle answer becomes the queue's prober if
 there is none (and sleeps the adaptive idle pace), or else parks: it makes no call until the
 queue has work again. A loop leaves work only on its own idle answer, as before, so loops
 still draining a burst are never parked by another loop's empty claim.
