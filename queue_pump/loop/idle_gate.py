@@ -2,10 +2,11 @@
 loop's calls whatever the concurrency. Pure: no clock, no asyncio; the pump does the waiting.
 
 Each loop polling at the idle pace on its own made 158 calls in 20 s with 8 loops against an
-empty queue, 20 with one: the runner's bill grew with the loops, not with the work. Here a loop that gets an idle answer becomes the queue's prober if
-there is none (and sleeps the adaptive idle pace), or else parks: it makes no call until the
-queue has work again. A loop leaves work only on its own idle answer, as before, so loops
-still draining a burst are never parked by another loop's empty claim.
+empty queue, 20 with one: the runner's bill grew with the loops, not with the work. Here a
+loop that gets an idle answer becomes the queue's prober if there is none (and sleeps the
+adaptive idle pace), or else parks: it makes no call until the queue has work again. A loop
+leaves work only on its own idle answer, as before, so loops still draining a burst are
+never parked by another loop's empty claim.
 
 The first answer with work ends the probing and lets parked loops call again: as many as the
 answer says are useful. A runner that sends ``backlog`` (jobs due after the call) gets
