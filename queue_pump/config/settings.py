@@ -87,7 +87,9 @@ class Settings:
         "Replaces QUEUE_PUMP_QUEUE and QUEUE_PUMP_CONCURRENCY.")
     idle_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_SLEEP_MS", Kind.MS, "10000",
-        "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS)
+        "Sleep after an idle answer (about +-10% jitter). Per queue: while a queue is idle, "
+        "one of its loops polls at this pace and the others wait for work.", low=100,
+        high=DAY_MS)
     idle_max_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_MAX_SLEEP_MS", Kind.MS, "",
         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "
