@@ -362,7 +362,8 @@ class Pump:
         duration = self._clock() - started
         self._log.debug("call", queue=lane.queue, loop=record.name,
                         outcome="error" if error else type(outcome).__name__.lower(),
-                        duration_ms=round(duration * 1000, 2))
+                        duration_ms=round(duration * 1000, 2),
+                        backlog=getattr(outcome, "backlog", None))
         return _Step(outcome, error, duration, woken_before)
 
     def _after_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
