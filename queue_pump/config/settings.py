@@ -80,7 +80,8 @@ class Settings:
         "Queue name, sent in the query (queue=) and the body.")
     concurrency: int = setting(
         "QUEUE_PUMP_CONCURRENCY", Kind.INT, "1",
-        "Loops calling the runner at once, sharing one connection pool.", low=1, high=256)
+        "Loops calling the runner at once, sharing one connection pool; while the queue is "
+        "idle only one of them polls it.", low=1, high=256)
     queues: str = setting(
         "QUEUE_PUMP_QUEUES", Kind.STR, "",
         "Several queues from one process: name:concurrency,... (e.g. agent:2,render:1). "
