@@ -85,8 +85,11 @@ def start_pump(python: str, url: str, concurrency: int, args: argparse.Namespace
                 "QUEUE_PUMP_TICK_SLEEP_MS": str(args.tick_ms),
                 "QUEUE_PUMP_HEALTH_PORT": "0", "QUEUE_PUMP_LOG_LEVEL": "warning",
                 "QUEUE_PUMP_LOG_FORMAT": "json"})
+    # Started in an empty directory: "-m" puts the working directory first on sys.path, so
+    # from this tree it would run this tree's pump whatever --pump-python says (and a ./.env
+    # of a real deployment must not be read).
     return subprocess.Popen([python, "-m", "queue_pump"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, cwd=args.pump_cwd)
 
 
 class Runner:
@@ -174,7 +177,8 @@ def kit_idle_calls(python: str, concurrencies: Sequence[int], args: argparse.Nam
                             "QUEUE_PUMP_HEALTH_PORT": str(port),
                             "QUEUE_PUMP_LOG_LEVEL": "warning"})
                 pump = subprocess.Popen([python, "-m", "queue_pump"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        cwd=args.pump_cwd)
                 health = f"http://127.0.0.1:{port}/healthz"
                 try:
                     deadline = time.monotonic() + 60
@@ -274,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    pump_cwd = tempfile.TemporaryDirectory(prefix="idle-loops-")
+    args.pump_cwd = pump_cwd.name
+    version = subprocess.run([args.pump_python, "-c", "import queue_pump; "
+                              "print(queue_pump.__file__)"], cwd=args.pump_cwd,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    print(f"the pump: {version} (run by {args.pump_python})", flush=True)
     if args.kit:
         return _kit(args, concurrencies)
     results = []

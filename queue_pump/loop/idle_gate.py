@@ -8,6 +8,9 @@ adaptive idle pace), or else parks: it makes no call until the queue has work ag
 leaves work only on its own idle answer, as before, so loops still draining a burst are
 never parked by another loop's empty claim.
 
+A call that runs long while others are parked (the runner runs a job before it answers, for
+minutes maybe) is work too: it doubles the loops calling without waiting for that answer.
+
 The first answer with work ends the probing and lets parked loops call again: as many as the
 answer says are useful. A runner that sends ``backlog`` (jobs due after the call) gets
 ceil(backlog / jobs per call) loops, so a lone job after a quiet hour costs no extra calls at
@@ -85,13 +88,23 @@ class IdleGate:
         """An answer with work to ``loop``: probing ends (a sleeping prober parks, to be let
         out like the rest) and up to ``wanted`` loops in all call. Returns the new permits: the
         pump wakes the parked loops when there are any."""
+        self._busy(loop)
+        before = self.permits
+        self.permits = max(self.permits, min(len(self.parked), wanted - self.active + self.permits))
+        return self.permits - before
+
+    def on_long_call(self, loop: str) -> int:
+        """``loop``'s call is still in flight long after an idle answer would have come: the
+        runner is running a job, so the queue has work, though nobody knows how much yet. The
+        loops calling double (each long call once): 1, 2, 4, ... all, a step per long call,
+        while a lone long job costs one extra call (the loop let out finds nothing, parks)."""
+        return self.on_work(loop, wanted=2 * self.active)
+
+    def _busy(self, loop: str) -> None:
         self.parked.discard(loop)
         if self.prober is not None and self.prober != loop:
             self.parked.add(self.prober)
         self.prober = None
-        before = self.permits
-        self.permits = max(self.permits, min(len(self.parked), wanted - self.active + self.permits))
-        return self.permits - before
 
     def _needs_one(self) -> bool:
         if self.parked and self.active == 0:

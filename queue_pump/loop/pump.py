@@ -38,6 +38,12 @@ IDLE_LOG_INTERVAL_S = 60.0
 # A runner's absurd optional fields (a negative backlog, "jobs": "ten"): one warning per queue
 # per this interval, with how many were ignored since the last, however many calls bring them.
 IGNORED_LOG_INTERVAL_S = 60.0
+# A call to an idle queue that takes longer than this many times the queue's usual idle answer
+# (at least LONG_CALL_MIN_S) is taken for a job running (idle_gate.py: on_long_call).
+LONG_CALL_FACTOR = 4.0
+LONG_CALL_MIN_S = 0.25
+# The weight of the newest idle answer's duration in that usual one (a moving average).
+IDLE_CALL_WEIGHT = 0.2
 # The progress line's rate: jobs per second over the last minute, not since start.
 RATE_WINDOW_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
@@ -171,6 +177,7 @@ class Pump:
         self._idle_gates = {lane.queue: IdleGate() for lane in lanes}
         self._bells = {lane.queue: Bell() for lane in lanes}
         self._ignored: dict[str, tuple[float, int]] = {}  # queue: (last line, ignored since)
+        self._idle_call_s: dict[str, float] = {}  # queue: how long an idle answer takes
         self._drained: set[str] = set()
         self._processed = 0
         self._started = clock()
@@ -233,7 +240,7 @@ class Pump:
                     await self._wait_for_budget(lane, record)
                     if self._stop.is_set():
                         break
-                after = self._handle(await self._step(lane, record), state, rules)
+                after = self._handle(await self._step(state), state, rules)
                 if after.end:
                     return after.result
                 if after.pause_s is not None and after.wakeable:
@@ -310,6 +317,8 @@ class Pump:
             self._drained.add(queue)
             self._log.info("queue_drained", queue=queue, processed=self._processed)
             return Next(end=True)
+        usual = self._idle_call_s.get(queue, step.duration_s)
+        self._idle_call_s[queue] = usual + IDLE_CALL_WEIGHT * (step.duration_s - usual)
         if not state.idle.on_idle(state.record.name):
             return Next()  # another loop probes this queue: this one parks (the loop's top)
         self._idle_streak[queue] += 1
@@ -342,15 +351,16 @@ class Pump:
         await self._pause(wait)
         return True
 
-    async def _step(self, lane: Lane, record: LoopRecord) -> _Step:
+    async def _step(self, state: _LoopState) -> _Step:
         """One call: its outcome or its error, and how long it took."""
+        lane, record = state.lane, state.record
         woken_before = self._waker.generation if self._waker else 0
         self._stats.call_started(record, self._policy.http_timeout_s)
         started = self._clock()
         outcome: Outcome | None = None
         error: CallError | None = None
         try:
-            outcome = await lane.call()
+            outcome = await (self._watched(state) if state.idle.parked else lane.call())
         except CallError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -365,6 +375,30 @@ class Pump:
                         duration_ms=round(duration * 1000, 2),
                         backlog=getattr(outcome, "backlog", None))
         return _Step(outcome, error, duration, woken_before)
+
+    async def _watched(self, state: _LoopState) -> Outcome:
+        """The call, while other loops of its queue are parked: an answer to an empty queue
+        comes in milliseconds, so a call still in flight after ``_long_call_s`` is running a job
+        (a runner may run it before answering, for minutes). Then the loops calling double, up
+        to all of them, without waiting for that answer: a burst after a quiet spell is not
+        left to one loop for the length of a job."""
+        call = asyncio.ensure_future(state.lane.call())
+        if isinstance(call, asyncio.Task):
+            call.set_name(state.record.name)  # its loop's, as a call's task is otherwise
+        answered = asyncio.Event()
+        call.add_done_callback(lambda _: answered.set())
+        try:
+            await self._pause(self._long_call_s(state.lane.queue), until=answered)
+            long = not call.done() and not self._stop.is_set()
+            if long and state.idle.on_long_call(state.record.name):
+                state.bell.ring()
+            return await call
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    def _long_call_s(self, queue: str) -> float:
+        return max(LONG_CALL_MIN_S, LONG_CALL_FACTOR * self._idle_call_s.get(queue, 0.0))
 
     def _after_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
                        gives_up: bool, duration: float) -> float | None:

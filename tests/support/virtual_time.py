@@ -54,6 +54,12 @@ class VirtualTime:
 
         return pause
 
+    async def sleep(self, seconds: float) -> None:
+        """A wait of ``seconds`` on this clock that nothing ends early (a job running)."""
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._seq), timer))
+        await timer
+
     async def settle(self) -> None:
         for _ in range(SETTLE_ROUNDS):
             await asyncio.sleep(0)

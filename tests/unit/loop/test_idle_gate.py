@@ -98,15 +98,22 @@ class Queue:
     says_backlog: bool = False
     fail: list[CallError] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)  # by loop (task) name
+    job_s: float = 0.0  # how long a job runs before the answer (on ``time``)
+    time: VirtualTime | None = None
+    started: dict[str, float] = field(default_factory=dict)  # loop: its first job's start
 
     async def call(self) -> Outcome:
         task = asyncio.current_task()
-        self.calls[task.get_name() if task else "?"] += 1
+        name = task.get_name() if task else "?"
+        self.calls[name] += 1
         if self.fail:
             raise self.fail.pop(0)
         if self.due <= 0:
             return Idle(backlog=0) if self.says_backlog else IDLE
         self.due -= 1
+        if self.time is not None:
+            self.started.setdefault(name, self.time.now)
+            await self.time.sleep(self.job_s)
         return Processed(job_id=1, job_type="t", status="done",
                          backlog=self.due if self.says_backlog else None)
 
@@ -127,9 +134,13 @@ class Harness:
                          clock=self.time.clock, rng=random.Random(7), waker=self.waker)
         self.task = asyncio.create_task(self.pump.run())
 
-    async def finish(self) -> None:
+    async def finish(self, calls_for_s: float = 0.0) -> None:
+        """Stop; the loops must be gone with the clock standing still, or once calls in
+        flight had ``calls_for_s`` (of the grace) to end."""
         self.stop.set()
         await self.time.settle()
+        if calls_for_s:
+            await self.time.run_until(self.task.done, step_s=1.0, limit_s=calls_for_s)
         assert self.task.done(), "loops still running after stop, with the clock standing still"
         await self.task
 
@@ -260,6 +271,46 @@ def test_a_wake_makes_the_prober_call_and_the_burst_brings_the_rest() -> None:
     assert woken_idle == 1
     assert loops == 8
     assert took < 60.0  # the hour-long idle sleep was not slept out
+
+
+def test_a_long_job_after_idle_doubles_the_loops_without_waiting_for_its_answer() -> None:
+    # A runner that runs a 30 s job before answering, and says nothing of its backlog: the
+    # first answer comes 30 s late, but a call that long is a job running.
+    async def go() -> Queue:
+        queue = Queue()
+        harness = Harness(queue.call, 8)
+        queue.time, queue.job_s = harness.time, 30.0
+        await harness.time.advance(600.0)
+        queue.due = 100
+        await harness.time.run_until(lambda: len(queue.started) == 8, step_s=0.05,
+                                     limit_s=60.0)
+        await harness.finish(calls_for_s=30.0)
+        return queue
+
+    queue = asyncio.run(go())
+    starts = sorted(queue.started.values())
+    # 1 -> 2 -> 4 -> 8 at a long call's threshold (0.25 s) each: about 0.75 s, not 30 s.
+    assert starts[-1] - starts[0] <= 1.5, starts
+
+
+def test_a_lone_long_job_costs_one_extra_call() -> None:
+    async def go() -> tuple[Queue, int]:
+        queue = Queue(says_backlog=True)
+        harness = Harness(queue.call, 64)
+        queue.time, queue.job_s = harness.time, 30.0
+        await harness.time.advance(600.0)
+        queue.calls.clear()
+        queue.due = 1
+        await harness.time.advance(45.0)
+        await harness.finish()
+        return queue, queue.total
+
+    queue, during = asyncio.run(go())
+    # The job's call, the one loop let out when it ran long (which then probes the queue at
+    # the idle pace while the job runs: a second job would not wait for the first), and the
+    # tick call after the job: 6 here, where 64 loops polling on their own made 64 x 4.
+    assert during <= 7
+    assert len(queue.calls) == 2, queue.calls
 
 
 def test_errors_while_idle_back_off_on_the_prober_alone() -> None:
