@@ -300,10 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         ratio = f"{r['idle_calls_per_hour'] / base['idle_calls_per_hour']:.2f}x" if base else "-"
         busy = "-" if r["all_busy_s"] is None else f"{r['all_busy_s'] * 1000:.0f} ms"
+        pickup = "-" if r["pickup_median_s"] is None else (
+            f"{r['pickup_median_s'] * 1000:.0f} / {r['pickup_mean_s'] * 1000:.0f} ms")
         print(f"| {r['concurrency']} | {r['idle_calls']} in {r['window_s']} s | "
-              f"{r['idle_calls_per_hour']} | {ratio} | {r['pickup_median_s'] * 1000:.0f} / "
-              f"{r['pickup_mean_s'] * 1000:.0f} ms | {r['burst_first_s'] * 1000:.0f} ms / "
-              f"{busy} |")
+              f"{r['idle_calls_per_hour']} | {ratio} | {pickup} | "
+              f"{r['burst_first_s'] * 1000:.0f} ms / {busy} |")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"label": args.label, "args": {k: v for k, v in vars(args).items()},
