@@ -88,6 +88,16 @@ def test_a_leaving_prober_hands_over() -> None:
     assert [gate.may_call(n) for n in "bc"].count(True) == 1
 
 
+def test_a_gate_with_every_loop_parked_and_no_prober_lets_the_first_to_ask_probe() -> None:
+    # Defensive: should every loop be parked with nobody probing, the queue is not forgotten.
+    gate = IdleGate()
+    for name in "ab":
+        gate.join(name)
+    gate.parked = {"a", "b"}
+    assert gate.may_call("b") is True and gate.prober == "b"
+    assert gate.may_call("a") is False
+
+
 # --- the loops, in virtual time ---------------------------------------------------------------
 
 @dataclass
