@@ -80,14 +80,17 @@ class Settings:
         "Queue name, sent in the query (queue=) and the body.")
     concurrency: int = setting(
         "QUEUE_PUMP_CONCURRENCY", Kind.INT, "1",
-        "Loops calling the runner at once, sharing one connection pool.", low=1, high=256)
+        "Loops calling the runner at once, sharing one connection pool; while the queue is "
+        "idle only one of them polls it.", low=1, high=256)
     queues: str = setting(
         "QUEUE_PUMP_QUEUES", Kind.STR, "",
         "Several queues from one process: name:concurrency,... (e.g. agent:2,render:1). "
         "Replaces QUEUE_PUMP_QUEUE and QUEUE_PUMP_CONCURRENCY.")
     idle_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_SLEEP_MS", Kind.MS, "10000",
-        "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS)
+        "Sleep after an idle answer (about +-10% jitter). Per queue: while a queue is idle, "
+        "one of its loops polls at this pace and the others wait for work.", low=100,
+        high=DAY_MS)
     idle_max_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_MAX_SLEEP_MS", Kind.MS, "",
         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "

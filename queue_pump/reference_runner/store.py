@@ -41,6 +41,9 @@ DEFAULT_QUEUE = "agent"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 300.0
 OWN = ""  # the runner's own organization
+# The contract's optional backlog is counted no further than this, as the Supabase kit does:
+# a value of 1000 means at least 1000 due.
+BACKLOG_CAP = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -343,24 +346,43 @@ class JobStore:
     def claim(self, queue: str, worker_id: str | None = None, *, org: str = OWN) -> Job | None:
         """Atomically take the oldest due job of ``queue`` (expired leases are recovered
         first); returns it as ``running`` with ``attempts`` already counting this run."""
+        return self.claim_counted(queue, worker_id, org=org, cap=0)[0]
+
+    def claim_counted(self, queue: str, worker_id: str | None = None, *, org: str = OWN,
+                      cap: int = BACKLOG_CAP) -> tuple[Job | None, int]:
+        """``claim``, and how many jobs of the queue are still due after it, counted in the
+        same transaction up to ``cap`` (a value of ``cap`` means at least that many): the
+        contract's optional ``backlog``, cheap at a million queued jobs (the jobs_due index,
+        read no further than the cap)."""
         now = self.clock()
         with self.transaction() as conn:
-            self._requeue_expired(conn, now)
-            # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
-            rows = conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-                " started_at = ?, updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
-                " finished_at = NULL, worker_id = ?"
-                " WHERE id = (SELECT id FROM jobs WHERE organization_id = ? AND queue = ?"
-                "             AND status = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1)"
-                " AND status = 'queued'"
-                f" RETURNING {_COLUMNS}",
-                (now, now, now, now + self.lease_s, worker_id, org, queue, now),
-            ).fetchall()
-            if not rows:
-                return None
-            job = Job.from_row(rows[0])
-            history.append(conn, job.id, "claimed", now, attempt=job.attempts, worker=worker_id)
+            job = self._claim(conn, queue, worker_id, org, now)
+            due = 0
+            if job is not None and cap > 0:
+                due = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE organization_id = ?"
+                    " AND queue = ? AND status = 'queued' AND run_at <= ? LIMIT ?)",
+                    (org, queue, now, cap)).fetchone()[0]
+        return job, due
+
+    def _claim(self, conn: sqlite3.Connection, queue: str, worker_id: str | None, org: str,
+               now: float) -> Job | None:
+        self._requeue_expired(conn, now)
+        # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
+        rows = conn.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+            " started_at = ?, updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
+            " finished_at = NULL, worker_id = ?"
+            " WHERE id = (SELECT id FROM jobs WHERE organization_id = ? AND queue = ?"
+            "             AND status = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1)"
+            " AND status = 'queued'"
+            f" RETURNING {_COLUMNS}",
+            (now, now, now, now + self.lease_s, worker_id, org, queue, now),
+        ).fetchall()
+        if not rows:
+            return None
+        job = Job.from_row(rows[0])
+        history.append(conn, job.id, "claimed", now, attempt=job.attempts, worker=worker_id)
         return job
 
     def complete(self, job: Job, result: Any = None) -> FinishStatus:

@@ -145,6 +145,8 @@ body = {{ type = "tick", payload = {{ duration_ms = 0 }} }}
         for _ in range(2):  # a start, and a restart (inside the same minute, most of the time)
             pump = Live(start(env))
             fired.append(pump.wait_event("schedule_fired"))
+            # A fired schedule wakes the pump: its job is run now, not after the 60 s idle sleep.
+            wait_until(lambda: runner.stats()["queued"] == 0)
             pump.proc.send_signal(signal.SIGTERM)
             assert pump.finish()[0] == 0
         windows = {e["window"] for e in fired}

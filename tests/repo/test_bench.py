@@ -86,3 +86,21 @@ def test_profile_attributes_time_to_the_pumps_own_code(tmp_path: Path, report: A
     with contextlib.redirect_stdout(printed):
         assert report.main(["--results", str(tmp_path)]) == 0
     assert "### Where a call's time goes" in printed.getvalue()
+
+
+def test_idle_loops_counts_idle_calls_pickups_and_a_burst(tmp_path: Path) -> None:
+    out = tmp_path / "idle.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "idle_loops.py"),
+                           "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "1",
+                           "--idle-sleep-ms", "100", "--idle-max-sleep-ms", "100",
+                           "--pickups", "1", "--gap-s", "0.1", "0.2", "--burst-per-loop", "2",
+                           "--burst-job-ms", "300", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["concurrency"] for r in results] == [1, 2]
+    for r in results:
+        assert r["idle_calls"] >= 1 and r["idle_calls_per_hour"] > 0  # the probe went on
+        assert len(r["pickup_s"]) == 1 and r["burst_jobs"] == 2 * r["concurrency"]
+        assert r["all_busy_s"] is not None  # every loop ran a burst job at the same time
+    assert "| 2 |" in done.stdout  # the table
