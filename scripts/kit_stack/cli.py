@@ -107,8 +107,11 @@ def serve(args: argparse.Namespace) -> int:
     if not names:
         raise Usage(f"no functions in {folder}")
     deno = find_deno(args.deno)
-    return functions.main(deno, folder.resolve(), names, args.state.resolve(), args.host,
-                          args.port)
+    try:
+        return functions.main(deno, folder.resolve(), names, args.state.resolve(), args.host,
+                              args.port)
+    except ValueError as err:  # a limit from the environment
+        raise Usage(str(err)) from None
 
 
 def main(argv: Sequence[str]) -> int:

@@ -134,3 +134,25 @@ def test_named_functions_only_and_a_clean_stop(deno_bin: Path, db_url: str) -> N
     assert code == 0
     assert [e["code"] for e in fns.router_events("function_exited")] == [0]
     assert fns.router_events("stopped")
+
+
+def test_the_router_caps_connections_and_closes_ones_that_send_no_request(
+        deno_bin: Path, db_url: str) -> None:
+    env = {"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": db_url, "HTTP_MAX_CONNECTIONS": "2",
+           "HTTP_IDLE_TIMEOUT_MS": "3000"}
+    with kit.FunctionsServer(deno_bin, env, ["enqueue"]) as fns:
+        silent = [socket.create_connection(("127.0.0.1", fns.port), timeout=30)
+                  for _ in range(2)]
+        silent[1].sendall(b"POST /functions/v1/enqueue HTTP/1.1\r\nHost: x\r\n")  # half a head
+        try:
+            third = raw(fns.port, "GET /functions/v1/enqueue HTTP/1.1\r\nHost: x\r\n\r\n", [])
+            assert third.startswith(b"HTTP/1.1 503 "), third[:200]
+            assert third.endswith(b'{"error":"too many connections, try again later"}')
+            started = time.monotonic()
+            assert [s.recv(100) for s in silent] == [b"", b""]  # closed by the router
+            assert time.monotonic() - started < 15
+        finally:
+            for s in silent:
+                s.close()
+        answer = raw(fns.port, "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", [])
+        assert answer.startswith(b"HTTP/1.1 404 ")

@@ -233,3 +233,11 @@ def test_each_migration_once_in_order_and_a_failing_one_leaves_nothing(
         assert conn.execute("select to_regclass('queue_pump.half_made')").fetchone() == (None,)
     with contextlib.suppress(FileNotFoundError):
         broken.unlink()
+
+
+def test_a_bad_limit_for_the_router_is_one_line(base: Path) -> None:
+    out = kit_stack("serve", "--state", str(base / "s"), "--deno", sys.executable,
+                    HTTP_MAX_CONNECTIONS="lots")
+    assert one_line(out, 2) == ("kit-stack: HTTP_MAX_CONNECTIONS must be a whole number from 1 "
+                                'to 100000, got "lots"')
+    assert list(base.iterdir()) == []
