@@ -168,7 +168,9 @@ def run_kit_stack_recipe(body: str, tmp_path: Path) -> None:
     from tests.supabase import kit
 
     hint = (kit.PG_HINT if kit.find_pg_bin() is None
-            else kit.DENO_HINT if kit.find_deno() is None else None)
+            else kit.DENO_HINT if kit.find_deno() is None
+            else "curl not found: apt-get install curl" if shutil.which("curl") is None
+            else None)
     if hint is not None:
         if os.environ.get("QUEUE_PUMP_REQUIRE_KIT") == "1":
             pytest.fail(f"{hint} (QUEUE_PUMP_REQUIRE_KIT=1 makes this a failure)")
