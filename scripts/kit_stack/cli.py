@@ -81,7 +81,15 @@ def up(args: argparse.Namespace) -> int:
     from . import stack
 
     deno = find_deno(args.deno)
-    print(stack.up(args.dir.resolve(), args.port, args.pg_port, deno), end="", flush=True)
+    folder = args.dir.resolve()
+    try:
+        lines = stack.up(folder, args.port, args.pg_port, deno)
+    except Failed as err:
+        if stack.read_state(folder) is None:
+            raise
+        raise Failed(f"{err} (the stack in {folder} is left as it is: fix that and run up "
+                     "again, or down)") from None
+    print(lines, end="", flush=True)
     return 0
 
 

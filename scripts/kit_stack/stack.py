@@ -268,14 +268,24 @@ def router_alive(state: dict[str, object]) -> int | None:
     pid = state.get("router_pid")
     if not isinstance(pid, int):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
+    words = command_line(pid)
     folder = str(state.get("folder", ""))
-    ours = any(part.endswith(b"kit-stack.py") for part in cmdline) and \
-        folder.encode() + b"/functions" in cmdline
+    ours = any(w.endswith("kit-stack.py") for w in words) and f"{folder}/functions" in words
     return pid if ours else None
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments process ``pid`` runs with; [] when it does not run (a zombie neither)."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            return proc.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return []
+    # No /proc (macOS): ps says it, split on spaces (the folder's path has none, or no match).
+    out = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
+                         text=True)
+    return out.stdout.split() if out.returncode == 0 else []
 
 
 def stop_router(state: dict[str, object], timeout_s: float = 30.0) -> None:

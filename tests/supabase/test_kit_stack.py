@@ -241,3 +241,25 @@ def test_a_bad_limit_for_the_router_is_one_line(base: Path) -> None:
     assert one_line(out, 2) == ("kit-stack: HTTP_MAX_CONNECTIONS must be a whole number from 1 "
                                 'to 100000, got "lots"')
     assert list(base.iterdir()) == []
+
+
+@pytest.mark.kit
+def test_a_function_that_will_not_start_is_one_line_and_down_still_cleans_up(
+        deno_bin: Path, pg_bin: Path, base: Path) -> None:
+    folder = base / "stack"
+    tools = {"QUEUE_PUMP_PG_BIN": str(pg_bin)}
+    up = kit_stack("up", "--dir", str(folder), "--port", "0", "--deno", str(deno_bin),
+                   JOB_LEASE_SECONDS="soon", **tools)
+    try:
+        assert up.returncode == 1 and up.stdout == "", up.stderr
+        last = up.stderr.strip().splitlines()[-1]
+        assert last.startswith("kit-stack: function ai-job-runner did not start: ai-job-runner: "
+                               'JOB_LEASE_SECONDS must be a whole number from 2 to 86400, got '
+                               '"soon"'), last
+        assert last.endswith(f"(the stack in {folder} is left as it is: fix that and run up "
+                             "again, or down)")
+        assert "Traceback" not in up.stderr
+    finally:
+        down = kit_stack("down", "--dir", str(folder), **tools)
+    assert down.returncode == 0, down.stderr
+    assert not folder.exists()
