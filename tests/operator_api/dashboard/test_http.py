@@ -1,0 +1,125 @@
+"""The dashboard's guards over plain HTTP (no browser needed): its headers, CSRF on every
+action, the Host check, the login when a password is set, and the command's refusals."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.operator_api.target import Api, Target
+
+from .conftest import Dashboard, dashboard_env, start_dashboard, stop_dashboard
+
+PASSWORD = "dashboard-password-0123456789"
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+
+
+def _client(dashboard: Dashboard) -> httpx.Client:
+    return httpx.Client(base_url=dashboard.url, timeout=30, follow_redirects=False)
+
+
+@pytest.mark.e2e
+def test_every_page_carries_a_strict_policy_and_no_framing(api: Api,
+                                                           dashboard: Dashboard) -> None:
+    job = api.add("echo")
+    with _client(dashboard) as http:
+        for path in ("/", "/jobs", f"/jobs/{job['id']}", "/retry-failed", "/jobs/999999",
+                     "/nowhere", "/static/dashboard.js"):
+            response = http.get(path)
+            csp = response.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+            assert "unsafe-inline" not in csp and "default-src 'none'" in csp
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+        page = http.get("/").text
+        assert "<script>" not in page and " on" not in page.split("<body>")[1].split(">")[0]
+        assert dashboard.target.admin_token not in page
+
+
+@pytest.mark.e2e
+def test_an_action_without_the_csrf_token_or_from_another_origin_is_refused(
+        api: Api, dashboard: Dashboard) -> None:
+    job = api.add("sleep", {"ms": 100_000})
+    with _client(dashboard) as http:
+        token = CSRF.search(http.get(f"/jobs/{job['id']}").text)
+        assert token is not None
+        no_token = http.post(f"/jobs/{job['id']}/cancel", data={})
+        wrong = http.post(f"/jobs/{job['id']}/cancel", data={"csrf_token": "0" * 64})
+        elsewhere = http.post(f"/jobs/{job['id']}/cancel", data={"csrf_token": token.group(1)},
+                              headers={"Origin": "http://evil.example"})
+        assert [r.status_code for r in (no_token, wrong, elsewhere)] == [403, 403, 403]
+        assert api.status(job["id"]) == "queued"
+        # another browser (no cookie of this session) with a token it copied: refused
+        with _client(dashboard) as stranger:
+            stolen = stranger.post(f"/jobs/{job['id']}/cancel",
+                                   data={"csrf_token": token.group(1)})
+            assert stolen.status_code == 403
+        ok = http.post(f"/jobs/{job['id']}/cancel", data={"csrf_token": token.group(1)},
+                       headers={"Origin": dashboard.url})
+        assert ok.status_code == 303 and ok.headers["Location"].endswith("?done=cancelled")
+    assert api.status(job["id"]) == "cancelled"
+
+
+@pytest.mark.e2e
+def test_a_page_asked_for_under_another_host_name_is_refused(dashboard: Dashboard) -> None:
+    with _client(dashboard) as http:
+        assert http.get("/", headers={"Host": "rebind.example:8765"}).status_code == 421
+        assert http.get("/", headers={"Host": "localhost"}).status_code == 200
+
+
+@pytest.mark.e2e
+def test_with_a_password_every_page_asks_for_it(target: Target, tmp_path: Path) -> None:
+    served = start_dashboard(target, tmp_path, QUEUE_PUMP_DASHBOARD_PASSWORD=PASSWORD)
+    try:
+        assert "login required" in served.output()
+        with _client(served) as http:
+            assert http.get("/").headers["Location"] == "/login"
+            assert http.get("/jobs/1").headers["Location"] == "/login"
+            assert http.get("/", headers={"X-Live": "1"}).status_code == 401
+            token = CSRF.search(http.get("/login").text)
+            assert token is not None
+            wrong = http.post("/login", data={"csrf_token": token.group(1), "password": "no"})
+            assert wrong.status_code == 401
+            before = http.cookies.get("qp_session")
+            right = http.post("/login", data={"csrf_token": token.group(1),
+                                              "password": PASSWORD})
+            assert right.status_code == 303
+            assert http.cookies.get("qp_session") != before  # a new session on login
+            assert http.get("/").status_code == 200
+            token = CSRF.search(http.get("/").text)
+            assert token is not None
+            http.post("/logout", data={"csrf_token": token.group(1)})
+            assert http.get("/").status_code == 303
+    finally:
+        stop_dashboard(served)
+    assert PASSWORD not in served.output()
+
+
+def _run(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "queue_pump", "dashboard", *args], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_off_loopback_it_refuses_to_start_without_a_password(target: Target,
+                                                             tmp_path: Path) -> None:
+    done = _run(dashboard_env(target), "--host", "0.0.0.0", "--port", "0", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "QUEUE_PUMP_DASHBOARD_PASSWORD" in done.stderr and "not loopback" in done.stderr
+
+
+def test_without_the_admin_token_it_says_so_in_one_line(target: Target,
+                                                        tmp_path: Path) -> None:
+    env = dashboard_env(target)
+    del env["ADMIN_TOKEN"]
+    done = _run(env, cwd=tmp_path)
+    assert done.returncode == 2 and "ADMIN_TOKEN is not set" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    short = _run(dashboard_env(target, QUEUE_PUMP_DASHBOARD_PASSWORD="short"), cwd=tmp_path)
+    assert short.returncode == 2 and "QUEUE_PUMP_DASHBOARD_PASSWORD" in short.stderr
+    assert "short" not in short.stderr.replace("QUEUE_PUMP", "")
