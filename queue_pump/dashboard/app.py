@@ -67,7 +67,7 @@ def templates() -> jinja2.Environment:
         # error and log lines are whatever its enqueuer wrote.
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ago=fmt.ago, duration=fmt.short_duration, pretty=fmt.pretty,
-                       clip=fmt.clip)
+                       clip=fmt.clip, compact=fmt.compact)
     env.globals.update(per_minute_svg=chart.per_minute_svg, CSRF_FIELD=CSRF_FIELD)
     return env
 

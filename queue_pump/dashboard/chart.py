@@ -42,7 +42,7 @@ def per_minute_svg(minutes: Sequence[Mapping[str, Any]]) -> Markup:
         y = TOP + plot_h * (1 - fraction)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
                      f'y2="{y:.1f}"/><text class="axis" x="{LEFT - 4}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{int(top * fraction)}</text>')
+                     f'text-anchor="end">{top * fraction:g}</text>')
     for i, (d, f) in enumerate(zip(done, failed, strict=True)):
         x = LEFT + i * slot
         h_done, h_failed = plot_h * d / top, plot_h * f / top

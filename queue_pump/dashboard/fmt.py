@@ -42,6 +42,11 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
+def compact(value: Any, limit: int = 500) -> str:
+    """A JSON value on one line, clipped (an event's data)."""
+    return clip(json.dumps(value, ensure_ascii=False, sort_keys=True), limit)
+
+
 def clip(text: object, limit: int = 200) -> str:
     line = " ".join(str(text).split()) if text is not None else ""
     return line if len(line) <= limit else line[:limit - 1] + "\u2026"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.operator_api.target import Api
+from tests.operator_api.target import Api, Target
 from tests.support.env import ROOT
 
 from .conftest import AXE_JS, Dashboard, missing, new_page
@@ -103,15 +103,21 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_page(
 
 
 @pytest.mark.e2e
-def test_screenshots_at_a_desktop_and_a_phone_width(api: Api, browser: Browser,
-                                                    dashboard: Dashboard,
+def test_screenshots_at_a_desktop_and_a_phone_width(api: Api, target: Target,
+                                                    browser: Browser, dashboard: Dashboard,
                                                     tmp_path: Path) -> None:
-    for i in range(12):
-        api.add("echo", {"n": i})
-    api.failing("Error: upstream said 502 Bad Gateway")
+    # An hour of work, for the chart: jobs finished, then moved back into earlier minutes.
+    done = [api.add("echo", {"n": i}) for i in range(120)]
     api.failing("TypeError: cannot read properties of undefined (reading 'id')")
     api.run_all()
-    job = api.sleeper()
+    for i, finished in enumerate(done):
+        target.backdate(finished["id"], 60 * ((i * i) % 58) + 30)
+    # A job that failed three times: its timeline of attempts and errors.
+    job = api.failing("Error: upstream said 502 Bad Gateway", maxAttempts=3)
+    for _ in range(3):
+        api.run()
+        target.backdate(job["id"], 600)  # its retry is due now
+    api.sleeper()
     out = Path(os.environ.get("QUEUE_PUMP_SCREENSHOTS") or tmp_path)
     if not out.is_absolute():
         out = ROOT / out
