@@ -7,6 +7,7 @@ QUEUE_PUMP_REQUIRE_BROWSER=1 (CI's .ci/run) makes that a failure."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.conftest import BROWSER_LEFT_OUT
 from tests.operator_api.target import Target
 from tests.support import proc
 from tests.support.env import ROOT
@@ -31,6 +33,32 @@ SERVING = re.compile(r"serving (http://\S+)/ ")
 REFRESH_S = "0.3"
 
 
+def browser_missing() -> str | None:
+    """What to install for the browser tests, or None when all is here."""
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM}: apt-get install chromium"
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright is not installed: pip install -e '.[dev]'"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without Chromium or Playwright the browser tests are left out with one summary line;
+    QUEUE_PUMP_REQUIRE_BROWSER=1 keeps them, so the ``browser`` fixture fails instead."""
+    hint = browser_missing()
+    if REQUIRED or hint is None:
+        return
+    left = [i for i in items if "browser" in getattr(i, "fixturenames", ())]
+    if not left:
+        return
+    config.hook.pytest_deselected(items=left)
+    items[:] = [i for i in items if i not in left]
+    config.stash[BROWSER_LEFT_OUT] = {hint: len(left)}
+    worker_output = getattr(config, "workeroutput", None)
+    if worker_output is not None:  # an xdist worker: the controller prints the summary
+        worker_output["browser_left_out"] = {hint: len(left)}
+
+
 def missing(hint: str) -> None:
     if REQUIRED:
         pytest.fail(f"{hint} (QUEUE_PUMP_REQUIRE_BROWSER=1 makes this a failure)")
@@ -39,14 +67,11 @@ def missing(hint: str) -> None:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        missing(f"no Chromium at {CHROMIUM}: apt-get install chromium (the dashboard's "
-                "browser tests)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright is not installed: pip install -e '.[dev]' (the dashboard's browser "
-                "tests)")
+    hint = browser_missing()
+    if hint is not None:
+        missing(hint)
+    from playwright.sync_api import sync_playwright
+
     playwright = sync_playwright().start()
     try:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
