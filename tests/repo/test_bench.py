@@ -86,3 +86,15 @@ def test_profile_attributes_time_to_the_pumps_own_code(tmp_path: Path, report: A
     with contextlib.redirect_stdout(printed):
         assert report.main(["--results", str(tmp_path)]) == 0
     assert "### Where a call's time goes" in printed.getvalue()
+
+
+def test_the_dashboard_bench_renders_every_page_it_times() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.dashboard", "--jobs", "300", "--calls",
+                          "2"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["jobs"] == 300
+    assert figures["overview first render"]["ttfb_ms"] > 0
+    for name in ("overview refresh (X-Live)", "jobs page, first page"):
+        assert figures[name]["ttfb"]["p99_ms"] <= figures[name]["total"]["max_ms"]
+    assert figures["api GET /jobs/stats"]["p99_ms"] > 0
