@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from tests.operator_api.target import Api, Target
+from tests.support import proc
+from tests.support.net import free_port
 
 from .conftest import Dashboard, dashboard_env, start_dashboard, stop_dashboard
 
@@ -123,3 +125,60 @@ def test_without_the_admin_token_it_says_so_in_one_line(target: Target,
     short = _run(dashboard_env(target, QUEUE_PUMP_DASHBOARD_PASSWORD="short"), cwd=tmp_path)
     assert short.returncode == 2 and "QUEUE_PUMP_DASHBOARD_PASSWORD" in short.stderr
     assert "short" not in short.stderr.replace("QUEUE_PUMP", "")
+
+
+@pytest.mark.e2e
+def test_the_overview_shows_each_pumps_loops_and_says_which_does_not_answer(
+        api: Api, target: Target, tmp_path: Path) -> None:
+    port = free_port()
+    pump = proc.Live(proc.start(target.pump_env(QUEUE_PUMP_HEALTH_PORT=str(port),
+                                                QUEUE_PUMP_CONCURRENCY="2",
+                                                QUEUE_PUMP_IDLE_SLEEP_MS="200")))
+    nobody = f"http://127.0.0.1:{free_port()}"
+    served = start_dashboard(target, tmp_path, "--pump", f"http://127.0.0.1:{port}",
+                             "--pump", nobody)
+    try:
+        pump.wait_event("pump_started")
+        with _client(served) as http:
+            proc.wait_until(lambda: "agent-1" in http.get("/").text)
+            page = http.get("/").text
+        assert "agent-0" in page and "healthy" in page
+        assert f"no pump answers at {nobody}" in page
+    finally:
+        stop_dashboard(served)
+        pump.proc.terminate()
+        code, _ = pump.finish(timeout_s=60)
+    assert code == 0
+
+
+@pytest.mark.e2e
+def test_times_filter_as_durations_or_iso_and_a_bad_cursor_is_named(
+        api: Api, dashboard: Dashboard) -> None:
+    job = api.add("echo")
+    with _client(dashboard) as http:
+        recent = http.get("/jobs", params={"since": "1h"}).text
+        assert f'data-job="{job["id"]}"' in recent
+        future = http.get("/jobs", params={"since": "2999-01-01T00:00:00"}).text
+        assert f'data-job="{job["id"]}"' not in future and "No jobs match" in future
+        before = http.get("/jobs", params={"until": "2000-01-01T00:00:00Z"}).text
+        assert "No jobs match" in before
+        bad = http.get("/jobs", params={"cursor": "not-a-cursor"})
+        assert bad.status_code == 400 and "cursor" in bad.text
+        assert http.get("/jobs", params={"status": "lost"}).status_code == 400
+        assert http.get("/jobs/999999999").status_code == 404
+
+
+@pytest.mark.e2e
+def test_with_the_operator_api_away_each_page_says_so(target: Target, tmp_path: Path) -> None:
+    away = f"http://127.0.0.1:{free_port()}"
+    served = start_dashboard(target, tmp_path, QUEUE_PUMP_JOBS_URL=away + "/functions/v1/jobs")
+    try:
+        with _client(served) as http:
+            for path in ("/", "/jobs", "/jobs/1", "/retry-failed"):
+                response = http.get(path)
+                assert response.status_code == 502, path
+                assert "no answer from" in response.text, path
+            live = http.get("/", headers={"X-Live": "1"})
+            assert live.status_code == 502 and "<html" not in live.text
+    finally:
+        stop_dashboard(served)
