@@ -1,0 +1,89 @@
+"""The dashboard's pure parts as tables: the chart's axis and bars, the session guard with an
+injected clock, the Host and Origin checks, the timeline's grouping."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from queue_pump.dashboard import chart, security
+from queue_pump.dashboard.fmt import ago, clip, compact, short_duration
+from queue_pump.dashboard.views import _attempts
+
+
+@pytest.mark.parametrize(("value", "top"), [(0, 1), (1, 1), (2, 2), (3, 5), (7, 10), (11, 20),
+                                            (50, 50), (51, 100), (999, 1000)])
+def test_the_axis_top_is_one_two_or_five_times_ten_to_a_power(value: int, top: int) -> None:
+    assert chart._nice_top(value) == top
+
+
+def test_the_chart_draws_a_bar_per_busy_minute_and_escapes_its_labels() -> None:
+    minutes = [{"minute": f"2026-12-06T08:{m:02d}:00Z", "done": m % 3, "failed": int(m == 5)}
+               for m in range(60)] + [{"minute": "<script>", "done": 1, "failed": 0}]
+    svg = str(chart.per_minute_svg(minutes))
+    assert svg.count('class="done"') == sum(1 for m in minutes if m["done"])
+    assert svg.count('class="failed"') == 1
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert re.search(r"<desc[^>]*>\d+ done and 1 failed in the last 61 minutes", svg)
+    assert str(chart.per_minute_svg([])).count("<rect") == 0
+
+
+def test_a_session_logs_out_after_its_time_and_the_oldest_go_first() -> None:
+    now = [0.0]
+    guard = security.Guard("a-password-of-16+chars", clock=lambda: now[0])
+    guard.log_in("a")
+    assert guard.logged_in("a") and not guard.logged_in("b") and not guard.logged_in(None)
+    now[0] = security.SESSION_S + 1
+    assert not guard.logged_in("a")
+    for i in range(security.MAX_SESSIONS + 1):
+        guard.log_in(str(i))
+    assert not guard.logged_in("0") and guard.logged_in(str(security.MAX_SESSIONS))
+    guard.log_out("1")
+    assert not guard.logged_in("1")
+    assert guard.password_ok("a-password-of-16+chars") and not guard.password_ok("a-password")
+
+
+def test_csrf_tokens_belong_to_their_session_and_their_process() -> None:
+    one, two = security.Guard(""), security.Guard("")
+    token = one.csrf_token("s1")
+    assert one.csrf_ok("s1", token)
+    assert not one.csrf_ok("s2", token) and not two.csrf_ok("s1", token)
+    assert not one.csrf_ok(None, token) and not one.csrf_ok("s1", None)
+    assert one.logged_in(None)  # no password: nothing to log in to
+
+
+@pytest.mark.parametrize(("host", "loopback", "ok"), [
+    ("127.0.0.1:8765", True, True), ("localhost:8765", True, True), ("[::1]:8765", True, True),
+    ("app.localhost", True, True), ("evil.example:8765", True, False), (None, True, False),
+    ("evil.example", False, True)])
+def test_on_loopback_only_loopback_names_are_served(host: str | None, loopback: bool,
+                                                    ok: bool) -> None:
+    assert security.host_allowed(host, loopback) is ok
+
+
+def test_an_origin_must_be_this_server_when_sent() -> None:
+    assert security.same_origin(None, "127.0.0.1:1", "http")
+    assert security.same_origin("http://127.0.0.1:1", "127.0.0.1:1", "http")
+    assert not security.same_origin("http://127.0.0.1:2", "127.0.0.1:1", "http")
+    assert not security.same_origin("null", "127.0.0.1:1", "http")
+
+
+def test_the_timeline_groups_events_by_attempt_and_operator_retry() -> None:
+    kinds = ["enqueued", "claimed", "failed", "claimed", "log", "failed", "retried", "claimed",
+             "completed"]
+    events = [{"kind": k, "attempt": i} for i, k in enumerate(kinds)]
+    groups = _attempts(events)
+    assert [h for h, _ in groups] == ["Enqueued", "Attempt 1", "Attempt 3",
+                                      "Retried by an operator", "Attempt 7"]
+    assert [len(e) for _, e in groups] == [1, 2, 3, 1, 2]
+    assert _attempts([]) == []
+
+
+def test_times_and_values_as_the_pages_write_them() -> None:
+    assert [short_duration(s) for s in (None, 4.25, 42, 600, 7200, 86400 * 3)] == [
+        "-", "4.2 s", "42 s", "10 min", "2.0 h", "3.0 d"]
+    assert ago(None) == "-" and ago("not a time") == "not a time"
+    assert ago("2999-01-01T00:00:00Z").startswith("in ")
+    assert clip("a\nb  c") == "a b c" and clip("x" * 10, 5) == "xxxx\u2026" and clip(None) == ""
+    assert compact({"b": 1, "a": "<"}) == '{"a": "<", "b": 1}'
