@@ -1,10 +1,10 @@
 """`queue-pump dashboard`: the queue and its pumps in a browser (queue_pump/dashboard/).
 
-It reads the same .env as `queue-pump jobs` (and ADMIN_TOKEN), and hands the web app a backend
-made of the operator client and the health client: the browser talks to this process only, so
-the admin token never reaches it. Loopback by default; any other address needs
-QUEUE_PUMP_DASHBOARD_PASSWORD. The web app and Jinja2 (the ``dashboard`` extra) are imported
-here only, so the pump never loads them."""
+It reads the same .env as `queue-pump jobs` (and the admin token), and hands the web app a
+backend made of the operator client and the health client: the browser talks to this process
+only, so the admin token never reaches it. Loopback by default; any other address needs the
+dashboard's password (the knob table). The web app and Jinja2 (the ``dashboard`` extra) are
+imported here only, so the pump never loads them."""
 
 from __future__ import annotations
 

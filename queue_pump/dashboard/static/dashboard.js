@@ -9,10 +9,13 @@
   if (!regions.length) { return; }
   var timer = null;
 
-  function refreshOne(region) {
-    if (region.dataset.busy === "1") { return; }
+  function holdsFocus(region) {
     var focused = document.activeElement;
-    if (focused && focused !== document.body && region.contains(focused)) { return; }
+    return Boolean(focused && focused !== document.body && region.contains(focused));
+  }
+
+  function refreshOne(region) {
+    if (region.dataset.busy === "1" || holdsFocus(region)) { return; }
     region.dataset.busy = "1";
     fetch(region.getAttribute("data-live"), {
       headers: { "X-Live": "1" }, credentials: "same-origin", cache: "no-store"
@@ -20,7 +23,9 @@
       if (response.status === 401) { window.location.assign("/login"); return null; }
       return response.text();
     }).then(function (html) {
-      if (html !== null && html !== region.dataset.last) {
+      // Focus may have moved in while the answer was on its way: keep it, try next time.
+      if (html === null || holdsFocus(region)) { return; }
+      if (html !== region.dataset.last) {
         region.innerHTML = html;
         region.dataset.last = html;
       }
