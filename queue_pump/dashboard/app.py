@@ -64,12 +64,22 @@ def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         # Every value is escaped as text unless marked safe (only the chart is): a job's payload,
-        # error and log lines are whatever its enqueuer wrote.
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ago=fmt.ago, duration=fmt.short_duration, pretty=fmt.pretty,
-                       clip=fmt.clip, compact=fmt.compact)
+        # error and log lines are whatever its enqueuer wrote. A field a server leaves out
+        # (a later or earlier version of the API) renders empty rather than failing the page.
+        autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True,
+        lstrip_blocks=True)
+    env.filters.update({name: _defined(f) for name, f in (
+        ("ago", fmt.ago), ("duration", fmt.short_duration), ("pretty", fmt.pretty),
+        ("clip", fmt.clip), ("compact", fmt.compact))})
     env.globals.update(per_minute_svg=chart.per_minute_svg, CSRF_FIELD=CSRF_FIELD)
     return env
+
+
+def _defined(format_: Callable[..., str]) -> Callable[..., str]:
+    """The filter, given None for a field the answer did not have."""
+    def apply(value: Any, *args: Any) -> str:
+        return format_(None if isinstance(value, jinja2.Undefined) else value, *args)
+    return apply
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:

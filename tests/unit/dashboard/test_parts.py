@@ -87,3 +87,18 @@ def test_times_and_values_as_the_pages_write_them() -> None:
     assert ago("2999-01-01T00:00:00Z").startswith("in ")
     assert clip("a\nb  c") == "a b c" and clip("x" * 10, 5) == "xxxx\u2026" and clip(None) == ""
     assert compact({"b": 1, "a": "<"}) == '{"a": "<", "b": 1}'
+
+
+def test_a_server_that_leaves_fields_out_still_gets_its_pages_rendered() -> None:
+    from queue_pump.dashboard.app import templates
+
+    env = templates()
+    base = {"csrf_token": "t", "where": "w", "needs_login": False, "refresh_ms": 2000,
+            "path": "/", "here": "/", "CSRF_FIELD": "csrf_token"}
+    job = env.get_template("job_live.html").render(
+        job={"id": 7, "status": "failed"}, notice=None, problem=None, timeline=[], **base)
+    assert "Job #7" in job and "Retry" in job and "Progress" not in job
+    overview = env.get_template("overview_live.html").render(
+        stats={"total": {"queued": 1}, "perMinute": [], "queues": []}, pumps=[("u", {})],
+        statuses=("queued", "done"), **base)
+    assert 'data-status="queued"' in overview and "No failed jobs." in overview
