@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class State:
     templates: jinja2.Environment
     calls: asyncio.Semaphore
     login_lock: asyncio.Lock
+    in_flight: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
     async def call(self, method: str, path: str = "", *, params: Mapping[str, Any] | None = None,
                    body: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -52,12 +53,24 @@ class State:
             return await asyncio.to_thread(self.backend.call, method, path, params=params,
                                            body=body)
 
+    async def shared_get(self, path: str) -> dict[str, Any]:
+        """GET ``path``, one call for every request that asks while it is in flight: many tabs
+        open on the overview cost the operator API one stats query per refresh, not one each."""
+        pending = self.in_flight.get(path)
+        if pending is None:
+            pending = asyncio.ensure_future(self.call("GET", path))
+            self.in_flight[path] = pending
+            pending.add_done_callback(lambda _: self.in_flight.pop(path, None))
+        # shield: a browser that goes away cancels its own wait, not the others' call
+        return await asyncio.shield(pending)
+
     async def pump_health(self, url: str) -> dict[str, Any] | str:
         async with self.calls:
             return await asyncio.to_thread(self.backend.pump_health, url)
 
 
 STATE: web.AppKey[State] = web.AppKey("dashboard", State)
+SESSION: web.RequestKey[str] = web.RequestKey("session_id", str)
 
 
 def templates() -> jinja2.Environment:
@@ -86,7 +99,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     state = request.app[STATE]
     if name == "error.html" and request.headers.get("X-Live") == "1":
         name = "error_live.html"  # a refresh that failed: the message alone, in place
-    session = request.get("session_id", "")
+    session = request.get(SESSION, "")
     html = state.templates.get_template(name).render(
         csrf_token=state.guard.csrf_token(session), where=state.config.where,
         needs_login=state.guard.needs_login, refresh_ms=int(state.config.refresh_s * 1000),
@@ -107,7 +120,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id is None or len(session_id) > 100:
         session_id = new_session_id()
-    request["session_id"] = session_id
+    request[SESSION] = session_id
     try:
         response = await _guarded(request, handler, state, session_id or "")
     except web.HTTPRedirection as exc:
@@ -119,8 +132,8 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:  # a bug: one line in the log, a plain page, never a traceback shown
         LOG.exception("dashboard_error", extra={"path": request.path})
         response = web.Response(status=500, text="500: the dashboard failed; see its log\n")
-    if request["session_id"] != request.cookies.get(SESSION_COOKIE):  # new, or a login's
-        response.set_cookie(SESSION_COOKIE, request["session_id"], httponly=True,
+    if request[SESSION] != request.cookies.get(SESSION_COOKIE):  # new, or a login's
+        response.set_cookie(SESSION_COOKIE, request[SESSION], httponly=True,
                             samesite="Strict", path="/")
     return _with_headers(response)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import STATE, render
+from .app import SESSION, STATE, render
 from .backend import ApiError
 from .security import SESSION_COOKIE
 
@@ -41,7 +41,7 @@ async def overview(request: web.Request) -> web.Response:
     pumps: list[tuple[str, dict[str, Any] | str]] = []
     try:
         stats, healths = await asyncio.gather(
-            state.call("GET", "/stats"),
+            state.shared_get("/stats"),
             asyncio.gather(*(state.pump_health(url) for url in state.config.pumps)))
         pumps = list(zip(state.config.pumps, healths, strict=True))
     except ApiError as exc:
@@ -198,7 +198,7 @@ def _new_session(request: web.Request) -> str:
     from .security import new_session_id
 
     session_id = new_session_id()
-    request["session_id"] = session_id
+    request[SESSION] = session_id
     return session_id
 
 

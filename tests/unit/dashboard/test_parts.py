@@ -3,8 +3,12 @@ injected clock, the Host and Origin checks, the timeline's grouping."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+from typing import Any
 
+import aiohttp
 import pytest
 
 from queue_pump.dashboard import chart, security
@@ -102,3 +106,55 @@ def test_a_server_that_leaves_fields_out_still_gets_its_pages_rendered() -> None
         stats={"total": {"queued": 1}, "perMinute": [], "queues": []}, pumps=[("u", {})],
         statuses=("queued", "done"), **base)
     assert 'data-status="queued"' in overview and "No failed jobs." in overview
+
+
+class _SlowBackend:
+    """A Backend double counting the stats calls (the operator API's answers are the
+    conformance suite's; here only how many calls the dashboard makes)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+    def call(self, method: str, path: str = "", *, params: Any = None,
+             body: Any = None) -> dict[str, Any]:
+        self.calls += 1
+        self.release.wait(10)
+        return {"queues": [], "total": {}, "perMinute": [], "recentFailures": []}
+
+    def pump_health(self, url: str) -> dict[str, Any] | str:
+        return "none"
+
+
+def test_tabs_refreshing_at_once_share_one_stats_call() -> None:
+    from queue_pump.dashboard import DashboardConfig, start_dashboard
+
+    backend = _SlowBackend()
+
+    async def scenario() -> list[int]:
+        served = await start_dashboard(DashboardConfig(where="w"), backend)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def get() -> int:
+                    async with session.get(served.url + "/", headers={"X-Live": "1"}) as r:
+                        await r.read()
+                        return r.status
+
+                tabs = [asyncio.ensure_future(get()) for _ in range(5)]
+                server = served.runner.server
+                assert server is not None
+                for _ in range(20_000):  # every tab's request is in (a guard, not a bound)
+                    if server.requests_count >= 5 and backend.calls:
+                        break
+                    await asyncio.sleep(0.001)
+                for _ in range(50):  # and its handler is waiting on the one call: no I/O
+                    await asyncio.sleep(0)  # stands between the two, only loop turns
+                backend.release.set()
+                statuses = await asyncio.gather(*tabs)
+                again = await get()  # the call ended: the next refresh asks anew
+                return [*statuses, again]
+        finally:
+            await served.close()
+
+    assert asyncio.run(scenario()) == [200] * 6
+    assert backend.calls == 2
