@@ -167,3 +167,29 @@ def test_keyboard_alone_reaches_retry_and_enter_presses_it(api: Api, dashboard: 
     page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_contain_text("Queued again")
     assert api.status(job["id"]) == "queued"
+
+
+_SET_VISIBILITY = """state => {
+    Object.defineProperty(document, "visibilityState", {value: state, configurable: true});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+@pytest.mark.e2e
+def test_a_hidden_tab_asks_nothing_and_catches_up_when_shown(api: Api, dashboard: Dashboard,
+                                                             page: Page) -> None:
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.headers.get("x-live") else None)
+    page.goto(dashboard.url + "/")
+    expect(page.locator(".live[data-refreshed]")).to_have_count(1)  # it refreshes while shown
+    page.evaluate(_SET_VISIBILITY, "hidden")
+    page.wait_for_timeout(100)  # a refresh already on its way may land
+    before = len(asked)
+    api.add("echo")
+    # Ten refresh periods hidden: not one request (a wait for nothing to happen).
+    page.wait_for_timeout(3000)
+    assert len(asked) == before
+    expect(_count(page, "queued")).to_have_text("0")
+    page.evaluate(_SET_VISIBILITY, "visible")
+    expect(_count(page, "queued")).to_have_text("1")  # at once on showing, then on
+    assert len(asked) > before
