@@ -27,6 +27,8 @@ with refusing_terminal_libraries():  # httpx would load rich for its own command
     )
 
 PROG = "queue-pump dashboard"
+# Every open tab asks this often: not faster than a person reads, nor so slow it is not live.
+MIN_REFRESH_S, MAX_REFRESH_S = 0.2, 3600.0
 INSTALL = ("queue-pump dashboard needs its extra, which is not installed: pip install "
            "'queue-pump[dashboard]'")
 
@@ -88,8 +90,9 @@ def _refusal(args: Any, password: str) -> str | None:
     if not is_loopback_host(args.host) and not password:
         return (f"--host {args.host} is not loopback: set {env_of('dashboard_password')} "
                 "(16+ characters) so the page asks for it, or keep the default 127.0.0.1")
-    if not args.refresh_s > 0:
-        return f"--refresh-s {args.refresh_s} must be above 0"
+    if not MIN_REFRESH_S <= args.refresh_s <= MAX_REFRESH_S:
+        return (f"--refresh-s {args.refresh_s:g} is out of range; expected {MIN_REFRESH_S:g} "
+                f"to {MAX_REFRESH_S:g} seconds")
     return None
 
 

@@ -122,6 +122,10 @@ def test_without_the_admin_token_it_says_so_in_one_line(target: Target,
     done = _run(env, cwd=tmp_path)
     assert done.returncode == 2 and "ADMIN_TOKEN is not set" in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    fast = _run(dashboard_env(target), "--refresh-s", "0.01", cwd=tmp_path)
+    assert fast.returncode == 2 and "--refresh-s 0.01 is out of range" in fast.stderr
+    port = _run(dashboard_env(target), "--port", "99999", cwd=tmp_path)
+    assert port.returncode == 2 and "--port 99999 is not a port" in port.stderr
     short = _run(dashboard_env(target, QUEUE_PUMP_DASHBOARD_PASSWORD="short"), cwd=tmp_path)
     assert short.returncode == 2 and "QUEUE_PUMP_DASHBOARD_PASSWORD" in short.stderr
     assert "short" not in short.stderr.replace("QUEUE_PUMP", "")
