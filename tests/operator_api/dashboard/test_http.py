@@ -4,6 +4,7 @@ action, the Host check, the login when a password is set, and the command's refu
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,13 @@ def test_with_the_operator_api_away_each_page_says_so(target: Target, tmp_path: 
             assert live.status_code == 502 and "<html" not in live.text
     finally:
         stop_dashboard(served)
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(target: Target, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(dashboard_env(target), "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
