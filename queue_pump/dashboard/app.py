@@ -129,7 +129,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         response = render(request, "error.html", status=exc.status, title=exc.reason,
                           message=f"{exc.status} {exc.reason}")
-    except Exception:  # a bug: one line in the log, a plain page, never a traceback shown
+    except Exception:  # a bug: its traceback in the server's log, a plain page in the browser
         LOG.exception("dashboard_error", extra={"path": request.path})
         response = web.Response(status=500, text="500: the dashboard failed; see its log\n")
     if request[SESSION] != request.cookies.get(SESSION_COOKIE):  # new, or a login's
