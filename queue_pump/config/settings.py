@@ -76,6 +76,13 @@ class Settings:
         "QUEUE_PUMP_JOBS_URL", Kind.URL, "",
         "The operator API for queue-pump jobs and top; default "
         "{SUPABASE_URL}/functions/v1/jobs.")
+    dashboard_password: str = setting(
+        "QUEUE_PUMP_DASHBOARD_PASSWORD", Kind.SECRET, "",
+        "The login secret of queue-pump dashboard: needed to serve it on any address but "
+        f"loopback, and asked for on loopback too when set; at least {MIN_ADMIN_TOKEN} "
+        "characters.",
+        min_chars=MIN_ADMIN_TOKEN,
+        min_chars_why="it opens a page that can cancel and retry jobs: it must not be guessable")
     endpoint_override: str = setting(
         "QUEUE_PUMP_ENDPOINT", Kind.URL, "",
         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners).")

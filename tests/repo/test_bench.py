@@ -104,3 +104,15 @@ def test_idle_loops_counts_idle_calls_pickups_and_a_burst(tmp_path: Path) -> Non
         assert len(r["pickup_s"]) == 1 and r["burst_jobs"] == 2 * r["concurrency"]
         assert r["all_busy_s"] is not None  # every loop ran a burst job at the same time
     assert "| 2 |" in done.stdout  # the table
+
+
+def test_the_dashboard_bench_renders_every_page_it_times() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.dashboard", "--jobs", "300", "--calls",
+                          "2"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["jobs"] == 300
+    assert figures["overview first render"]["ttfb_ms"] > 0
+    for name in ("overview refresh (X-Live)", "jobs page, first page"):
+        assert figures[name]["ttfb"]["p99_ms"] <= figures[name]["total"]["max_ms"]
+    assert figures["api GET /jobs/stats"]["p99_ms"] > 0

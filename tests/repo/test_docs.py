@@ -57,6 +57,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --jobs 1000000 --calls 300 "
                            "--claims 300"):
         "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.dashboard --jobs 1000000 --calls 100"):
+        "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
+    ("docs/DASHBOARD.md", "QUEUE_PUMP_SCREENSHOTS=docs/img .venv/bin/python -m pytest -q -n 1 "
+                          "tests/operator_api/dashboard -k screenshots"):
+        "rewrites docs/img/; the same test runs in the suite, writing to a temporary directory",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
