@@ -37,7 +37,8 @@ SHORT_TOKEN = "a shared secret that short can be guessed; the kit's functions re
 # the reference runner's own (its prefix), and those the tests and CI read.
 PREFIX = "QUEUE_PUMP_"
 NOT_SETTINGS_PREFIXES = (f"{PREFIX}RUNNER_",)
-NOT_SETTINGS = frozenset({f"{PREFIX}DENO", f"{PREFIX}REQUIRE_KIT", f"{PREFIX}PG_BIN"})
+NOT_SETTINGS = frozenset({f"{PREFIX}DENO", f"{PREFIX}REQUIRE_KIT", f"{PREFIX}PG_BIN",
+                          f"{PREFIX}REQUIRE_BROWSER", f"{PREFIX}SCREENSHOTS"})
 
 
 @dataclass(frozen=True)
