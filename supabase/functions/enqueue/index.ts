@@ -6,6 +6,7 @@
 import { availabilityFromEnv, connect, Database } from "../_shared/db.ts";
 import { distinctTokens, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
+import { logError } from "../_shared/log.ts";
 import { accept } from "../_shared/request.ts";
 import { prepare, stopOnSignals } from "../_shared/serve.ts";
 import { MAX_BODY_BYTES, parseNewJob } from "./validate.ts";
@@ -39,7 +40,7 @@ const { handler, options } = prepare("enqueue", MAX_BODY_BYTES, () => {
     const [row] = rows;
     if (row?.id == null) {
       // enqueue_job always returns a job (the migration of issue 20); never answer without one.
-      console.error(JSON.stringify({ event: "internal_error", during: "enqueue", error: "no job returned" }));
+      logError({ event: "internal_error", during: "enqueue", error: "no job returned" });
       return error(500, "internal error: the job was not stored, try again");
     }
     return Response.json({ id: row.id, created: row.created }, { status: row.created ? 201 : 200 });
