@@ -19,7 +19,6 @@ from tests.operator_api.target import Target
 from tests.supabase import kit
 from tests.supabase.conftest import pg, pg_bin  # noqa: F401  (fixtures: the shared cluster)
 
-
 AGENT_TOKEN = "kit-agent-token-0123456789abcdef"
 ADMIN_TOKEN = "kit-admin-token-fedcba9876543210"
 FUNCTIONS = ("jobs", "ai-job-runner", "enqueue")
@@ -37,13 +36,14 @@ def _missing(hint: str) -> None:
 @pytest.fixture(scope="session")
 def kit_stack(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """(supabase_url, db_url): the kit's functions on one URL over a database of their own."""
-    pg_bin, deno = kit.find_pg_bin(), kit.find_deno()
-    if pg_bin is None:
+    found_pg, deno = kit.find_pg_bin(), kit.find_deno()
+    if found_pg is None:
         _missing(kit.PG_HINT)
     if deno is None:
         _missing(kit.DENO_HINT)
-    pg: kit.PgCluster = request.getfixturevalue("pg")
-    db_url = pg.create_database(f"kit_ops_{os.getpid()}_{uuid.uuid4().hex[:8]}", template=TEMPLATE)
+    cluster: kit.PgCluster = request.getfixturevalue("pg")
+    db_url = cluster.create_database(f"kit_ops_{os.getpid()}_{uuid.uuid4().hex[:8]}",
+                                     template=TEMPLATE)
     assert deno is not None
     env = {"AGENT_TOKEN": AGENT_TOKEN, "ADMIN_TOKEN": ADMIN_TOKEN, "SUPABASE_DB_URL": db_url,
            # a cancel is seen within a tenth of a second while a handler runs
