@@ -48,7 +48,7 @@ def kit_stack(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     env = {"AGENT_TOKEN": AGENT_TOKEN, "ADMIN_TOKEN": ADMIN_TOKEN, "SUPABASE_DB_URL": db_url,
            # a cancel is seen within a tenth of a second while a handler runs
            "JOB_CANCEL_POLL_MS": "100", "DB_POOL_MAX": "10"}
-    server = _FunctionsServer(deno, FUNCTIONS, env)
+    server = kit.FunctionsServer(deno, env, FUNCTIONS)
     try:
         yield server.base_url, db_url
     finally:
@@ -81,61 +81,3 @@ def kit_target(kit_stack: tuple[str, str], tmp_path: Path) -> Target:
         make_succeed=lambda job_id: _owner(
             db_url, "update queue_pump.jobs set job_type = 'echo' where id = %s", job_id))
 
-
-class _FunctionsServer:
-    """Until kit.FunctionsServer lands (branch kit-stack): each function on its own port and a
-    small proxy routing /functions/v1/<name> to it."""
-
-    def __init__(self, deno: Path, names: tuple[str, ...], env: dict[str, str]) -> None:
-        import http.client
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.fns = {name: kit.DenoFunction(deno, name, env) for name in names}
-        ports = {name: fn.port for name, fn in self.fns.items()}
-
-        class Proxy(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                parts = self.path.split("/")
-                port = ports.get(parts[3].split("?")[0]) if len(parts) > 3 else None
-                if port is None:
-                    body = b'{"error": "no such function"}'
-                    self.send_response(404)
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                length = int(self.headers.get("content-length") or 0)
-                data = self.rfile.read(length) if length else b""
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("connection", "keep-alive")}
-                conn.request(self.command, self.path, body=data, headers=headers)
-                resp = conn.getresponse()
-                payload = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("connection", "keep-alive", "content-length",
-                                         "transfer-encoding"):
-                        self.send_header(k, v)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                conn.close()
-
-            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _forward
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        for fn in self.fns.values():
-            fn.stop()
