@@ -180,14 +180,22 @@ class LogLines {
     private readonly masker: Masker,
   ) {}
 
+  private closed = false;
+
   add(message: unknown, data?: unknown): Promise<void> {
-    if (this.sent >= MAX_LOG_LINES) return this.chain;
+    // Past the bound, or after the run's outcome (a handler left running past its deadline):
+    // nothing more is sent.
+    if (this.closed || this.sent >= MAX_LOG_LINES) return this.chain;
     this.sent++;
     const text = this.masker.line(typeof message === "string" ? message : describe(message), MAX_LOG_CHARS);
     let extra: unknown = null;
     if (data !== undefined && data !== null) {
       const problem = jsonProblem(data, "log data", 2048);
-      extra = problem ? { unstorable: problem } : JSON.parse(this.masker.mask(JSON.stringify(data)));
+      try {
+        extra = problem ? { unstorable: problem } : JSON.parse(this.masker.mask(JSON.stringify(data)));
+      } catch {
+        extra = { unstorable: "log data could not be masked and kept" };
+      }
     }
     this.chain = this.chain.then(async () => {
       try {
@@ -200,7 +208,9 @@ class LogLines {
     return this.chain;
   }
 
+  /** Once every line sent so far is written; later ones are dropped. */
   flushed(): Promise<void> {
+    this.closed = true;
     return this.chain;
   }
 }
