@@ -347,5 +347,6 @@ def test_without_an_admin_token_the_operator_api_is_off(
         deno_bin: Path, db_url: str, org: str) -> None:
     with functions(deno_bin, "jobs", db_url) as [jobs]:
         status, body = _call(jobs.url, org, {"X-Admin-Token": TOKEN})
-        assert jobs.events("operator_api_off")
+        # said once, in the function's log (read by a thread of its own: waited for)
+        kit.wait_until(lambda: jobs.events("operator_api_off"), 30, "operator_api_off")
     assert status == 503 and "ADMIN_TOKEN" in body["error"]
