@@ -18,6 +18,7 @@ from .knobs import (
     MIB,
     MIN_ADMIN_TOKEN,
     MIN_SECRET_CHARS,
+    MIN_TOKEN_CHARS,
     MIN_WAKE_TOKEN,
     Kind,
     Knob,
@@ -29,6 +30,8 @@ from .urls import redact_url
 
 # Masked everywhere, a short secret would garble every log line and so show itself.
 SHORT_SECRET = "a value that short is no secret, and masking it would garble every log line"
+# The kit's functions refuse a shorter AGENT_TOKEN at their start: refused here first.
+SHORT_TOKEN = "a shared secret that short can be guessed; the kit's functions refuse it too"
 
 # The family of variables the pump reads; and the names in it that are no setting of the pump:
 # the reference runner's own (its prefix), and those the tests and CI read.
@@ -48,9 +51,10 @@ class Settings:
         placeholder="https://your-project.supabase.co")
     agent_token: str = setting(
         "AGENT_TOKEN", Kind.SECRET, None,
-        f"Sent as X-Agent-Token on every call; at least {MIN_SECRET_CHARS} characters.",
-        required=True, header=True, placeholder="change-me", min_chars=MIN_SECRET_CHARS,
-        min_chars_why=SHORT_SECRET)
+        f"Sent as X-Agent-Token on every call; at least {MIN_TOKEN_CHARS} characters, as "
+        "the kit's functions want (e.g. openssl rand -hex 32).",
+        required=True, header=True, placeholder="change-me", min_chars=MIN_TOKEN_CHARS,
+        min_chars_why=SHORT_TOKEN)
     organization_id: str = setting(
         "ORGANIZATION_ID", Kind.STR, None,
         "Sent as X-Organization-Id on every call.", required=True, header=True,

@@ -9,13 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_errors import Failed, Usage
+
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "supabase" / "functions"
 DENO_HINT = "Deno not found: run scripts/get-deno.sh (needs npm), put deno on PATH, or pass --deno"
-
-
-class Usage(Exception):
-    """Bad input: its message is the one line the user sees (exit 2)."""
 
 
 def find_deno(given: str | None) -> Path:
@@ -27,7 +25,7 @@ def find_deno(given: str | None) -> Path:
     for c in (os.environ.get("QUEUE_PUMP_DENO"), shutil.which("deno"), str(local)):
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
-    raise Usage(DENO_HINT)
+    raise Failed(DENO_HINT)
 
 
 def port_number(text: str) -> int:
@@ -62,7 +60,44 @@ def parser() -> Parser:
     serve.add_argument("--functions", type=Path, default=FUNCTIONS,
                        help="the functions folder (default: this clone's supabase/functions)")
     serve.add_argument("--deno", help="the deno binary (default: QUEUE_PUMP_DENO, PATH, .tools)")
+    up = sub.add_parser("up", help=(
+        "make (or start again) the stack in --dir and print the .env lines for the pump and "
+        "queue-pump jobs on stdout; run again, it applies only the migrations not yet applied "
+        "and serves the functions as they now are"))
+    up.add_argument("--dir", type=Path, required=True,
+                    help="the stack's folder: new, empty, or a stack's from an earlier up")
+    up.add_argument("--port", type=port_number, default=None,
+                    help="the functions' port (default 54321, or the stack's; 0: any free one)")
+    up.add_argument("--pg-port", type=port_number, default=None,
+                    help="a new stack's PostgreSQL port on 127.0.0.1 (default: a free one); "
+                    "a stack keeps its port")
+    up.add_argument("--deno", help="the deno binary (default: QUEUE_PUMP_DENO, PATH, .tools)")
+    down = sub.add_parser("down", help="stop the stack in --dir and remove that folder")
+    down.add_argument("--dir", type=Path, required=True, help="the stack's folder")
     return top
+
+
+def up(args: argparse.Namespace) -> int:
+    from . import stack
+
+    deno = find_deno(args.deno)
+    folder = args.dir.resolve()
+    try:
+        lines = stack.up(folder, args.port, args.pg_port, deno)
+    except Failed as err:
+        if stack.read_state(folder) is None:
+            raise
+        raise Failed(f"{err} (the stack in {folder} is left as it is: fix that and run up "
+                     "again, or down)") from None
+    print(lines, end="", flush=True)
+    return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    from . import stack
+
+    stack.down(args.dir.resolve())
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -80,15 +115,18 @@ def serve(args: argparse.Namespace) -> int:
     if not names:
         raise Usage(f"no functions in {folder}")
     deno = find_deno(args.deno)
-    return functions.main(deno, folder.resolve(), names, args.state.resolve(), args.host,
-                          args.port)
+    try:
+        return functions.main(deno, folder.resolve(), names, args.state.resolve(), args.host,
+                              args.port)
+    except ValueError as err:  # a limit from the environment
+        raise Usage(str(err)) from None
 
 
 def main(argv: Sequence[str]) -> int:
     try:
         args = parser().parse_args(argv)
-        return {"serve": serve}[args.command](args)
-    except Usage as err:
-        print(f"kit-stack: {err}" if not str(err).startswith("kit-stack") else str(err),
-              file=sys.stderr)
-        return 2
+        return {"serve": serve, "up": up, "down": down}[args.command](args)
+    except (Usage, Failed) as err:
+        line = str(err) if str(err).startswith("kit-stack") else f"kit-stack: {err}"
+        print(line, file=sys.stderr)
+        return 2 if isinstance(err, Usage) else 1

@@ -16,6 +16,10 @@ gateway on the one public port:
   "Requested function was not found"}``; another path: 404 ``no Route matched with those
   values`` (the gateway's words).
 - A function whose process has exited: 502 with one line saying so; the others keep serving.
+- The router's own bounds, from the variables the fronts read: at most HTTP_MAX_CONNECTIONS
+  connections (then 503, as a front answers), and a connection that has sent no whole request
+  head within HTTP_IDLE_TIMEOUT_MS is closed. It adds a `Server` header to answers (aiohttp's);
+  nothing else is added or taken away but hop-by-hop headers.
 
 Each function's output (its JSON log lines) goes to ``<state>/<name>.log``; the router's own
 lines (JSON) go to its stdout. SIGTERM or SIGINT: the functions get SIGTERM (they finish the
@@ -30,7 +34,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -153,7 +157,7 @@ class Router:
                 await proc.wait()
 
     # -- the gateway -------------------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path
         if not path.startswith(PREFIX):
             return web.json_response(NO_ROUTE, status=404)
@@ -171,7 +175,7 @@ class Router:
         log("function_unavailable", function=fn.name, reason=line)
         return web.json_response({"error": line}, status=502)
 
-    async def _forward(self, request: web.Request, fn: Function,
+    async def _forward(self, request: web.BaseRequest, fn: Function,
                        target: str) -> web.StreamResponse:
         assert self.session is not None
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
@@ -191,7 +195,7 @@ class Router:
         async with upstream:
             return await self._relay(request, upstream)
 
-    async def _relay(self, request: web.Request, upstream: Any) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, upstream: Any) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in upstream.headers.items():
             if k.lower() not in HOP_BY_HOP:
@@ -209,22 +213,119 @@ class Router:
         await response.write_eof()
         return response
 
-    async def serve(self, host: str, port: int) -> web.AppRunner:
+    async def serve(self, host: str, port: int, limits: Limits) -> Callable[[], Awaitable[None]]:
+        """Listens on host:port; returns what closes the listener and its connections."""
         # Neither end decompresses or adds headers of its own: bytes pass as they were sent.
         self.session = ClientSession(
             connector=TCPConnector(limit=0, keepalive_timeout=15), auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=ClientTimeout(total=None, sock_connect=10))
-        app = web.Application(handler_args={"auto_decompress": False})
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               keepalive_timeout=60.0, shutdown_timeout=STOP_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]  # the port the system chose, for port 0
+        # keepalive_timeout also closes a connection that has not sent a whole request head by
+        # then (aiohttp arms it at connect and between requests): the router's read deadline.
+        server = web.Server(self.handle, access_log=None, keepalive_timeout=limits.idle_s,
+                            auto_decompress=False)
+
+        open_connections = [0]  # counted when made: asyncio may accept several before any starts
+
+        def closed() -> None:
+            open_connections[0] -= 1
+
+        def connection() -> asyncio.BaseProtocol:
+            if open_connections[0] >= limits.max_connections:
+                return Busy()
+            open_connections[0] += 1
+            return Counted(server(), closed)
+
+        listener = await asyncio.get_running_loop().create_server(
+            connection, host, port, reuse_address=True)
+        bound = listener.sockets[0].getsockname()[1]  # the port the system chose, for port 0
         log("serving", host=host, port=bound, functions=sorted(self.functions))
-        return runner
+
+        async def close() -> None:
+            listener.close()
+            await server.shutdown(STOP_TIMEOUT_S)
+
+        return close
+
+
+BUSY_BODY = b'{"error":"too many connections, try again later"}'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
+        % (len(BUSY_BODY), BUSY_BODY))
+
+
+class Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, and a call when that connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[], None]) -> None:
+        self.inner = inner
+        self.on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost()
+        self.inner.connection_lost(exc)
+
+
+class Busy(asyncio.Protocol):
+    """A connection over HTTP_MAX_CONNECTIONS: the front's 503 (front.ts), then closed. What
+    the client still sends is read and dropped for at most a second, so that closing does not
+    reset the connection and lose the answer before the client reads it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(BUSY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(1.0, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped
+
+    def eof_received(self) -> bool:
+        return False  # the client is done too: close
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The router's own bounds, read from the variables the functions' fronts read."""
+
+    max_connections: int
+    idle_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        return cls(int_from_env(env, "HTTP_MAX_CONNECTIONS", 256, 1, 100_000),
+                   int_from_env(env, "HTTP_IDLE_TIMEOUT_MS", 60_000, 100, 3_600_000) / 1000)
+
+
+def int_from_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """As the functions read it (supabase/functions/_shared/env.ts), with the same line."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, "
+                         f"got {json.dumps(raw[:40])}")
+    return value
 
 
 def append_to(path: Path) -> BinaryIO:
@@ -247,7 +348,7 @@ def last_lines(path: Path, limit: int = 2000) -> str:
 
 
 async def run(deno: Path, functions: Path, names: Sequence[str], state: Path, host: str,
-              port: int) -> int:
+              port: int, limits: Limits) -> int:
     """Starts the functions, serves until SIGTERM/SIGINT; 0 after a clean stop, 1 when a
     function could not start (its output is in its log and said in one line)."""
     router = Router(deno, functions, names, state, os.environ)
@@ -264,10 +365,10 @@ async def run(deno: Path, functions: Path, names: Sequence[str], state: Path, ho
             last_line=tail[-1][:500] if tail else "")
         await router.stop_all()
         return 1
-    runner = await router.serve(host, port)
+    close = await router.serve(host, port, limits)
     await stop.wait()
     await router.stop_all()
-    await runner.cleanup()
+    await close()
     if router.session is not None:
         await router.session.close()
     log("stopped")
@@ -276,9 +377,10 @@ async def run(deno: Path, functions: Path, names: Sequence[str], state: Path, ho
 
 def main(deno: Path, functions: Path, names: Sequence[str], state: Path, host: str,
          port: int) -> int:
+    limits = Limits.from_env(os.environ)  # a bad value: ValueError with its one line
     state.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(run(deno, functions, names, state, host, port))
+        return asyncio.run(run(deno, functions, names, state, host, port, limits))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -66,9 +66,12 @@ def test_every_function_on_one_port_and_a_job_goes_in_and_out_unchanged(
                               (created["id"],)).fetchone()
     assert stored == (payload, {"echo": payload})
     assert headers["Content-Type"] == "application/json"
-    # Every process is one the router started, each with its own log.
-    assert set(server.pids) == {"ai-job-runner", "enqueue", "jobs"}
-    assert len({e["port"] for e in server.router_events("function_started")}) == 3
+    # Every function of the folder is served, each a process of its own with its own log.
+    every = {p.name for p in kit.FUNCTIONS.iterdir()
+             if (p / "index.ts").is_file() and not p.name.startswith("_")}
+    assert {"ai-job-runner", "enqueue"} <= every and set(server.pids) == every
+    assert len({e["port"] for e in server.router_events("function_started")}) == len(every)
+    assert len(set(server.pids.values())) == len(every)
     for name in server.pids:
         assert [e["event"] for e in server.events(name)][:1] == ["listening"]
 
@@ -134,3 +137,25 @@ def test_named_functions_only_and_a_clean_stop(deno_bin: Path, db_url: str) -> N
     assert code == 0
     assert [e["code"] for e in fns.router_events("function_exited")] == [0]
     assert fns.router_events("stopped")
+
+
+def test_the_router_caps_connections_and_closes_ones_that_send_no_request(
+        deno_bin: Path, db_url: str) -> None:
+    env = {"AGENT_TOKEN": TOKEN, "SUPABASE_DB_URL": db_url, "HTTP_MAX_CONNECTIONS": "2",
+           "HTTP_IDLE_TIMEOUT_MS": "3000"}
+    with kit.FunctionsServer(deno_bin, env, ["enqueue"]) as fns:
+        silent = [socket.create_connection(("127.0.0.1", fns.port), timeout=30)
+                  for _ in range(2)]
+        silent[1].sendall(b"POST /functions/v1/enqueue HTTP/1.1\r\nHost: x\r\n")  # half a head
+        try:
+            third = raw(fns.port, "GET /functions/v1/enqueue HTTP/1.1\r\nHost: x\r\n\r\n", [])
+            assert third.startswith(b"HTTP/1.1 503 "), third[:200]
+            assert third.endswith(b'{"error":"too many connections, try again later"}')
+            started = time.monotonic()
+            assert [s.recv(100) for s in silent] == [b"", b""]  # closed by the router
+            assert time.monotonic() - started < 15
+        finally:
+            for s in silent:
+                s.close()
+        answer = raw(fns.port, "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", [])
+        assert answer.startswith(b"HTTP/1.1 404 ")

@@ -160,7 +160,7 @@ def test_a_wrong_token_is_a_401_and_the_pump_names_the_setting(
         deno_bin: Path, db_url: str, org: str) -> None:
     enqueue_many(db_url, org, 1)
     with functions(deno_bin, "ai-job-runner", db_url) as [fn]:
-        env = proc.pump_env(fn.base_url, ORGANIZATION_ID=org, AGENT_TOKEN="not-the-token")
+        env = proc.pump_env(fn.base_url, ORGANIZATION_ID=org, AGENT_TOKEN="not-the-token-0123")
         result = proc.run(env, "--once", timeout_s=30)
     assert result.code == 1
     [failed] = result.named("call_failed")

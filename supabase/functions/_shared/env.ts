@@ -22,6 +22,9 @@ export function listFromEnv(name: string): string[] {
   return (Deno.env.get(name) ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
 }
 
+// The one minimum for every token, here and in the pump (queue_pump/config/knobs.py
+// MIN_TOKEN_CHARS): 16 characters from a random source cannot be guessed by trying
+// (docs/CONFIGURATION.md, "Tokens").
 export const MIN_TOKEN_CHARS = 16;
 
 /** The shared secret; too short to be one is refused (its value is never shown). */
