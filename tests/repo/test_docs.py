@@ -97,6 +97,19 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/process/test_faults.py "
                             "tests/process/test_signals.py tests/unit/test_bad_input.py \\"):
         "runs tests of this suite; from inside the suite they would run twice",
+    ("docs/OPERATIONS.md", "supabase db push                                    # the "
+                           "migrations, 20261207000000_steer.sql too"):
+        "needs the Supabase CLI and a Supabase project; the kit driver of tests/operator_api "
+        "runs every command against the kit's functions under plain Deno",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --kit --jobs 1000 1000000 "
+                           "--calls 300 --claims 300"):
+        "a benchmark of minutes over 1,000,000 jobs in PostgreSQL; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit cost --against /work/main "
+                           "--rounds 3 --jobs 3000"):
+        "a benchmark of minutes against another checkout; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit cost --against /work/main "
+                           "--rounds 5 --jobs 3000"):
+        "a benchmark of minutes against another checkout; benchmarks are not tests",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
 }
