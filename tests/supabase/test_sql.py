@@ -307,11 +307,16 @@ def test_service_role_runs_the_functions_but_cannot_read_the_table(db_url: str, 
 
 
 WAYS_IN = {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail", "requeue",
-           "stats", "due_since", "due_count", "purge", "new_job_id"}
-# Helpers that read no table: they run as their caller (the functions above, or service_role
-# calling them directly, with no right it does not already have).
+           "stats", "due_since", "due_count", "purge", "new_job_id",
+           # issue 24
+           "enqueue_many", "set_concurrency_limit", "set_rate_limit", "key_limits", "job_tree"}
+# Helpers: they run as their caller (the functions above, as the owner; service_role calling
+# one directly gets no right it does not already have, and it has none on the tables).
 HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json",
-           "forget_payload_bytes"}
+           "forget_payload_bytes",
+           # issue 24: checks, the key and dependency machinery, its triggers
+           "key_lock", "park", "unpark", "admit", "key_freed", "after_ended", "into_queue",
+           "check_new_job", "insert_job", "batch_text", "batch_int"}
 
 
 def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -> None:
