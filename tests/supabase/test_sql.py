@@ -308,12 +308,19 @@ def test_service_role_runs_the_functions_but_cannot_read_the_table(db_url: str, 
 
 WAYS_IN = {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail", "requeue",
            "stats", "due_since", "due_count", "purge", "new_job_id",
+           # the see-and-steer migration (issue 22)
+           "add_job", "heartbeat_job", "cancel_requested", "job_log", "complete_job",
+           "list_jobs", "job_detail", "job_history", "cancel", "retry", "retry_failed", "hung",
+           "cancel_hung", "purge_organization", "summary",
            # issue 24
            "enqueue_many", "set_concurrency_limit", "set_rate_limit", "key_limits", "job_tree"}
-# Helpers: they run as their caller (the functions above, as the owner; service_role calling
-# one directly gets no right it does not already have, and it has none on the tables).
+# Helpers that hold no right of their own: they run as their caller (the functions above, or
+# service_role calling them directly, with no right it does not already have: the ones that
+# write, add_event, cancel_one, retry_one and forget_history, then fail on the tables).
 HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json",
-           "forget_payload_bytes",
+           "forget_payload_bytes", "forget_history", "max_events", "max_event_bytes",
+           "clip_message", "clip_data", "add_event", "iso", "job_json", "event_json",
+           "check_org", "cancel_one", "retry_one",
            # issue 24: checks, the key and dependency machinery, its triggers
            "key_lock", "park", "unpark", "admit", "key_freed", "after_ended", "into_queue",
            "check_new_job", "insert_job", "batch_text", "batch_int"}

@@ -34,3 +34,13 @@ export function tokenFromEnv(name: string): string {
   }
   return value;
 }
+
+/** AGENT_TOKEN and ADMIN_TOKEN are two secrets: a pump's token must never open the operator's
+ * API, nor an operator's pose as a pump. On Supabase every function sees every secret, so each
+ * function that reads one refuses to start when the other has the same value. */
+export function distinctTokens(own: string, otherName: string): void {
+  const other = Deno.env.get(otherName);
+  if (other !== undefined && other !== "" && other === own) {
+    throw new Error(`AGENT_TOKEN and ADMIN_TOKEN must differ (give ${otherName} a value of its own)`);
+  }
+}

@@ -7,7 +7,7 @@
 // DB_POOL_MAX (default 5), DB_RECONNECT_MS (default 2000), DB_RETRY_AFTER_SECONDS (default 5);
 // under plain Deno PORT, HOST and the HTTP_* limits of the guarded front (docs/SUPABASE.md).
 import { availabilityFromEnv, connect, Database, dbPasswordForms } from "../_shared/db.ts";
-import { intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
+import { distinctTokens, intFromEnv, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
 import { accept } from "../_shared/request.ts";
 import { Masker } from "../_shared/secrets.ts";
@@ -17,6 +17,7 @@ import { MAX_BODY_BYTES, queueOf, type RunnerOptions, runOne } from "./runner.ts
 
 const { handler, options } = prepare("ai-job-runner", MAX_BODY_BYTES, () => {
   const token = tokenFromEnv("AGENT_TOKEN");
+  distinctTokens(token, "ADMIN_TOKEN");
   const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
   const [password, ...spellings] = dbPasswordForms();
   const runner: RunnerOptions = {

@@ -1,9 +1,10 @@
 // enqueue: POST one job. 201 {"id", "created": true}; 200 {"id", "created": false} when the
 // dedupeKey is already known in that organization and queue; 400 with one line for a bad body.
-// The same X-Agent-Token and X-Organization-Id as ai-job-runner; what QUEUE_PUMP_SCHEDULES
-// entries point at (docs/SCHEDULES.md).
+// The same X-Agent-Token and X-Organization-Id as ai-job-runner (never ADMIN_TOKEN: that is the
+// operator's, for the `jobs` function); what QUEUE_PUMP_SCHEDULES entries point at
+// (docs/SCHEDULES.md). The job's history says it was added `by: enqueue`.
 import { availabilityFromEnv, connect, Database } from "../_shared/db.ts";
-import { listFromEnv, tokenFromEnv } from "../_shared/env.ts";
+import { distinctTokens, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
 import { accept } from "../_shared/request.ts";
 import { prepare, stopOnSignals } from "../_shared/serve.ts";
@@ -11,6 +12,7 @@ import { MAX_BODY_BYTES, parseNewJob } from "./validate.ts";
 
 const { handler, options } = prepare("enqueue", MAX_BODY_BYTES, () => {
   const token = tokenFromEnv("AGENT_TOKEN");
+  distinctTokens(token, "ADMIN_TOKEN");
   const allowed = listFromEnv("ALLOWED_ORGANIZATION_IDS");
   const db = new Database(connect(), availabilityFromEnv());
 
@@ -26,10 +28,10 @@ const { handler, options } = prepare("enqueue", MAX_BODY_BYTES, () => {
       // lose its microseconds.
       rows = await db.run(() =>
         db.sql<{ id: number; created: boolean }[]>`
-          select id, created from queue_pump.enqueue_job(
+          select id, created from queue_pump.add_job(
             organization_id => ${caller.organizationId}, queue => ${job.queue}, job_type => ${job.type},
             payload => ${db.sql.json(job.payload as never)}, dedupe_key => ${job.dedupeKey},
-            run_at => ${job.runAt}::text::timestamptz, max_attempts => ${job.maxAttempts})`
+            run_at => ${job.runAt}::text::timestamptz, max_attempts => ${job.maxAttempts}, by => 'enqueue')`
       );
     } catch (err) {
       return db.errorResponse(err, "enqueue");
