@@ -293,6 +293,9 @@ create trigger jobs_key_freed_by_delete after delete on queue_pump.jobs
 create function queue_pump.after_ended() returns trigger
 language plpgsql
 as $$
+declare
+  why text;
+  ended_ids bigint[];
 begin
   if new.status = 'done' then
     update queue_pump.jobs d set waiting_for = d.waiting_for - 1, updated_at = now()
@@ -306,6 +309,8 @@ begin
   if pg_trigger_depth() > 1 then
     return null;
   end if;
+  why := left(format('not run: job %s, which it waits for (directly or not), ended %s: %s',
+                     new.id, new.status, coalesce(new.last_error, 'no reason given')), 2000);
   with recursive victims(id) as (
     select d.id from queue_pump.jobs d
      where d."after" @> array[new.id] and d.status = 'queued' and d.waiting_for > 0
@@ -314,13 +319,20 @@ begin
     select d.id from victims v
       join queue_pump.jobs d on d."after" @> array[v.id]
      where d.status = 'queued' and d.waiting_for > 0 and d.after_failure = 'end'
+  ), ended as (
+    update queue_pump.jobs d
+       set status = new.status, finished_at = now(), updated_at = now(), waiting_for = 0,
+           last_error = why
+      from victims v
+     where d.id = v.id
+    returning d.id
   )
-  update queue_pump.jobs d
-     set status = new.status, finished_at = now(), updated_at = now(), waiting_for = 0,
-         last_error = left(format('not run: job %s, which it waits for (directly or not), ended %s: %s',
-                                  new.id, new.status, coalesce(new.last_error, 'no reason given')), 2000)
-    from victims v
-   where d.id = v.id;
+  select array_agg(e.id) into ended_ids from ended e;
+  -- Their histories say so (the steer migration's events).
+  for i in 1 .. coalesce(cardinality(ended_ids), 0) loop
+    perform queue_pump.add_event(ended_ids[i], new.status, null, null, why,
+                                 jsonb_build_object('final', true, 'after', new.id));
+  end loop;
   return null;
 end;
 $$;
@@ -406,7 +418,7 @@ $$;
 create function queue_pump.insert_job(
   fn text, organization_id text, queue text, job_type text, payload jsonb, dedupe_key text,
   run_at timestamptz, max_attempts integer, priority integer, concurrency_key text,
-  "after" bigint[], after_failure text, parent_id bigint
+  "after" bigint[], after_failure text, parent_id bigint, by text
 ) returns table (id bigint, created boolean)
 language plpgsql
 as $$
@@ -417,6 +429,10 @@ declare
   waiting integer := 0;
   ended queue_pump.jobs;
   mode text := coalesce(insert_job.after_failure, 'end');
+  -- The first event of its history (the steer migration): who added it.
+  first_data jsonb := jsonb_build_object('by', coalesce(insert_job.by, 'sql'));
+  cost integer := octet_length('enqueued') + octet_length(first_data::text);
+  why text;
   new_id bigint;
 begin
   if insert_job.parent_id is not null and not exists (
@@ -450,6 +466,8 @@ begin
       select p.* into ended from queue_pump.jobs p
        where p.id = any(deps) and p.status in ('failed', 'cancelled')
        order by p.id limit 1;
+      why := left(format('not run: job %s, which it waits for (directly or not), ended %s: %s',
+                         ended.id, ended.status, coalesce(ended.last_error, 'no reason given')), 2000);
     end if;
   else
     deps := null;
@@ -459,7 +477,7 @@ begin
     insert into queue_pump.jobs as j
       (organization_id, queue, job_type, payload, payload_bytes, dedupe_key, run_at,
        max_attempts, priority, concurrency_key, "after", after_failure, parent_id, waiting_for,
-       status, finished_at, last_error)
+       status, finished_at, last_error, history_events, history_bytes)
     values (
       insert_job.organization_id, insert_job.queue, insert_job.job_type,
       coalesce(insert_job.payload, '{}'::jsonb),
@@ -475,15 +493,19 @@ begin
       case when ended.id is null then coalesce(waiting, 0) else 0 end,
       coalesce(ended.status, 'queued'),
       case when ended.id is not null then now() end,
-      case when ended.id is not null then
-        left(format('not run: job %s, which it waits for (directly or not), ended %s: %s',
-                    ended.id, ended.status, coalesce(ended.last_error, 'no reason given')), 2000)
-      end
+      why,
+      1, cost
     )
     on conflict (organization_id, queue, dedupe_key) where dedupe_key is not null do nothing
     returning j.id into new_id;
 
     if new_id is not null then
+      insert into queue_pump.job_events (job_id, seq, kind, data)
+      values (new_id, 1, 'enqueued', first_data);
+      if ended.id is not null then
+        perform queue_pump.add_event(new_id, ended.status, null, null, why,
+                                     jsonb_build_object('final', true, 'after', ended.id));
+      end if;
       return query select new_id, true;
       return;
     end if;
@@ -504,9 +526,48 @@ end;
 $$;
 
 -- New arguments cannot be added by `create or replace` (that would make a second function and
--- every call by name ambiguous): the two ways in are replaced.
+-- every call by name ambiguous): the three ways in are replaced, with the same names and the
+-- new arguments last.
 drop function queue_pump.enqueue(text, text, text, jsonb, text, timestamptz, integer);
 drop function queue_pump.enqueue_job(text, text, text, jsonb, text, timestamptz, integer);
+drop function queue_pump.add_job(text, text, text, jsonb, text, timestamptz, integer, text);
+
+-- enqueue_job, saying who added the job (`by`: sql, enqueue, operator, handler) in its first
+-- event (the steer migration's add_job, with issue 24's arguments).
+create function queue_pump.add_job(
+  organization_id text,
+  queue text,
+  job_type text,
+  payload jsonb default '{}'::jsonb,
+  dedupe_key text default null,
+  run_at timestamptz default null,
+  max_attempts integer default 5,
+  by text default 'sql',
+  priority integer default 0,
+  concurrency_key text default null,
+  "after" bigint[] default null,
+  after_failure text default 'end',
+  parent_id bigint default null
+) returns table (id bigint, created boolean)
+language plpgsql
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+declare
+  q text := coalesce(add_job.queue, 'agent');
+begin
+  perform queue_pump.check_text('enqueue', 'by', coalesce(add_job.by, 'sql'), 1, 40);
+  perform queue_pump.check_new_job('enqueue', add_job.organization_id, q,
+    add_job.job_type, add_job.payload, add_job.dedupe_key, add_job.run_at,
+    add_job.max_attempts, add_job.priority, add_job.concurrency_key,
+    add_job."after", add_job.after_failure, add_job.parent_id);
+  return query select * from queue_pump.insert_job('enqueue', add_job.organization_id, q,
+    add_job.job_type, add_job.payload, add_job.dedupe_key, add_job.run_at,
+    add_job.max_attempts, add_job.priority, add_job.concurrency_key,
+    add_job."after", add_job.after_failure, add_job.parent_id, coalesce(add_job.by, 'sql'));
+end;
+$$;
 
 create function queue_pump.enqueue_job(
   organization_id text,
@@ -522,23 +583,19 @@ create function queue_pump.enqueue_job(
   after_failure text default 'end',
   parent_id bigint default null
 ) returns table (id bigint, created boolean)
-language plpgsql
+language sql
 security definer
 set search_path = ''
 set lock_timeout = '5s'
 as $$
-declare
-  q text := coalesce(enqueue_job.queue, 'agent');
-begin
-  perform queue_pump.check_new_job('enqueue', enqueue_job.organization_id, q,
-    enqueue_job.job_type, enqueue_job.payload, enqueue_job.dedupe_key, enqueue_job.run_at,
-    enqueue_job.max_attempts, enqueue_job.priority, enqueue_job.concurrency_key,
-    enqueue_job."after", enqueue_job.after_failure, enqueue_job.parent_id);
-  return query select * from queue_pump.insert_job('enqueue', enqueue_job.organization_id, q,
-    enqueue_job.job_type, enqueue_job.payload, enqueue_job.dedupe_key, enqueue_job.run_at,
-    enqueue_job.max_attempts, enqueue_job.priority, enqueue_job.concurrency_key,
-    enqueue_job."after", enqueue_job.after_failure, enqueue_job.parent_id);
-end;
+  select a.id, a.created from queue_pump.add_job(
+    organization_id => enqueue_job.organization_id, queue => enqueue_job.queue,
+    job_type => enqueue_job.job_type, payload => enqueue_job.payload,
+    dedupe_key => enqueue_job.dedupe_key, run_at => enqueue_job.run_at,
+    max_attempts => enqueue_job.max_attempts, by => 'sql',
+    priority => enqueue_job.priority, concurrency_key => enqueue_job.concurrency_key,
+    "after" => enqueue_job."after", after_failure => enqueue_job.after_failure,
+    parent_id => enqueue_job.parent_id) a;
 $$;
 
 create function queue_pump.enqueue(
@@ -560,20 +617,14 @@ security definer
 set search_path = ''
 set lock_timeout = '5s'
 as $$
-  select e.id from queue_pump.enqueue_job(
-    organization_id => enqueue.organization_id,
-    queue => enqueue.queue,
-    job_type => enqueue.job_type,
-    payload => enqueue.payload,
-    dedupe_key => enqueue.dedupe_key,
-    run_at => enqueue.run_at,
-    max_attempts => enqueue.max_attempts,
-    priority => enqueue.priority,
-    concurrency_key => enqueue.concurrency_key,
-    "after" => enqueue."after",
-    after_failure => enqueue.after_failure,
-    parent_id => enqueue.parent_id
-  ) e;
+  select a.id from queue_pump.add_job(
+    organization_id => enqueue.organization_id, queue => enqueue.queue,
+    job_type => enqueue.job_type, payload => enqueue.payload,
+    dedupe_key => enqueue.dedupe_key, run_at => enqueue.run_at,
+    max_attempts => enqueue.max_attempts, by => 'sql',
+    priority => enqueue.priority, concurrency_key => enqueue.concurrency_key,
+    "after" => enqueue."after", after_failure => enqueue.after_failure,
+    parent_id => enqueue.parent_id) a;
 $$;
 
 -- One field of a batch element, or a one-line error naming the element and the field.
@@ -624,7 +675,8 @@ $$;
 create function queue_pump.enqueue_many(
   organization_id text,
   queue text,
-  jobs jsonb
+  jobs jsonb,
+  by text default 'sql'
 ) returns table (index integer, id bigint, created boolean)
 language plpgsql
 security definer
@@ -647,6 +699,7 @@ begin
     raise exception 'queue_pump.enqueue_many: jobs must be a JSON array of job objects'
       using errcode = '22023';
   end if;
+  perform queue_pump.check_text('enqueue_many', 'by', coalesce(enqueue_many.by, 'sql'), 1, 40);
   n := jsonb_array_length(enqueue_many.jobs);
   if n < 1 or n > 1000 then
     raise exception 'queue_pump.enqueue_many: jobs must hold 1 to 1000 jobs, got %', n
@@ -713,7 +766,8 @@ begin
         coalesce(nullif(el -> 'payload', 'null'::jsonb), '{}'::jsonb), el ->> 'dedupe_key',
         (el ->> 'run_at')::timestamptz, coalesce((el ->> 'max_attempts')::integer, 5),
         coalesce((el ->> 'priority')::integer, 0), el ->> 'concurrency_key', after_ids,
-        coalesce(el ->> 'after_failure', 'end'), (el ->> 'parent_id')::bigint) r;
+        coalesce(el ->> 'after_failure', 'end'), (el ->> 'parent_id')::bigint,
+        coalesce(enqueue_many.by, 'sql')) r;
   end loop;
 end;
 $$;
@@ -903,6 +957,8 @@ $$;
 
 -- claim --------------------------------------------------------------------------------------
 
+-- The steer migration's claim (its history events, cancel requests) with the picking of issue
+-- 24: priorities, and keys whose limits hold their jobs back.
 create or replace function queue_pump.claim(
   organization_id text,
   queue text default 'agent',
@@ -922,14 +978,21 @@ declare
   q text := coalesce(claim.queue, 'agent');
   max_bytes integer := queue_pump.max_json_bytes();
   claimed queue_pump.jobs;
+  dead record;
+  lost_worker text;
+  lost_attempt integer;
+  why text;
+  n integer;
+  b integer;
+  cost integer;
+  folded boolean;
   level integer;
   key text;
   verdict text;
   -- Once this call holds a key's lock it only tries others, never waits for them: two claims
-  -- can then never wait for each other.
+  -- then never wait for each other.
   holding boolean := false;
   busy text[] := '{}';
-  dead record;
 begin
   -- The same words as heartbeat's.
   if claim.lease_seconds is null or claim.lease_seconds < 1 or claim.lease_seconds > 86400 then
@@ -938,24 +1001,36 @@ begin
   end if;
 
   -- A running job whose lease ran out lost its worker. If that was its last attempt it ends
-  -- failed here (at most 100 a call, so one claim stays short; the rest on later calls). In key
-  -- order: ending a keyed job takes its key's lock (to unpark), and claims that take several
-  -- take them in the same order.
+  -- failed here, and if an operator asked to cancel it, cancelled (at most 100 a call, so one
+  -- claim stays short; the rest on later calls). Rare: the loop below is usually empty. In key
+  -- order: ending a keyed job takes its key's lock (to unpark the next), and claims that take
+  -- several take them in the same order.
   for dead in
-    select x.id, x.concurrency_key from queue_pump.jobs x
+    select x.id, x.locked_by, x.attempts, x.cancel_requested, x.concurrency_key
+      from queue_pump.jobs x
      where x.organization_id = claim.organization_id and x.queue = q
        and x.status = 'running' and x.lease_expires_at < now()
-       and x.attempts >= x.max_attempts
+       and (x.attempts >= x.max_attempts or x.cancel_requested)
      order by x.concurrency_key nulls first, x.id
      limit 100
      for update skip locked
   loop
     update queue_pump.jobs j
-       set status = 'failed', finished_at = now(), updated_at = now(),
-           locked_by = null, lease_expires_at = null,
-           last_error = 'lease expired on the last attempt (worker lost)'
+       set status = case when dead.cancel_requested then 'cancelled' else 'failed' end,
+           finished_at = now(), updated_at = now(), locked_by = null, lease_expires_at = null,
+           last_error = case when dead.cancel_requested then j.last_error
+                             else 'lease expired on the last attempt (worker lost)' end
      where j.id = dead.id;
     holding := holding or dead.concurrency_key is not null;
+    perform queue_pump.add_event(dead.id, 'lease_expired', dead.attempts, dead.locked_by);
+    if dead.cancel_requested then
+      perform queue_pump.add_event(dead.id, 'cancelled', dead.attempts, dead.locked_by,
+                                   'cancel requested; the lease ran out');
+    else
+      perform queue_pump.add_event(dead.id, 'failed', dead.attempts, dead.locked_by,
+                                   'lease expired on the last attempt (worker lost)',
+                                   jsonb_build_object('final', true));
+    end if;
   end loop;
 
   -- Keys whose rate window turned jobs away and has reopened: up to max_starts of their
@@ -980,28 +1055,33 @@ begin
   end loop;
 
   -- A job too big to hand out (stored before the limit, or written around the functions) ends
-  -- failed without being sent; a job whose key is full is parked: each such round looks again,
-  -- at most 20 a call.
+  -- failed without being sent; a job whose key is full is parked: each such round looks
+  -- again, at most 20 a call.
   for tries in 1..20 loop
+    lost_worker := null;
+    key := null;
     -- An expired lease first: that job has waited since its lease ran out, and it still holds
     -- its key's slot (it is running), so no limit holds it back.
-    select x.id into job_id from queue_pump.jobs x
+    select x.id, x.locked_by, x.attempts into job_id, lost_worker, lost_attempt
+      from queue_pump.jobs x
      where x.organization_id = claim.organization_id and x.queue = q
        and x.status = 'running' and x.lease_expires_at < now()
-       and x.attempts < x.max_attempts
+       and x.attempts < x.max_attempts and not x.cancel_requested
      order by x.lease_expires_at
      limit 1
      for update skip locked;
     if job_id is null then
-      -- Then by priority, highest first: each priority present is one probe of the due index,
-      -- and in it the oldest due job with an attempt left.
+      -- Then by priority, highest first: each priority present costs one probe of the due
+      -- index, and in it the oldest due job with an attempt left is taken.
       select x.priority into level from queue_pump.jobs x
        where x.organization_id = claim.organization_id and x.queue = q
          and x.status = 'queued' and x.waiting_for = 0 and not x.parked
        order by x.priority desc
        limit 1;
       while level is not null loop
-        select x.id, x.concurrency_key into job_id, key from queue_pump.jobs x
+        select x.id, x.history_events, x.history_bytes, x.concurrency_key
+          into job_id, n, b, key
+          from queue_pump.jobs x
          where x.organization_id = claim.organization_id and x.queue = q
            and x.status = 'queued' and x.waiting_for = 0 and not x.parked
            and x.priority = level and x.run_at <= now()
@@ -1037,6 +1117,12 @@ begin
       end if;
     end if;
 
+    -- The `claimed` event's counters go into the claim's own update when it fits (the usual
+    -- case), so that a claim writes its job's row once; the picking read them with the row.
+    cost := octet_length('claimed') + octet_length(left(holder, 200));
+    folded := lost_worker is null and n < queue_pump.max_events()
+              and b + cost <= queue_pump.max_event_bytes();
+
     -- Starting: the lease, and the attempt counted.
     update queue_pump.jobs j
        set status = 'running',
@@ -1044,20 +1130,36 @@ begin
            locked_by = holder,
            lease_expires_at = now() + make_interval(secs => claim.lease_seconds),
            started_at = now(),
-           updated_at = now()
+           heartbeat_at = now(),
+           updated_at = now(),
+           history_events = case when folded then j.history_events + 1 else j.history_events end,
+           history_bytes = case when folded then j.history_bytes + cost else j.history_bytes end
      where j.id = job_id
        and coalesce(j.payload_bytes, octet_length(j.payload::text)) <= max_bytes
        and coalesce(octet_length(j.progress::text), 0) <= max_bytes
     returning j.* into claimed;
     if found then
+      if lost_worker is not null then
+        perform queue_pump.add_event(job_id, 'lease_expired', lost_attempt, lost_worker);
+      end if;
+      if folded then
+        insert into queue_pump.job_events (job_id, seq, kind, attempt, worker)
+        values (job_id, claimed.history_events, 'claimed', claimed.attempts, left(holder, 200));
+      else
+        perform queue_pump.add_event(job_id, 'claimed', claimed.attempts, holder);
+      end if;
       return next claimed;
       return;
     end if;
     update queue_pump.jobs j
        set status = 'failed', finished_at = now(), updated_at = now(),
+           locked_by = null, lease_expires_at = null,
            last_error = 'not run: its ' || coalesce('payload ' || queue_pump.json_problem(j.payload, false),
                                                     'progress ' || queue_pump.json_problem(j.progress, false))
-     where j.id = job_id;
+     where j.id = job_id
+    returning j.last_error into why;
+    perform queue_pump.add_event(job_id, 'failed', null, null, why,
+                                 jsonb_build_object('final', true));
     job_id := null;
   end loop;
 end;
@@ -1066,7 +1168,8 @@ $$;
 -- observation --------------------------------------------------------------------------------
 
 -- "Due" leaves out jobs waiting for others and jobs parked by their key's limit: adding
--- workers would not start them.
+-- workers would not start them. (And, as in the steer migration, running jobs with a cancel
+-- request, which the claim ends rather than runs again.)
 create or replace function queue_pump.due_since(
   organization_id text,
   queue text default 'agent'
@@ -1084,7 +1187,7 @@ as $$
   select x.lease_expires_at from queue_pump.jobs x
    where x.organization_id = due_since.organization_id and x.queue = due_since.queue
      and x.status = 'running' and x.lease_expires_at < now()
-     and x.attempts < x.max_attempts;
+     and x.attempts < x.max_attempts and not x.cancel_requested;
 $$;
 
 -- Only the service role may call the ways in; the helpers are not granted to anyone (they run
