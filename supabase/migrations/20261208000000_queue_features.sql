@@ -233,7 +233,7 @@ begin
   if max_starts is not null then
     insert into queue_pump.key_state as s (organization_id, queue, concurrency_key)
     values (admit.organization_id, admit.queue, admit.concurrency_key)
-    on conflict (organization_id, queue, concurrency_key) do nothing;
+    on conflict on constraint key_state_pkey do nothing;
     -- The window is (now - per, now]: a start exactly `per` ago has left it.
     select array(select t from unnest(s.starts) t where t > now() - per order by t)
       into recent
@@ -810,7 +810,7 @@ begin
       (organization_id, queue, concurrency_key, max_running)
     values (set_concurrency_limit.organization_id, set_concurrency_limit.queue,
             coalesce(set_concurrency_limit.key, ''), set_concurrency_limit.max_running)
-    on conflict (organization_id, queue, concurrency_key)
+    on conflict on constraint concurrency_limits_pkey
       do update set max_running = excluded.max_running;
   end if;
   perform queue_pump.unpark(set_concurrency_limit.organization_id, set_concurrency_limit.queue,
@@ -858,7 +858,7 @@ begin
       (organization_id, queue, concurrency_key, max_starts, per)
     values (set_rate_limit.organization_id, set_rate_limit.queue,
             coalesce(set_rate_limit.key, ''), set_rate_limit.max_starts, set_rate_limit.per)
-    on conflict (organization_id, queue, concurrency_key)
+    on conflict on constraint rate_limits_pkey
       do update set max_starts = excluded.max_starts, per = excluded.per;
   end if;
   update queue_pump.key_state s set reopen_at = null
