@@ -637,7 +637,7 @@ begin
     return null;
   end if;
   if jsonb_typeof(element -> field) <> 'string' then
-    raise exception 'queue_pump.%.%: must be a string, got %', fn, field,
+    raise exception 'queue_pump.%: % must be a string, got %', fn, field,
       jsonb_typeof(element -> field) using errcode = '22023';
   end if;
   return element ->> field;
@@ -655,12 +655,12 @@ begin
     return null;
   end if;
   if jsonb_typeof(element -> field) <> 'number' then
-    raise exception 'queue_pump.%.%: must be a whole number, got %', fn, field,
+    raise exception 'queue_pump.%: % must be a whole number, got %', fn, field,
       jsonb_typeof(element -> field) using errcode = '22023';
   end if;
   n := (element ->> field)::numeric;
   if n <> trunc(n) or abs(n) > 9007199254740991 then
-    raise exception 'queue_pump.%.%: must be a whole number, got %', fn, field,
+    raise exception 'queue_pump.%: % must be a whole number, got %', fn, field,
       left(n::text, 30) using errcode = '22023';
   end if;
   return n;

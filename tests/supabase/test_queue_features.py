@@ -74,7 +74,8 @@ def test_a_high_priority_job_scheduled_for_later_holds_nothing_back(db_url: str,
         assert job(conn, later)["status"] == "queued"
 
 
-def test_priority_is_strict_a_low_one_waits_while_higher_ones_are_due(db_url: str, org: str) -> None:
+def test_priority_is_strict_a_low_one_waits_while_higher_ones_are_due(db_url: str,
+                                                                       org: str) -> None:
     """No aging (docs/SUPABASE.md): the oldest low-priority job still waits for every due
     higher one, however long it has waited."""
     with connect(db_url) as conn:
@@ -87,7 +88,8 @@ def test_priority_is_strict_a_low_one_waits_while_higher_ones_are_due(db_url: st
 def test_a_priority_out_of_range_is_refused_by_name(db_url: str, org: str, value: int) -> None:
     with connect(db_url) as conn, pytest.raises(
             psycopg.errors.InvalidParameterValue,
-            match=r"queue_pump.enqueue: priority must be between -1000 and 1000 \(higher runs first\)"):
+            match=r"queue_pump.enqueue: priority must be between -1000 and 1000"
+                  r" \(higher runs first\)"):
         enqueue(conn, org, priority=value)
 
 
@@ -159,7 +161,8 @@ def test_a_full_key_with_many_jobs_is_not_read_one_by_one(db_url: str, org: str)
     assert reads["seq_scan"] == 0 and reads["idx_tup_fetch"] <= 12, reads
 
 
-def test_the_default_limit_holds_for_each_key_and_a_key_of_its_own_wins(db_url: str, org: str) -> None:
+def test_the_default_limit_holds_for_each_key_and_a_key_of_its_own_wins(
+        db_url: str, org: str) -> None:
     with connect(db_url) as conn:
         set_limit(conn, org, None, 1)
         set_limit(conn, org, "vip", 2)
@@ -220,7 +223,8 @@ def test_every_way_a_job_stops_running_frees_its_slot(db_url: str, org: str, end
                             " and status = 'running'").fetchone() == {"n": 1}
 
 
-def test_an_expired_lease_keeps_its_slot_and_runs_again_before_a_parked_job(db_url: str, org: str) -> None:
+def test_an_expired_lease_keeps_its_slot_and_runs_again_before_a_parked_job(
+        db_url: str, org: str) -> None:
     with connect(db_url) as conn:
         running, waiting = _fill_key(conn, org)
         expire_lease(conn, running)   # presumed dead, with attempts left: it runs again
@@ -277,15 +281,18 @@ def test_sixteen_claimers_never_run_more_of_a_key_than_its_limit(db_url: str, or
 def test_limits_are_checked_by_name(db_url: str, org: str) -> None:
     with connect(db_url) as conn:
         for call, match in [
-            ("select queue_pump.set_concurrency_limit(%s, 'agent', 'k', 0)", "max_running must be between 1"),
-            ("select queue_pump.set_concurrency_limit(%s, 'agent', '', 1)", "key must be text of 1 to 200"),
-            ("select queue_pump.set_rate_limit(%s, 'agent', 'k', 1001, '1 second')", "max_starts must be between 1 and 1000"),
-            ("select queue_pump.set_rate_limit(%s, 'agent', 'k', 1, '0 seconds')", "per must be between 1 millisecond and 1 day"),
-            ("select queue_pump.set_rate_limit(%s, 'agent', 'k', 1, null)", "per must be"),
-            ("select queue_pump.enqueue(%s, 'agent', 'echo', concurrency_key => '')", "concurrency_key must be text of 1 to 200"),
+            ("set_concurrency_limit(%s, 'agent', 'k', 0)", "max_running must be between 1"),
+            ("set_concurrency_limit(%s, 'agent', '', 1)", "key must be text of 1 to 200"),
+            ("set_rate_limit(%s, 'agent', 'k', 1001, '1 second')",
+             "max_starts must be between 1 and 1000"),
+            ("set_rate_limit(%s, 'agent', 'k', 1, '0 seconds')",
+             "per must be between 1 millisecond and 1 day"),
+            ("set_rate_limit(%s, 'agent', 'k', 1, null)", "per must be"),
+            ("enqueue(%s, 'agent', 'echo', concurrency_key => '')",
+             "concurrency_key must be text of 1 to 200"),
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue, match=match):
-                conn.execute(call, (org,))
+                conn.execute(f"select queue_pump.{call}", (org,))
 
 
 # rate ----------------------------------------------------------------------------------------
@@ -306,9 +313,9 @@ def test_the_rate_window_slides_and_its_edges_are_exact(db_url: str, org: str) -
 
         def with_starts(ago_s: list[str]) -> dict[str, Any] | None:
             with conn.transaction():
-                conn.execute("update queue_pump.key_state set starts = array(select now() - x::interval"
-                             " from unnest(%s::text[]) x order by 1), reopen_at = now() - interval '1 us'",
-                             (ago_s,))
+                conn.execute("update queue_pump.key_state set starts = array(select now()"
+                             " - x::interval from unnest(%s::text[]) x order by 1),"
+                             " reopen_at = now() - interval '1 us'", (ago_s,))
                 return claim(conn, org, "r")
 
         # Inside the window: 9.999999 s ago still counts; the claim reopens, unparks, parks again.
@@ -381,7 +388,8 @@ def test_a_cancelled_dependency_cancels_its_dependents(db_url: str, org: str) ->
         assert "ended cancelled" in job(conn, late)["last_error"]
 
 
-def test_a_retried_dependent_waits_again_for_its_unfinished_dependency(db_url: str, org: str) -> None:
+def test_a_retried_dependent_waits_again_for_its_unfinished_dependency(
+        db_url: str, org: str) -> None:
     with connect(db_url) as conn:
         parent = enqueue(conn, org, max_attempts=1)
         child = enqueue(conn, org, after=[parent])
@@ -394,7 +402,8 @@ def test_a_retried_dependent_waits_again_for_its_unfinished_dependency(db_url: s
         assert drain(conn, org) == [parent, child]
 
 
-def test_after_and_parent_name_only_existing_jobs_of_the_organization(db_url: str, org: str) -> None:
+def test_after_and_parent_name_only_existing_jobs_of_the_organization(
+        db_url: str, org: str) -> None:
     """Every edge points to a job that exists when the new one is added, so no cycle can be
     made: a job cannot name itself or a job added after it."""
     with connect(db_url) as conn:
@@ -402,16 +411,18 @@ def test_after_and_parent_name_only_existing_jobs_of_the_organization(db_url: st
         theirs = enqueue(conn, org + "-other")
         next_id = 2**53 - 1
         for kw, match in [
-            ({"after": [mine, theirs]}, f"after names {theirs} which is not a job of this organization"),
+            ({"after": [mine, theirs]},
+             f"after names {theirs} which is not a job of this organization"),
             ({"after": [next_id]}, f"after names {next_id} which is not"),
             ({"parent_id": theirs}, f"parent_id {theirs} is not a job of this organization"),
             ({"after_failure": "ignore"}, "after_failure must be 'end' or 'run'"),
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue, match=match):
                 enqueue(conn, org, **kw)
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="after must be at most 1000"):
-            conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo', \"after\" => array[1, null]::bigint[])",
-                         (org,))
+        with pytest.raises(psycopg.errors.InvalidParameterValue,
+                           match="after must be at most 1000"):
+            conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo',"
+                         " \"after\" => array[1, null]::bigint[])", (org,))
         # No function changes a job's `after` or parent once it is added.
         names = {r["proname"] for r in conn.execute(
             "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
@@ -425,10 +436,10 @@ def test_job_tree_shows_a_job_and_its_descendants(db_url: str, org: str) -> None
         kids = [enqueue(conn, org, parent_id=root) for _ in range(2)]
         grandkid = enqueue(conn, org, parent_id=kids[1], after=[kids[0]])
         enqueue(conn, org)   # not in the tree
-        tree = conn.execute("select id, parent_id, depth, path, \"after\" from queue_pump.job_tree(%s, %s)",
-                            (org, root)).fetchall()
+        tree = conn.execute("select id, parent_id, depth, path, \"after\""
+                            " from queue_pump.job_tree(%s, %s)", (org, root)).fetchall()
         # Depth first, children by id (ids say nothing about order: they are a permutation).
-        assert [(r["id"], r["depth"]) for r in tree][0] == (root, 0)
+        assert (tree[0]["id"], tree[0]["depth"]) == (root, 0)
         assert {r["id"]: r["depth"] for r in tree} == {root: 0, kids[0]: 1, kids[1]: 1, grandkid: 2}
         assert [r["path"] for r in tree] == sorted(r["path"] for r in tree)
         assert {r["id"] for r in tree} == {root, *kids, grandkid}
@@ -454,15 +465,17 @@ def test_enqueue_many_adds_a_batch_in_one_transaction(db_url: str, org: str) -> 
                                                               (3, True)]
         assert rows[2]["id"] == rows[1]["id"]
         last = job(conn, rows[3]["id"])
-        assert (last["queue"], last["job_type"], last["after"], last["parent_id"], last["max_attempts"],
-                last["waiting_for"]) == ("other", "sleep", [parent], parent, 2, 1)
+        assert (last["queue"], last["job_type"], last["after"], last["parent_id"],
+                last["max_attempts"], last["waiting_for"]) == ("other", "sleep", [parent], parent,
+                                                               2, 1)
         assert job(conn, rows[0]["id"])["priority"] == 5
 
 
 @pytest.mark.parametrize(("element", "match"), [
     ({"job_type": "echo", "priority": 2000}, r"enqueue_many: jobs\[1\]: priority must be between"),
-    ({"job_type": "echo", "priority": "high"}, r"enqueue_many: jobs\[1\].priority: must be a whole number"),
-    ({"job_type": "echo", "priority": 1.5}, r"jobs\[1\].priority: must be a whole number, got 1.5"),
+    ({"job_type": "echo", "priority": "high"},
+     r"enqueue_many: jobs\[1\]: priority must be a whole number, got string"),
+    ({"job_type": "echo", "priority": 1.5}, r"jobs\[1\]: priority must be a whole number, got 1.5"),
     ({"type": "echo"}, r"jobs\[1\]: unknown field type"),
     ({"payload": {}}, r"jobs\[1\]: job_type must be text"),
     ({"job_type": "echo", "run_at": "soon"}, r"jobs\[1\]: run_at must be a time with a zone"),

@@ -104,7 +104,12 @@ async function add(db: Database, caller: Caller, req: Request, url: URL): Promis
           payload => ${db.sql.json(job.payload as never)}, dedupe_key => ${job.dedupeKey},
           run_at => coalesce(${job.runAt}::text::timestamptz,
                              now() + make_interval(secs => ${delay}::double precision)),
-          max_attempts => ${job.maxAttempts}, by => 'operator') a`
+          max_attempts => ${job.maxAttempts}, by => 'operator',
+          priority => ${job.priority}, concurrency_key => ${job.concurrencyKey},
+          "after" => (select array_agg(x::bigint) from jsonb_array_elements_text(${
+      db.sql.json((job.after ?? []) as never)
+    }::jsonb) x),
+          after_failure => ${job.afterFailure}, parent_id => ${job.parentId}::bigint) a`
   );
   const [row] = rows;
   if (!row?.job) return error(500, "internal error: the job was not stored, try again");
