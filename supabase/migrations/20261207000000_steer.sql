@@ -361,7 +361,7 @@ begin
     perform queue_pump.add_event(dead.id, 'lease_expired', dead.attempts, dead.locked_by);
     if dead.cancel_requested then
       perform queue_pump.add_event(dead.id, 'cancelled', dead.attempts, dead.locked_by,
-                                   'cancel requested; the lease ran out');
+                                   'cancelled while running: an operator asked (the lease ran out)');
     else
       perform queue_pump.add_event(dead.id, 'failed', dead.attempts, dead.locked_by,
                                    'lease expired on the last attempt (worker lost)',
@@ -580,7 +580,7 @@ begin
     perform queue_pump.add_event(complete_job.job_id, 'completed', attempt, complete_job.worker);
   elsif outcome = 'cancelled' then
     perform queue_pump.add_event(complete_job.job_id, 'cancelled', attempt, complete_job.worker,
-                                 'cancel requested; the run ended');
+                                 'cancelled while running: an operator asked (the run ended)');
   end if;
   return outcome;
 end;
@@ -638,7 +638,7 @@ begin
   end if;
   if outcome = 'cancelled' then
     perform queue_pump.add_event(fail.job_id, 'cancelled', attempt, fail.worker,
-                                 'cancel requested; the run ended: ' || message);
+                                 'cancelled while running: an operator asked (the run ended: ' || message || ')');
     return 'cancelled';
   end if;
   perform queue_pump.add_event(fail.job_id, 'failed', attempt, fail.worker, message,
@@ -697,7 +697,7 @@ begin
     return null;
   elsif outcome = 'cancelled' then
     perform queue_pump.add_event(requeue.job_id, 'cancelled', attempt, requeue.worker,
-                                 'cancel requested; the run yielded');
+                                 'cancelled while running: an operator asked (the run yielded)');
     return 'cancelled';
   elsif outcome = 'failed' then
     perform queue_pump.add_event(requeue.job_id, 'failed', attempt, requeue.worker, why,
@@ -1097,8 +1097,8 @@ declare
 begin
   perform queue_pump.check_org('purge_organization', purge_organization.organization_id);
   if purge_organization.older_than is null or purge_organization.older_than < interval '0'
-     or purge_organization.older_than > interval '100 years' then
-    raise exception 'queue_pump.purge_organization: older_than must be between 0 and 100 years, got %',
+     or purge_organization.older_than > interval '36500 days' then
+    raise exception 'queue_pump.purge_organization: older_than must be between 0 and 36500 days, got %',
       coalesce(purge_organization.older_than::text, 'null') using errcode = '22023';
   end if;
   if purge_organization.max_rows is null or purge_organization.max_rows < 1

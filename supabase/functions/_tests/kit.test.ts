@@ -1,6 +1,21 @@
 // Unit tests for the functions' pure parts: `deno test supabase/functions/_tests` (CI runs it).
 import { deepStrictEqual, equal, match, notEqual } from "node:assert/strict";
 import { parseBatch, parseNewJob, sqlElement } from "../enqueue/validate.ts";
+import { subPath } from "../jobs/api.ts";
+import {
+  decodeCursor,
+  encodeCursor,
+  flag,
+  Invalid,
+  jobId,
+  olderThan,
+  onlyKnown,
+  queryOf,
+  queueName,
+  statuses,
+  time,
+  wholeNumber,
+} from "../jobs/input.ts";
 import { queueOf } from "../ai-job-runner/runner.ts";
 import { sameSecret } from "../_shared/auth.ts";
 import { retryAfterFor } from "../_shared/db.ts";
@@ -266,4 +281,53 @@ Deno.test("the front reads each request's framing and refuses what it cannot bou
   equal(refused(["POST / HTTP/1.1", "Content-Length: -1"]), 400);
   equal(refused(["PRI * HTTP/2.0"]), 400);
   equal(refused(["POST / HTTP/1.1", " folded: header"]), 400);
+});
+
+// --- the operator API's input (jobs/input.ts) ---------------------------------------------------
+
+Deno.test("jobs: a 400 names the parameter or field and what it accepts", () => {
+  const cases: [() => unknown, RegExp][] = [
+    [() => statuses("finished"), /^status must be one of queued, running, done, failed, cancelled/],
+    [() => statuses(""), /^status must be/],
+    [() => wholeNumber("0", "limit", 1, 500, 50), /^limit must be a whole number from 1 to 500/],
+    [() => wholeNumber("ten", "limit", 1, 500, 50), /^limit must be/],
+    [() => time("yesterday", "since"), /^since must be an ISO 8601 time with a zone/],
+    [() => time("2026-12-06T08:00:00", "since"), /^since must be/],
+    [() => decodeCursor("not-a-cursor"), /^cursor is not one this API gave/],
+    [() => flag("yes", "dryRun"), /^dryRun must be true or false/],
+    [() => olderThan(undefined, null, 60, 100), /^olderThan is required/],
+    [() => olderThan(1, null, 60, 100), /^olderThan must be a number of seconds from 60/],
+    [() => olderThan("0", 300, 1, 86400), /^olderThan must be a whole number from 1/],
+    [() => queueName("has space"), /^queue must be/],
+    [() => onlyKnown(["dryrun"], ["dryRun"], "field"), /^unknown field "dryrun"; accepted: dryRun/],
+    [() => queryOf(new URL("http://x/jobs?statuss=failed"), ["status"]), /^unknown query parameter "statuss"/],
+  ];
+  cases.forEach(([call, expected], i) => {
+    let message = "";
+    try {
+      call();
+    } catch (err) {
+      equal(err instanceof Invalid, true, `case ${i}`);
+      message = (err as Error).message;
+    }
+    match(message, expected, `case ${i}`);
+  });
+});
+
+Deno.test("jobs: accepted input", () => {
+  deepStrictEqual(statuses("done, failed,done"), ["done", "failed"]);
+  equal(wholeNumber(undefined, "limit", 1, 500, 50), 50);
+  equal(time("2026-12-06T08:00:00.123456+00:00", "since"), "2026-12-06T08:00:00.123456+00:00");
+  equal(olderThan("300", 300, 1, 86400), 300);
+  const cursor = { createdAt: "2026-12-06T08:19:16.123456Z", id: 2 ** 52 + 7 };
+  deepStrictEqual(decodeCursor(encodeCursor(cursor)), cursor);
+  equal(jobId("9007199254740993"), null);
+  equal(jobId("42"), 42);
+});
+
+Deno.test("jobs: the function's own path, on Supabase and under plain Deno", () => {
+  equal(subPath(new URL("http://x/jobs")), "");
+  equal(subPath(new URL("http://x/functions/v1/jobs/42/history")), "/42/history");
+  equal(subPath(new URL("http://x/functions/v1/jobsx")), null);
+  equal(subPath(new URL("http://x/functions/v1/enqueue")), null);
 });

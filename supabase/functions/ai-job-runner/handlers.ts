@@ -32,6 +32,15 @@ export interface Enqueued {
   created: boolean;
 }
 
+/** What aborts ctx.signal (its `reason`), and what ctx.checkpoint throws, when an operator
+ * cancelled the job: the run ends `cancelled`, never retried, whatever the handler does next. */
+export class JobCancelled extends Error {
+  constructor(jobId: number) {
+    super(`job ${jobId} was cancelled by an operator`);
+    this.name = "JobCancelled";
+  }
+}
+
 export class Yield {
   constructor(readonly progress: unknown, readonly runInSeconds: number) {}
 }
@@ -43,10 +52,17 @@ export interface JobContext {
   progress: unknown;
   /** Epoch milliseconds by which the handler must have returned. */
   deadline: number;
-  /** Aborted at the deadline: pass it to fetch() and friends. */
+  /** Aborted at the deadline, or when an operator cancels the job (its reason is then a
+   * JobCancelled): pass it to fetch() and friends. */
   signal: AbortSignal;
-  /** Saves progress and extends the lease. Throws LeaseLost if another worker has the job. */
+  /** Saves progress (recorded in the job's history) and extends the lease. Throws LeaseLost if
+   * another worker has the job, JobCancelled if an operator cancelled it. */
   checkpoint(progress: unknown): Promise<void>;
+  /** A line into the job's history (`queue-pump jobs logs ID`): one line of at most 2,000
+   * characters, `data` at most 2 KiB of JSON (clipped past that). At most 200 lines a run are
+   * sent; the history keeps at most 200 events a job in all. Secrets are masked. Awaiting it is
+   * optional: the run's outcome is recorded after every line. */
+  log(message: string, data?: unknown): Promise<void>;
   /** `return ctx.yield(progress)`: requeue with progress saved, due after runInSeconds. */
   yield(progress?: unknown, runInSeconds?: number): Yield;
   /** Enqueues a child of this job (or, given an array, up to 1,000 of them in one
@@ -74,10 +90,14 @@ const sleep: Handler = async ({ payload, signal }) => {
   if (!Number.isFinite(ms) || ms < 0) throw new Error("sleep: payload.ms must be a number >= 0");
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
+    const stop = () => {
       clearTimeout(timer);
-      reject(new Error(`sleep: deadline reached before ${ms} ms`));
-    }, { once: true });
+      reject(
+        signal.reason instanceof JobCancelled ? signal.reason : new Error(`sleep: deadline reached before ${ms} ms`),
+      );
+    };
+    if (signal.aborted) stop();
+    signal.addEventListener("abort", stop, { once: true });
   });
   return { slept_ms: ms };
 };

@@ -9,6 +9,7 @@
 import { availabilityFromEnv, connect, Database } from "../_shared/db.ts";
 import { distinctTokens, listFromEnv, tokenFromEnv } from "../_shared/env.ts";
 import { error } from "../_shared/http.ts";
+import { logError } from "../_shared/log.ts";
 import { accept } from "../_shared/request.ts";
 import { prepare, stopOnSignals } from "../_shared/serve.ts";
 import { type Added, addJob, addJobs } from "./store.ts";
@@ -54,7 +55,7 @@ const { handler, options } = prepare("enqueue", MAX_BODY_BYTES, () => {
 });
 
 function noJob(): Response {
-  console.error(JSON.stringify({ event: "internal_error", during: "enqueue", error: "no job returned" }));
+  logError({ event: "internal_error", during: "enqueue", error: "no job returned" });
   return error(500, "internal error: the job was not stored, try again");
 }
 

@@ -94,27 +94,34 @@ async function add(db: Database, caller: Caller, req: Request, url: URL): Promis
   const delay = delaySeconds === undefined || delaySeconds === null
     ? null
     : seconds(delaySeconds, "delaySeconds", 0, MAX_DELAY_S);
-  const job = parseNewJob(rest, null);
-  if (typeof job === "string") throw new Invalid(job);
-  const rows = await db.run(() =>
-    db.sql<{ created: boolean; job: Json }[]>`
-      select a.created, queue_pump.job_detail(${caller.organizationId}, a.id) as job
+  const parsed = parseNewJob(rest, null);
+  if (typeof parsed === "string") throw new Invalid(parsed);
+  const added = await db.run(() =>
+    db.sql<{ id: number; created: boolean }[]>`
+      select a.id, a.created
         from queue_pump.add_job(
-          organization_id => ${caller.organizationId}, queue => ${job.queue}, job_type => ${job.type},
-          payload => ${db.sql.json(job.payload as never)}, dedupe_key => ${job.dedupeKey},
-          run_at => coalesce(${job.runAt}::text::timestamptz,
+          organization_id => ${caller.organizationId}, queue => ${parsed.queue}, job_type => ${parsed.type},
+          payload => ${db.sql.json(parsed.payload as never)}, dedupe_key => ${parsed.dedupeKey},
+          run_at => coalesce(${parsed.runAt}::text::timestamptz,
                              now() + make_interval(secs => ${delay}::double precision)),
-          max_attempts => ${job.maxAttempts}, by => 'operator',
-          priority => ${job.priority}, concurrency_key => ${job.concurrencyKey},
+          max_attempts => ${parsed.maxAttempts}, by => 'operator',
+          priority => ${parsed.priority}, concurrency_key => ${parsed.concurrencyKey},
           "after" => (select array_agg(x::bigint) from jsonb_array_elements_text(${
-      db.sql.json((job.after ?? []) as never)
+      db.sql.json((parsed.after ?? []) as never)
     }::jsonb) x),
-          after_failure => ${job.afterFailure}, parent_id => ${job.parentId}::bigint) a`
+          after_failure => ${parsed.afterFailure}, parent_id => ${parsed.parentId}::bigint) a`
   );
-  const [row] = rows;
-  if (!row?.job) return error(500, "internal error: the job was not stored, try again");
-  const { payload: _p, progress: _g, result: _r, history: _h, ...shownJob } = row.job;
-  return Response.json({ job: shownJob, created: row.created }, { status: row.created ? 201 : 200 });
+  const [row] = added;
+  if (row?.id == null) return error(500, "internal error: the job was not stored, try again");
+  // A statement of its own: the insert above is not in an earlier statement's snapshot.
+  const [shown] = await db.run(() =>
+    db.sql<{ job: Json | null }[]>`select queue_pump.job_detail(${caller.organizationId}, ${
+      String(row.id)
+    }::bigint) as job`
+  );
+  // As a list shows it: the payload was the caller's own, the history is one event.
+  const { payload: _p, progress: _g, result: _r, history: _h, ...job } = shown?.job ?? { id: row.id };
+  return Response.json({ job, created: row.created }, { status: row.created ? 201 : 200 });
 }
 
 async function show(db: Database, caller: Caller, _req: Request, url: URL, id: number | null): Promise<Response> {
