@@ -1025,7 +1025,7 @@ begin
     perform queue_pump.add_event(dead.id, 'lease_expired', dead.attempts, dead.locked_by);
     if dead.cancel_requested then
       perform queue_pump.add_event(dead.id, 'cancelled', dead.attempts, dead.locked_by,
-                                   'cancel requested; the lease ran out');
+                                   'cancelled while running: an operator asked (the lease ran out)');
     else
       perform queue_pump.add_event(dead.id, 'failed', dead.attempts, dead.locked_by,
                                    'lease expired on the last attempt (worker lost)',
@@ -1166,6 +1166,27 @@ end;
 $$;
 
 -- observation --------------------------------------------------------------------------------
+
+-- A job as the operator API shows it (the steer migration's), with issue 24's fields.
+create or replace function queue_pump.job_json(j queue_pump.jobs, full boolean default false)
+returns jsonb
+language sql stable parallel safe
+as $$
+  select jsonb_build_object(
+    'id', j.id, 'queue', j.queue, 'type', j.job_type, 'status', j.status,
+    'attempts', j.attempts, 'maxAttempts', j.max_attempts,
+    'runAt', queue_pump.iso(j.run_at), 'createdAt', queue_pump.iso(j.created_at),
+    'updatedAt', queue_pump.iso(j.updated_at), 'startedAt', queue_pump.iso(j.started_at),
+    'finishedAt', queue_pump.iso(j.finished_at), 'heartbeatAt', queue_pump.iso(j.heartbeat_at),
+    'leaseExpiresAt', queue_pump.iso(j.lease_expires_at), 'lockedBy', j.locked_by,
+    'dedupeKey', j.dedupe_key, 'lastError', j.last_error, 'cancelRequested', j.cancel_requested,
+    'priority', j.priority, 'concurrencyKey', j.concurrency_key, 'after', to_jsonb(j."after"),
+    'afterFailure', j.after_failure, 'parentId', j.parent_id, 'waitingFor', j.waiting_for,
+    'parked', j.parked)
+  || case when job_json.full then jsonb_build_object('payload', j.payload, 'progress', j.progress,
+                                            'result', j.result)
+          else '{}'::jsonb end
+$$;
 
 -- "Due" leaves out jobs waiting for others and jobs parked by their key's limit: adding
 -- workers would not start them. (And, as in the steer migration, running jobs with a cancel
