@@ -84,7 +84,19 @@ async function add(db: Database, caller: Caller, req: Request, url: URL): Promis
   queryOf(url, []);
   const fields = await body(
     req,
-    ["type", "payload", "queue", "dedupeKey", "runAt", "maxAttempts", "delaySeconds"],
+    [
+      "type",
+      "payload",
+      "queue",
+      "dedupeKey",
+      "runAt",
+      "maxAttempts",
+      "delaySeconds",
+      "priority",
+      "concurrencyKey",
+      "after",
+      "afterFailure",
+    ],
     MAX_JOB_BODY_BYTES,
   );
   const { delaySeconds, ...rest } = fields;
