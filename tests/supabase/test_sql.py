@@ -391,7 +391,9 @@ def test_bad_lease_is_refused_with_a_named_error(db_url: str, org: str) -> None:
 def _claim_reads(conn: psycopg.Connection[Any], org: str) -> dict[str, Any]:
     """What one claim read of queue_pump.jobs, from the transaction's own statistics."""
     with conn.transaction():
-        row = claim(conn, org, "probe")
+        # A lease of an hour: filling the table with 1,000,000 rows takes more than a minute on a
+        # loaded machine, and an expired lease would hand the same job out again.
+        row = claim(conn, org, "probe", lease=3600)
         stats = conn.execute("select seq_scan, seq_tup_read, idx_tup_fetch"
                              " from pg_stat_xact_user_tables"
                              " where schemaname = 'queue_pump' and relname = 'jobs'").fetchone()
