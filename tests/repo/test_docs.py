@@ -90,6 +90,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/process/test_faults.py "
                             "tests/process/test_signals.py tests/unit/test_bad_input.py \\"):
         "runs tests of this suite; from inside the suite they would run twice",
+    ("docs/OPERATIONS.md", "supabase db push                                    # the "
+                           "migrations, 20261207000000_steer.sql too"):
+        "needs the Supabase CLI and a Supabase project; the kit driver of tests/operator_api "
+        "runs every command against the kit's functions under plain Deno",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
 }

@@ -66,9 +66,9 @@ def test_every_function_on_one_port_and_a_job_goes_in_and_out_unchanged(
                               (created["id"],)).fetchone()
     assert stored == (payload, {"echo": payload})
     assert headers["Content-Type"] == "application/json"
-    # Both processes are the ones the router started, each with its own log.
-    assert set(server.pids) == {"ai-job-runner", "enqueue"}
-    assert len({e["port"] for e in server.router_events("function_started")}) == 2
+    # Every process is one the router started, each with its own log.
+    assert set(server.pids) == {"ai-job-runner", "enqueue", "jobs"}
+    assert len({e["port"] for e in server.router_events("function_started")}) == 3
     for name in server.pids:
         assert [e["event"] for e in server.events(name)][:1] == ["listening"]
 

@@ -341,3 +341,11 @@ def test_each_function_takes_only_its_own_token(deno_bin: Path, db_url: str, org
         assert _call(jobs.url, org, {"X-Admin-Token": TOKEN})[0] == 401
         status, body = _call(f"{jobs.url}/{created['id']}", org, {"X-Admin-Token": ADMIN})
         assert status == 200 and body["job"]["history"][0]["data"] == {"by": "enqueue"}
+
+
+def test_without_an_admin_token_the_operator_api_is_off(
+        deno_bin: Path, db_url: str, org: str) -> None:
+    with functions(deno_bin, "jobs", db_url) as [jobs]:
+        status, body = _call(jobs.url, org, {"X-Admin-Token": TOKEN})
+        assert jobs.events("operator_api_off")
+    assert status == 503 and "ADMIN_TOKEN" in body["error"]
