@@ -85,6 +85,21 @@ Deno.test("issue 24's fields: priority, concurrencyKey, after, afterFailure, par
   });
 });
 
+Deno.test("null fields take their defaults", () => {
+  const job = parseNewJob({
+    type: "t",
+    priority: null,
+    concurrencyKey: null,
+    after: null,
+    afterFailure: null,
+    parentId: null,
+  }, null);
+  deepStrictEqual(
+    typeof job === "string" ? job : [job.priority, job.concurrencyKey, job.after, job.afterFailure, job.parentId],
+    [0, null, null, "end", null],
+  );
+});
+
 Deno.test("a batch: every element checked, the first bad one named by index and field", () => {
   const ok = parseBatch([{ type: "a" }, { type: "b", queue: "q", priority: 3 }], null);
   deepStrictEqual(typeof ok === "string" ? ok : ok.map((j) => [j.type, j.queue, j.priority]), [

@@ -76,7 +76,12 @@ function jobId(value: unknown): value is number {
 function parseRelations(
   body: Record<string, unknown>,
 ): Pick<NewJob, "priority" | "concurrencyKey" | "after" | "afterFailure" | "parentId"> | string {
-  const { priority = 0, concurrencyKey = null, after = null, afterFailure = "end", parentId = null } = body;
+  // null means the default, as for dedupeKey and runAt.
+  const priority = body.priority ?? 0;
+  const concurrencyKey = body.concurrencyKey ?? null;
+  const after = body.after ?? null;
+  const afterFailure = body.afterFailure ?? "end";
+  const parentId = body.parentId ?? null;
   if (typeof priority !== "number" || !Number.isInteger(priority) || priority < -1000 || priority > 1000) {
     return "priority must be a whole number from -1000 to 1000 (higher runs first)";
   }
