@@ -239,6 +239,7 @@ def test_sixteen_claimers_never_run_more_of_a_key_than_its_limit(db_url: str, or
     third one running at once would be seen."""
     with connect(db_url) as conn:
         set_limit(conn, org, "api", 2)
+        set_limit(conn, org, None, 3)   # every other key too: many claims wait on key locks
         conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo', concurrency_key => 'api')"
                      " from generate_series(1, 150)", (org,))
         conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo',"
