@@ -506,3 +506,36 @@ def test_a_batch_holds_1_to_1000_jobs(db_url: str, org: str) -> None:
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="jobs must"):
                 conn.execute("select * from queue_pump.enqueue_many(%s, 'agent', %s::jsonb)",
                              (org, psycopg.types.json.Jsonb(bad)))
+
+
+# upgrade -------------------------------------------------------------------------------------
+
+
+def test_upgrade_in_place_the_jobs_of_a_deployed_kit_run_on(pg: kit.PgCluster, org: str) -> None:
+    """The kit as deployed before issue 24, with a job queued, one running and one done; then
+    this migration: they keep working, at priority 0 with no key, and new jobs go first by
+    priority."""
+    url = pg.create_database(f"kit_qf_upgrade_{org[-12:]}".replace("-", "_"))
+    *before, this = kit.MIGRATIONS
+    assert this.name == "20261208000000_queue_features.sql"
+    with connect(url) as conn:
+        for path in before:
+            with conn.transaction():
+                conn.execute(path.read_text())  # type: ignore[arg-type]
+        done = enqueue(conn, org)
+        running = enqueue(conn, org)
+        queued = enqueue(conn, org, dedupe_key="k")
+        claim(conn, org, "old")
+        complete(conn, done, "old")
+        assert claim(conn, org, "old-2") is not None
+        with conn.transaction():
+            conn.execute(this.read_text())  # type: ignore[arg-type]
+        assert {(r["priority"], r["concurrency_key"], r["parked"], r["waiting_for"])
+                for r in conn.execute("select * from queue_pump.jobs").fetchall()} == {
+                    (0, None, False, 0)}
+        complete(conn, running, "old-2")
+        urgent = enqueue(conn, org, priority=1)
+        assert drain(conn, org) == [urgent, queued]
+        again = conn.execute("select * from queue_pump.enqueue_job(%s, 'agent', 'echo',"
+                             " dedupe_key => 'k')", (org,)).fetchone()
+        assert again == {"id": queued, "created": False}
