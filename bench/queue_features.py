@@ -67,15 +67,18 @@ def pumps(fns: list[kit.DenoFunction], drain: bool = False) -> list[subprocess.P
         cmd, env = pump_cmd(fns[i % len(fns)], LOOPS, f"bench-{i}", 0)
         if not drain:
             cmd = cmd[:-1]  # no --drain: held-back jobs make the queue answer idle meanwhile
-        env["QUEUE_PUMP_IDLE_SLEEP_MS"] = "50"
+        env["QUEUE_PUMP_IDLE_SLEEP_MS"] = "100"  # the lowest the pump takes
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
     return procs
 
 
-def wait_done(url: str, n: int, timeout_s: float = 600) -> None:
+def wait_done(url: str, n: int, procs: list[subprocess.Popen[bytes]],
+              timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a pump exited: {[p.poll() for p in procs]}")
         [(done,)] = sql(url, "select count(*) from queue_pump.jobs"
                              " where status in ('done', 'failed', 'cancelled')")
         if done >= n:
@@ -115,7 +118,7 @@ def cmd_priority(_: argparse.Namespace) -> dict[str, Any]:
                      " from generate_series(1, 1000)", ORG, priority)
         t0 = time.monotonic()
         procs = pumps(fns)
-        wait_done(url, 3000)
+        wait_done(url, 3000, procs)
         seconds = time.monotonic() - t0
         stop_pumps(procs)
         order = [row[2] for row in claims(url)]
@@ -168,7 +171,7 @@ def concurrency_round(kill: bool) -> dict[str, Any]:
                                " and status = 'done' offset 40"):
                 time.sleep(0.05)
             fns[0].kill()  # SIGKILL, mid-drain: its running jobs keep their slots until the lease
-        wait_done(url, 2200)
+        wait_done(url, 2200, procs)
         seconds = time.monotonic() - t0
         stop.set()
         watcher.join()
@@ -235,7 +238,7 @@ def cmd_fanout(_: argparse.Namespace) -> dict[str, Any]:
         [(root,)] = sql(url, "select queue_pump.enqueue(%s, 'agent', 'fanout',"
                              " '{\"children\": 100}'::jsonb)", ORG)
         procs = pumps(fns)
-        wait_done(url, 102)
+        wait_done(url, 102, procs)
         stop_pumps(procs)
         [(last_child_end, fan_in_start, fan_in_claimed, n)] = sql(
             url, "select (select max(finished_at) from queue_pump.jobs where job_type = 'echo'"
@@ -251,7 +254,7 @@ def cmd_fanout(_: argparse.Namespace) -> dict[str, Any]:
         [(dep,)] = sql(url, "select queue_pump.enqueue(%s, 'agent', 'echo', \"after\" =>"
                             " array[%s]::bigint[])", ORG, bad)
         procs = pumps(fns)
-        wait_done(url, 104)
+        wait_done(url, 104, procs)
         stop_pumps(procs)
         [(status, error)] = sql(url, "select status, last_error from queue_pump.jobs"
                                      " where id = %s", dep)
