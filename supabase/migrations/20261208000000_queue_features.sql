@@ -181,6 +181,17 @@ begin
 end;
 $$;
 
+-- The starts of a rate window still inside it at `at`: the window is (at - per, at], so a
+-- start exactly `per` ago has left it. Oldest first.
+create function queue_pump.rate_window(starts timestamptz[], per interval, at timestamptz)
+returns timestamptz[]
+language sql
+immutable
+parallel safe
+as $$
+  select array(select t from unnest(starts) t where t > at - per order by t)
+$$;
+
 -- May a job of this key start now? 'free' (the key has no limit: no lock taken), 'go' (it
 -- may: the key's lock is held and a rate window start recorded), 'busy' (may_wait false and
 -- another transaction holds the key's lock), 'full' or 'rate' (it may not: the key's due jobs
@@ -197,6 +208,10 @@ declare
   per interval;
   running integer;
   recent timestamptz[];
+  -- The clock once the key's lock is held, not the transaction's start: a claim that waited
+  -- for the lock would otherwise record a start up to that wait too early, and the window
+  -- would let that much more through (seen: 15 starts in a second under a limit of 10).
+  at_now timestamptz;
 begin
   select l.max_running into max_running from queue_pump.concurrency_limits l
    where l.organization_id = admit.organization_id and l.queue = admit.queue
@@ -234,8 +249,8 @@ begin
     insert into queue_pump.key_state as s (organization_id, queue, concurrency_key)
     values (admit.organization_id, admit.queue, admit.concurrency_key)
     on conflict on constraint key_state_pkey do nothing;
-    -- The window is (now - per, now]: a start exactly `per` ago has left it.
-    select array(select t from unnest(s.starts) t where t > now() - per order by t)
+    at_now := clock_timestamp();
+    select queue_pump.rate_window(s.starts, per, at_now)
       into recent
       from queue_pump.key_state s
      where s.organization_id = admit.organization_id and s.queue = admit.queue
@@ -250,7 +265,7 @@ begin
       return 'rate';
     end if;
     update queue_pump.key_state s
-       set starts = recent || now()
+       set starts = recent || at_now
      where s.organization_id = admit.organization_id and s.queue = admit.queue
        and s.concurrency_key = admit.concurrency_key;
   end if;

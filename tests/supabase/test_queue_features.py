@@ -299,9 +299,21 @@ def test_limits_are_checked_by_name(db_url: str, org: str) -> None:
 # rate ----------------------------------------------------------------------------------------
 
 
-def test_the_rate_window_slides_and_its_edges_are_exact(db_url: str, org: str) -> None:
-    """A window of 10 s holding 2 starts: a start exactly 10 s ago has left it, one 9.999 s
-    ago has not. now() is the transaction's time, so the edges are checked to the microsecond."""
+def test_the_rate_window_is_half_open_to_the_microsecond(db_url: str) -> None:
+    """(at - per, at]: a start exactly `per` ago has left the window, one a microsecond
+    younger has not; the window the claim uses, with the time given."""
+    with connect(db_url) as conn:
+        row = conn.execute(
+            "select queue_pump.rate_window(array[t - interval '10 s', t - interval '9.999999 s',"
+            " t - interval '1 s', t], interval '10 s', t) as w,"
+            " array[t - interval '9.999999 s', t - interval '1 s', t] as expected"
+            " from (select now() as t) n").fetchone()
+    assert row is not None and row["w"] == row["expected"]
+
+
+def test_the_rate_window_slides(db_url: str, org: str) -> None:
+    """A window of 10 s holding 2 starts turns the third away and parks the key's jobs until
+    it reopens; once the oldest start has left the window, one more may start."""
     with connect(db_url) as conn:
         set_rate(conn, org, "api", 2, "10 seconds")
         first = [enqueue(conn, org, concurrency_key="api") for _ in range(4)]
@@ -312,17 +324,17 @@ def test_the_rate_window_slides_and_its_edges_are_exact(db_url: str, org: str) -
         assert state["reopen_at"] == state["starts"][0] + datetime.timedelta(seconds=10)
         assert job(conn, first[2])["parked"] and job(conn, first[3])["parked"]
 
-        def with_starts(ago_s: list[str]) -> dict[str, Any] | None:
-            with conn.transaction():
-                conn.execute("update queue_pump.key_state set starts = array(select now()"
-                             " - x::interval from unnest(%s::text[]) x order by 1),"
-                             " reopen_at = now() - interval '1 us'", (ago_s,))
-                return claim(conn, org, "r")
+        def with_starts(ago: list[str]) -> dict[str, Any] | None:
+            """The window's starts moved back in time (time passing, without waiting)."""
+            conn.execute("update queue_pump.key_state set starts = array(select clock_timestamp()"
+                         " - x::interval from unnest(%s::text[]) x order by 1),"
+                         " reopen_at = now() - interval '1 us'", (ago,))
+            return claim(conn, org, "r")
 
-        # Inside the window: 9.999999 s ago still counts; the claim reopens, unparks, parks again.
-        assert with_starts(["9.999999 seconds", "1 second"]) is None
-        # One start exactly 10 s ago has left the window: one more may start.
-        got = with_starts(["10 seconds", "1 second"])
+        # Both still inside: the claim reopens, unparks, and parks again.
+        assert with_starts(["9 seconds", "1 second"]) is None
+        # The oldest has left the window: one more may start.
+        got = with_starts(["10.5 seconds", "1 second"])
         assert got is not None and got["id"] == first[2]
         after = conn.execute("select starts from queue_pump.key_state").fetchone()
         assert after is not None and len(after["starts"]) == 2   # 1 s ago, and now

@@ -323,7 +323,7 @@ HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "chec
            "check_org", "cancel_one", "retry_one",
            # issue 24: checks, the key and dependency machinery, its triggers
            "key_lock", "park", "unpark", "admit", "key_freed", "after_ended", "into_queue",
-           "check_new_job", "insert_job", "batch_text", "batch_int"}
+           "check_new_job", "insert_job", "batch_text", "batch_int", "rate_window"}
 
 
 def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -> None:
