@@ -564,21 +564,42 @@ as $$
 declare
   outcome text;
   attempt integer;
+  n integer;
+  b integer;
+  cancel boolean;
+  cost integer := octet_length('completed') + octet_length(left(complete_job.worker, 200));
+  folded boolean;
 begin
   -- A result is stored, never handed to a handler: its size is checked, not its numbers.
   if octet_length(complete_job.result::text) > queue_pump.max_json_bytes() then
     perform queue_pump.check_json('complete', 'result', complete_job.result, false);
   end if;
+  -- The row, locked, with its history's counters: the `completed` event's go into the one
+  -- update below (as the claim's do), so that finishing a job writes its row once.
+  select j.history_events, j.history_bytes, j.cancel_requested into n, b, cancel
+    from queue_pump.jobs j
+   where j.id = complete_job.job_id and j.status = 'running' and j.locked_by = complete_job.worker
+   for update;
+  if not found then
+    return null;
+  end if;
+  -- An ending is kept past the bound, up to 20 events more (add_event's rule).
+  folded := not cancel and n < queue_pump.max_events() + 20;
   update queue_pump.jobs j
      set status = case when j.cancel_requested then 'cancelled' else 'done' end,
          result = complete_job.result, finished_at = now(), updated_at = now(),
          locked_by = null, lease_expires_at = null,
-         last_error = case when j.cancel_requested then j.last_error end
-   where j.id = complete_job.job_id and j.status = 'running' and j.locked_by = complete_job.worker
+         last_error = case when j.cancel_requested then j.last_error end,
+         history_events = case when folded then n + 1 else j.history_events end,
+         history_bytes = case when folded then b + cost else j.history_bytes end
+   where j.id = complete_job.job_id
   returning j.status, j.attempts into outcome, attempt;
-  if outcome = 'done' then
+  if folded then
+    insert into queue_pump.job_events (job_id, seq, kind, attempt, worker)
+    values (complete_job.job_id, n + 1, 'completed', attempt, left(complete_job.worker, 200));
+  elsif outcome = 'done' then
     perform queue_pump.add_event(complete_job.job_id, 'completed', attempt, complete_job.worker);
-  elsif outcome = 'cancelled' then
+  else
     perform queue_pump.add_event(complete_job.job_id, 'cancelled', attempt, complete_job.worker,
                                  'cancelled while running: an operator asked (the run ended)');
   end if;

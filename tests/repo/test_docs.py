@@ -94,6 +94,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
                            "migrations, 20261207000000_steer.sql too"):
         "needs the Supabase CLI and a Supabase project; the kit driver of tests/operator_api "
         "runs every command against the kit's functions under plain Deno",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --kit --jobs 1000 1000000 "
+                           "--calls 300 --claims 300"):
+        "a benchmark of minutes over 1,000,000 jobs in PostgreSQL; benchmarks are not tests",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
 }

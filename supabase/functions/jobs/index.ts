@@ -21,8 +21,12 @@ const { handler, options } = prepare("jobs", MAX_JOB_BODY_BYTES, () => {
   // Without ADMIN_TOKEN the operator's API is off (as the reference runner's): a project that
   // deploys every function but does not use it still starts them all, and nothing is open.
   if (!Deno.env.get("ADMIN_TOKEN")) {
-    log({ event: "operator_api_off", reason: "ADMIN_TOKEN is not set" });
-    return () => error(503, OFF);
+    let said = false;
+    return () => {
+      if (!said) log({ event: "operator_api_off", reason: "ADMIN_TOKEN is not set" }); // once
+      said = true;
+      return error(503, OFF);
+    };
   }
   const token = tokenFromEnv("ADMIN_TOKEN");
   distinctTokens(token, "AGENT_TOKEN");
