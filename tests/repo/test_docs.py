@@ -57,6 +57,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", "flock /work/notes/bench.lock .venv/bin/python -m bench.queue_features "
+                           "all"):
+        "benchmarks of minutes needing PostgreSQL and Deno, some against an older checkout; "
+        "benchmarks are not tests",
     ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
                            "code"):
         PYPI + "; tests/repo/test_bench.py runs the harness",
