@@ -101,6 +101,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --kit --jobs 1000 1000000 "
                            "--calls 300 --claims 300"):
         "a benchmark of minutes over 1,000,000 jobs in PostgreSQL; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit cost --against /work/main "
+                           "--rounds 3 --jobs 3000"):
+        "a benchmark of minutes against another checkout; benchmarks are not tests",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
 }
