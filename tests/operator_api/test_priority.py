@@ -38,3 +38,39 @@ def test_the_kit_stores_a_concurrency_key_and_after_the_reference_runner_refuses
         "acme", [parent["id"]], 1)
     assert api.run()["jobId"] == parent["id"]
     assert api.run()["jobId"] == child["id"]
+
+
+def test_the_kit_sets_and_shows_limits_per_key_the_reference_runner_has_none(api: Api) -> None:
+    """`POST /jobs/limits` and `GET /jobs/limits` (issue 24, the kit only): a key limited to 1
+    runs one job at a time; a bad value is refused naming it, and nothing changes."""
+    response = api.post("/limits", {"queue": "agent", "key": "acme", "maxRunning": 1})
+    if api.target.name == "reference":
+        assert response.status_code == 404
+        return
+    answer = api.ok(response)
+    assert answer == {"queue": "agent", "limits": [{
+        "key": "acme", "maxRunning": 1, "maxStarts": None, "perSeconds": None, "running": 0,
+        "parked": 0}]}
+    api.ok(api.post("/limits", {"key": None, "maxStarts": 5, "perSeconds": 0.5}))
+    first = api.sleeper(concurrencyKey="acme")
+    api.add("echo", concurrencyKey="acme")
+    with api.running(first["id"]):
+        assert api.run()["processed"] is False   # the second waits for the key's one slot
+        shown = api.ok(api.get("/limits", queue="agent"))["limits"]
+        api.ok(api.post(f"/{first['id']}/cancel"))   # the run ends at the runner's next poll
+    assert {(x["key"], x["maxRunning"], x["maxStarts"], x["perSeconds"], x["running"],
+             x["parked"]) for x in shown} == {("acme", 1, None, None, 1, 1),
+                                              (None, None, 5, 0.5, 0, 0)}
+    for body, expected in [
+        ({"key": "acme", "maxRunning": 0}, "max_running must be between 1 and 100000"),
+        ({"key": "acme", "maxRunning": 1.5}, "maxRunning must be a whole number"),
+        ({"key": "acme", "maxStarts": 2, "perSeconds": 0}, "perSeconds must be a number of"),
+        ({"key": "acme"}, "give maxRunning, maxStarts, or both"),
+        ({"key": "acme", "maxRunning": 2, "limit": 3}, "limit"),
+    ]:
+        response = api.post("/limits", body)
+        assert response.status_code == 400, (body, response.text)
+        assert expected in response.json()["error"], (body, response.text)
+    # Nothing changed by the refusals.
+    assert {(x["key"], x["maxRunning"]) for x in api.ok(api.get("/limits"))["limits"]} == {
+        ("acme", 1), (None, None)}
