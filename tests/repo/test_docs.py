@@ -64,6 +64,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "rewrites docs/img/; the same test runs in the suite, writing to a temporary directory",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", "flock /work/notes/bench.lock .venv/bin/python -m bench.queue_features "
+                           "all"):
+        "benchmarks of minutes needing PostgreSQL and Deno, some against an older checkout; "
+        "benchmarks are not tests",
     ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
                            "code"):
         PYPI + "; tests/repo/test_bench.py runs the harness",

@@ -4,7 +4,17 @@ import { type Database, isUnavailable, ownCheck, sqlState } from "../_shared/db.
 import { jsonProblem, MAX_JSON_BYTES } from "../_shared/json.ts";
 import { log } from "../_shared/log.ts";
 import { describe, type Masker } from "../_shared/secrets.ts";
-import { type Handler, JobCancelled, type JobContext, type JobInfo, Yield } from "./handlers.ts";
+import { addJob, addJobs } from "../enqueue/store.ts";
+import { type NewJob, parseBatch, parseNewJob } from "../enqueue/validate.ts";
+import {
+  type ChildJob,
+  type Enqueued,
+  type Handler,
+  JobCancelled,
+  type JobContext,
+  type JobInfo,
+  Yield,
+} from "./handlers.ts";
 
 export interface RunnerOptions {
   leaseSeconds: number;
@@ -36,6 +46,10 @@ interface ClaimedRow {
   progress: unknown;
   attempts: number;
   max_attempts: number;
+  priority: number;
+  concurrency_key: string | null;
+  parent_id: number | null;
+  after: number[] | null;
 }
 
 type Outcome =
@@ -61,7 +75,8 @@ export async function runOne(db: Database, caller: Caller, queue: string, opts: 
     // and the upgrade failed the jobs that held one (the hardening migration).
     rows = await db.run(() =>
       db.sql<ClaimedRow[]>`
-        select id, job_type, queue, payload, progress, attempts, max_attempts
+        select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
+               concurrency_key, parent_id, "after"
           from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
                                 worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`
     );
@@ -77,6 +92,10 @@ export async function runOne(db: Database, caller: Caller, queue: string, opts: 
     organizationId: caller.organizationId,
     attempt: row.attempts,
     maxAttempts: row.max_attempts,
+    priority: row.priority,
+    concurrencyKey: row.concurrency_key,
+    parentId: row.parent_id === null ? null : Number(row.parent_id),
+    after: row.after === null ? null : row.after.map(Number),
   };
   const outcome = await outcomeOf(db, job, row, worker, opts);
   let status: string;
@@ -250,7 +269,37 @@ function context(
       const seconds = Number.isFinite(runInSeconds) ? Math.min(Math.max(runInSeconds, 0), 86400) : 0;
       return new Yield(progress ?? null, seconds);
     },
+    enqueue: ((children: ChildJob | ChildJob[]) => enqueueChildren(db, job, children)) as JobContext["enqueue"],
   };
+}
+
+/** ctx.enqueue: the enqueue function's rules, this job as the parent, its queue by default. */
+async function enqueueChildren(
+  db: Database,
+  job: JobInfo,
+  children: ChildJob | ChildJob[],
+): Promise<Enqueued | Enqueued[]> {
+  const asChild = (c: ChildJob): ChildJob | string => {
+    if (c === null || typeof c !== "object" || Array.isArray(c)) return "must be an object";
+    if (Object.hasOwn(c, "parentId")) return "parentId is set by ctx.enqueue (it is this job)";
+    return { queue: job.queue, ...c };
+  };
+  const withParent = (j: NewJob): NewJob => ({ ...j, parentId: job.id });
+  if (Array.isArray(children)) {
+    const prepared = children.map(asChild);
+    const bad = prepared.findIndex((c) => typeof c === "string");
+    if (bad >= 0) throw new Error(`ctx.enqueue: jobs[${bad}] ${prepared[bad]}`);
+    const parsed = parseBatch(prepared as ChildJob[], null);
+    if (typeof parsed === "string") throw new Error(`ctx.enqueue: ${parsed}`);
+    return await addJobs(db, job.organizationId, parsed.map(withParent), "handler");
+  }
+  const prepared = asChild(children);
+  if (typeof prepared === "string") throw new Error(`ctx.enqueue: the job ${prepared}`);
+  const parsed = parseNewJob(prepared, null);
+  if (typeof parsed === "string") throw new Error(`ctx.enqueue: ${parsed}`);
+  const added = await addJob(db, job.organizationId, withParent(parsed), "handler");
+  if (added === null) throw new Error("ctx.enqueue: the job was not stored");
+  return added;
 }
 
 /** The handler's outcome; a value that cannot be stored is the job's error, not the call's.

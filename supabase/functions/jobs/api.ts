@@ -84,7 +84,19 @@ async function add(db: Database, caller: Caller, req: Request, url: URL): Promis
   queryOf(url, []);
   const fields = await body(
     req,
-    ["type", "payload", "queue", "dedupeKey", "runAt", "maxAttempts", "delaySeconds"],
+    [
+      "type",
+      "payload",
+      "queue",
+      "dedupeKey",
+      "runAt",
+      "maxAttempts",
+      "delaySeconds",
+      "priority",
+      "concurrencyKey",
+      "after",
+      "afterFailure",
+    ],
     MAX_JOB_BODY_BYTES,
   );
   const { delaySeconds, ...rest } = fields;
@@ -104,7 +116,12 @@ async function add(db: Database, caller: Caller, req: Request, url: URL): Promis
           payload => ${db.sql.json(parsed.payload as never)}, dedupe_key => ${parsed.dedupeKey},
           run_at => coalesce(${parsed.runAt}::text::timestamptz,
                              now() + make_interval(secs => ${delay}::double precision)),
-          max_attempts => ${parsed.maxAttempts}, by => 'operator') a`
+          max_attempts => ${parsed.maxAttempts}, by => 'operator',
+          priority => ${parsed.priority}, concurrency_key => ${parsed.concurrencyKey},
+          "after" => (select array_agg(x::bigint) from jsonb_array_elements_text(${
+      db.sql.json((parsed.after ?? []) as never)
+    }::jsonb) x),
+          after_failure => ${parsed.afterFailure}, parent_id => ${parsed.parentId}::bigint) a`
   );
   const [row] = added;
   if (row?.id == null) return error(500, "internal error: the job was not stored, try again");
@@ -235,7 +252,71 @@ async function purge(db: Database, caller: Caller, req: Request, url: URL): Prom
   return Response.json({ matched: row.matched, deleted: row.deleted, dryRun, more: row.more });
 }
 
+/** The limits of a queue's keys (issue 24): each key with a limit, a running job or a parked
+ * one; `key` null is the queue's default for every key. */
+async function limits(db: Database, caller: Caller, _req: Request, url: URL): Promise<Response> {
+  const q = queryOf(url, ["queue"]);
+  return await limitsOf(db, caller, queueName(q.queue) ?? "agent");
+}
+
+async function limitsOf(db: Database, caller: Caller, queue: string): Promise<Response> {
+  const rows = await db.run(() =>
+    db.sql<Json[]>`
+      select key, max_running, max_starts, extract(epoch from per)::double precision as per_s,
+             running, parked
+        from queue_pump.key_limits(${caller.organizationId}, ${queue})`
+  );
+  return Response.json({
+    queue,
+    limits: rows.map((r) => ({
+      key: r.key,
+      maxRunning: r.max_running,
+      maxStarts: r.max_starts,
+      perSeconds: r.per_s,
+      running: Number(r.running),
+      parked: Number(r.parked),
+    })),
+  });
+}
+
+/** Set (or, with null, remove) a key's concurrency limit and/or rate limit: `{"queue", "key",
+ * "maxRunning"}`, `{"queue", "key", "maxStarts", "perSeconds"}`; `key` null or absent: the
+ * queue's default for every key. Answers the queue's limits as GET does. */
+async function setLimits(db: Database, caller: Caller, req: Request, url: URL): Promise<Response> {
+  queryOf(url, []);
+  const b = await body(req, ["queue", "key", "maxRunning", "maxStarts", "perSeconds"]);
+  const queue = queueName(b.queue) ?? "agent";
+  const key = b.key ?? null;
+  if (key !== null && typeof key !== "string") throw new Invalid("key must be a string, or null for the default");
+  const wholeOrNull = (v: unknown, name: string) => {
+    if (v !== null && (typeof v !== "number" || !Number.isInteger(v))) {
+      throw new Invalid(`${name} must be a whole number, or null to remove the limit`);
+    }
+    return v as number | null;
+  };
+  const concurrency = "maxRunning" in b;
+  const rate = "maxStarts" in b;
+  if (!concurrency && !rate) throw new Invalid("give maxRunning, maxStarts, or both");
+  const maxRunning = concurrency ? wholeOrNull(b.maxRunning, "maxRunning") : null;
+  const maxStarts = rate ? wholeOrNull(b.maxStarts, "maxStarts") : null;
+  const per = maxStarts === null ? null : seconds(b.perSeconds, "perSeconds", 0.001, 86400);
+  // One transaction: both limits change, or (a bad value the database refuses) neither.
+  await db.run(() =>
+    db.sql.begin(async (sql) => {
+      if (concurrency) {
+        await sql`select queue_pump.set_concurrency_limit(${caller.organizationId}, ${queue}, ${key}, ${maxRunning})`;
+      }
+      if (rate) {
+        await sql`select queue_pump.set_rate_limit(${caller.organizationId}, ${queue}, ${key}, ${maxStarts},
+                                                   make_interval(secs => ${per}::double precision))`;
+      }
+    })
+  );
+  return await limitsOf(db, caller, queue);
+}
+
 const ROUTES: Route[] = [
+  { pattern: /^\/limits$/, methods: { GET: limits, POST: setLimits } },
   { pattern: /^$/, methods: { GET: list, POST: add } },
   { pattern: /^\/stats$/, methods: { GET: stats } },
   { pattern: /^\/hung$/, methods: { GET: hung } },
