@@ -62,9 +62,14 @@ def test_the_checks_catch_a_pump_that_hammers() -> None:
     margin asked here is one a starved process still makes, 2x; run alone it makes over a
     thousand calls, some 40x: docs/RELIABILITY.md. Untraced when the suite is measured for
     coverage: a traced busy loop on a loaded machine made 26 calls against a bound of 27.)"""
-    result = run_fault(FAULTS_BY_NAME["500"], untraced=True, QUEUE_PUMP_BACKOFF_BASE_MS="1",
-                       QUEUE_PUMP_BACKOFF_MAX_MS="1")
-    assert result.calls_in_window > 2 * result.bound
+    # Up to three tries: starvation by neighbours (a full suite with browsers and the kit) only
+    # lowers the busy loop's count, so the best of three is the pump's, not the machine's.
+    for _ in range(3):
+        result = run_fault(FAULTS_BY_NAME["500"], untraced=True,
+                           QUEUE_PUMP_BACKOFF_BASE_MS="1", QUEUE_PUMP_BACKOFF_MAX_MS="1")
+        if result.calls_in_window > 2 * result.bound:
+            break
+    assert result.calls_in_window > 2 * result.bound, (result.calls_in_window, result.bound)
     problems = check(result)
     assert any(f"bound {result.bound}" in p for p in problems), problems
 
