@@ -307,7 +307,7 @@ def test_service_role_runs_the_functions_but_cannot_read_the_table(db_url: str, 
 
 
 WAYS_IN = {"enqueue", "enqueue_job", "claim", "heartbeat", "complete", "fail", "requeue",
-           "stats", "due_since", "due_count", "purge", "new_job_id"}
+           "stats", "due_since", "due_count", "purge", "new_job_id", "claim_batch", "backlog"}
 # Helpers that read no table: they run as their caller (the functions above, or service_role
 # calling them directly, with no right it does not already have).
 HELPERS = {"max_json_bytes", "check_run_at", "check_text", "json_problem", "check_json",
