@@ -56,7 +56,9 @@ $$;
 -- How many jobs are due now (as due_since defines it: queued and due, or running with an
 -- expired lease and an attempt left), counted up to `cap`: a result equal to cap means at
 -- least that many. It reads at most cap entries of the partial indexes of queued and running
--- jobs (an index-only scan of jobs_due_idx where the visibility map allows), never the
+-- jobs in their order (no bitmap scans: the planner, which cannot tell how many jobs of one
+-- queue are due, chose one, and a bitmap scan reads every due entry before the limit: 5,000
+-- for a cap of 1,000), never the
 -- history, so the answer costs the same with 1,000 or 1,000,000 jobs (tests/supabase/
 -- test_batch_sql.py counts the reads). The runner puts it in its answer after each batch.
 -- A queued job always has an attempt left (constraint jobs_queued_has_attempts_left), so the
@@ -73,6 +75,7 @@ stable
 security definer
 set search_path = ''
 set lock_timeout = '5s'
+set enable_bitmapscan = off
 as $$
 declare
   q text := coalesce(backlog.queue, 'agent');
@@ -86,12 +89,14 @@ begin
     (select 1 from queue_pump.jobs x
       where x.organization_id = backlog.organization_id and x.queue = q
         and x.status = 'queued' and x.run_at <= now()
+      order by x.run_at
       limit backlog.cap)
     union all
     (select 1 from queue_pump.jobs x
       where x.organization_id = backlog.organization_id and x.queue = q
         and x.status = 'running' and x.lease_expires_at < now()
         and x.attempts < x.max_attempts
+      order by x.lease_expires_at
       limit backlog.cap)
     limit backlog.cap) d;
   return n;

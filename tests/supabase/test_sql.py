@@ -324,7 +324,10 @@ def test_functions_are_security_definer_with_an_empty_search_path(db_url: str) -
     for r in rows:
         if r["proname"] in WAYS_IN:
             # lock_timeout: a table lock held elsewhere fails a call in 5 s instead of hanging.
-            assert r["prosecdef"] and r["proconfig"] == ['search_path=""', "lock_timeout=5s"], r
+            # backlog also turns bitmap scans off: they read every due entry past its cap.
+            extra = ["enable_bitmapscan=off"] if r["proname"] == "backlog" else []
+            assert r["prosecdef"] and r["proconfig"] == [
+                'search_path=""', "lock_timeout=5s", *extra], r
         else:
             # Only the JSON check sets anything: floats written in their shortest exact form.
             assert not r["prosecdef"], r
