@@ -278,6 +278,8 @@ def test_sigterm_lets_the_call_in_flight_finish_then_the_function_exits(
      "SUPABASE_DB_URL is not a postgresql:// URL"),
     ({"AGENT_TOKEN": TOKEN, "JOB_LEASE_SECONDS": "soon"},
      'JOB_LEASE_SECONDS must be a whole number from 2 to 86400, got "soon"'),
+    ({"AGENT_TOKEN": TOKEN, "JOB_BATCH_SIZE": "101"},
+     'JOB_BATCH_SIZE must be a whole number from 1 to 100, got "101"'),
     ({"AGENT_TOKEN": TOKEN, "DB_RETRY_AFTER_SECONDS": "0"},
      'DB_RETRY_AFTER_SECONDS must be a whole number from 1 to 3600, got "0"'),
 ])
