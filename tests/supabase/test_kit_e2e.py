@@ -98,8 +98,9 @@ def test_three_pumps_of_eight_drain_1500_jobs_over_two_functions_each_once(
     rows = query(db_url, "select status, attempts, count(*) as n from queue_pump.jobs"
                          " where organization_id = %s group by 1, 2", org)
     assert rows == [{"status": "done", "attempts": 1, "n": 1500}]
-    # The pump counts calls that processed work; a call runs up to `batch` jobs.
-    per_pump = [sum(e.get("processed", 0) for e in p.events("pump_stopped")) for p in pumps]
+    # Calls that ran work (calls less idle and failed ones); a call runs up to `batch` jobs.
+    per_pump = [sum(e["calls"] - e["idle"] - e["errors"] for e in p.events("pump_stopped"))
+                for p in pumps]
     if batch == 1:
         assert sum(per_pump) == 1500, per_pump
     else:
