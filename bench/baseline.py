@@ -19,7 +19,8 @@ Per row:
             caller idles: seconds from the burst to its last job done (the database's clock).
             The slowest cron rows cannot finish in the time given (--drain-limit): their
             drain time is extrapolated from the jobs done in that window, and marked so.
-  latency   one job a second (at a random point of each second) for --window seconds: started_at - created_at, p50 and p99.
+  latency   one job a second (at a random point of each second) for --window seconds:
+            started_at - created_at, p50 and p99.
   calls     invocations per 1,000 jobs (during the drain) and per idle day (counted over
             --window seconds with an empty queue, times 86,400 / window).
   CPU       seconds per 1,000 jobs during the drain, from /proc: the function process, and
@@ -45,7 +46,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def start_row(pg: kit.PgCluster, deno: Any, row: Row, pump_src: Path | None) -> 
         env["PYTHONPATH"] = str(pump_src)
     row.caller = subprocess.Popen([sys.executable, "-m", "queue_pump"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  cwd=pump_src or kit.ROOT)
+                                  text=True, cwd=pump_src or kit.ROOT)
 
 
 def _count_ticks(row: Row) -> None:
@@ -178,7 +178,7 @@ def stop_row(row: Row) -> None:
 
 def sql(url: str, query: str, *args: Any) -> Any:
     with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(query, args)  # type: ignore[arg-type]
+        cur = conn.execute(query, args)
         return cur.fetchone() if cur.description else None
 
 
@@ -260,7 +260,8 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(12)  # every caller past its first calls, the pumps' idle at its longest
             idle_phase(rows, args.window)
             latency_phase(rows, args.window)
-            fast = [r for r in rows if r.kind == "pump" or r.batch >= 100 and r.interval_s <= 1]
+            fast = [r for r in rows
+                    if r.kind == "pump" or (r.batch >= 100 and r.interval_s <= 1)]
             for r in fast:
                 drain(r, args.burst, args.drain_limit)
                 print(json.dumps({"row": r.name, **r.result}), file=sys.stderr)
