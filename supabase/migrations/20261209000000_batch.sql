@@ -53,18 +53,18 @@ $$;
 
 -- backlog ------------------------------------------------------------------------------------
 
--- How many jobs are due now (as due_since defines it: queued and due, or running with an
--- expired lease and an attempt left), counted up to `cap`: a result equal to cap means at
--- least that many. It reads at most cap entries of the partial indexes of queued and running
--- jobs in their order (no bitmap scans: the planner, which cannot tell how many jobs of one
--- queue are due, chose one, and a bitmap scan reads every due entry before the limit: 5,000
--- for a cap of 1,000), never the
--- history, so the answer costs the same with 1,000 or 1,000,000 jobs (tests/supabase/
--- test_batch_sql.py counts the reads). The runner puts it in its answer after each batch.
+-- How many jobs are due now by time (queued with run_at passed, or running with an expired
+-- lease and an attempt left), counted up to `cap`: a result equal to cap means at least that
+-- many. It reads at most about cap index entries of queued and running jobs, never the
+-- history, so it costs the same with 1,000 or 1,000,000 jobs in the table (tests/supabase/
+-- test_batch_sql.py counts the reads). Bitmap scans are off: the planner, which cannot tell
+-- how many jobs of one queue are due, chose one, and a bitmap scan reads every due entry
+-- before the limit applies (5,000 for a cap of 1,000). No order either: any cap entries do,
+-- whatever the due index's order is (later migrations may change it).
 -- A queued job always has an attempt left (constraint jobs_queued_has_attempts_left), so the
--- queued part needs no look at attempts and no row of the table. A claim may hold back some
--- of these (rules later migrations add); the count is of jobs due by time, an upper bound of
--- what the next claims take.
+-- queued part needs no look at attempts. A claim may hold back some of these (rules later
+-- migrations add: parked, waiting or cancelled jobs): the count is an upper bound of what the
+-- next claims take, which is what a pump deciding how many loops to wake needs.
 create function queue_pump.backlog(
   organization_id text,
   queue text default 'agent',
@@ -89,14 +89,12 @@ begin
     (select 1 from queue_pump.jobs x
       where x.organization_id = backlog.organization_id and x.queue = q
         and x.status = 'queued' and x.run_at <= now()
-      order by x.run_at
       limit backlog.cap)
     union all
     (select 1 from queue_pump.jobs x
       where x.organization_id = backlog.organization_id and x.queue = q
         and x.status = 'running' and x.lease_expires_at < now()
         and x.attempts < x.max_attempts
-      order by x.lease_expires_at
       limit backlog.cap)
     limit backlog.cap) d;
   return n;
