@@ -16,7 +16,8 @@ PostgreSQL; each row has a database and a function process of its own.
 
 Per row:
   drain     a burst of --burst jobs (default 1,000) enqueued in one statement while the
-            caller idles: seconds from the burst to its last job done (the database's clock).
+            caller idles: seconds from the burst to its last job done (the database's clock),
+            and of those the wait until the first job started (the caller's next call).
             The slowest cron rows cannot finish in the time given (--drain-limit): their
             drain time is extrapolated from the jobs done in that window, and marked so.
   latency   one job a second (at a random point of each second) for --window seconds:
@@ -231,14 +232,17 @@ def drain(row: Row, burst: int, limit_s: float) -> None:
             break
         time.sleep(0.05)
     c1, (f1, p1) = calls(row), cpu(row)
-    seconds, attempts = sql(
+    seconds, first, attempts = sql(
         row.url, "select extract(epoch from max(finished_at) - min(created_at))::float8,"
+                 " extract(epoch from min(started_at) - min(created_at))::float8,"
                  " max(attempts) from queue_pump.jobs where payload ? 'burst'"
                  " and status = 'done'")
     per_k = 1000 / max(done, 1)
     row.result.update(
         drain_jobs=burst, drain_done=done, drain_max_attempts=attempts,
         drain_s=round(seconds * burst / done, 1) if done else None,
+        # Of which: the wait for the caller's next call (a tick, or a pump's idle sleep).
+        drain_first_start_s=round(first, 2) if done else None,
         drain_extrapolated=done < burst,
         calls_per_1000_jobs=round((c1 - c0) * per_k),
         function_cpu_s_per_1000=round((f1 - f0) * per_k, 3),
