@@ -298,6 +298,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         who = (f"cron every {x['interval_s']:.0f} s (driver)" if x["kind"] == "cron"
                else f"pump C={x['concurrency']}")
         drain_s = f"{x['drain_s']}" + (" (extrapolated)" if x["drain_extrapolated"] else "")
+        if x.get("drain_first_start_s") is not None:
+            drain_s += f" ({x['drain_first_start_s']} to the first start)"
         print(f"| {who} | {x['batch']} | {drain_s} | {x['latency_p50_s']} /"
               f" {x['latency_p99_s']} | {x['calls_per_1000_jobs']} |"
               f" {x['idle_calls_per_day']:,} | {x['function_cpu_s_per_1000']} |"
