@@ -14,7 +14,7 @@ import { accept } from "../_shared/request.ts";
 import { Masker } from "../_shared/secrets.ts";
 import { prepare, stopOnSignals } from "../_shared/serve.ts";
 import { handlers } from "./handlers.ts";
-import { MAX_BATCH_SIZE, MAX_BODY_BYTES, queueOf, type RunnerOptions, runBatch } from "./runner.ts";
+import { MAX_BATCH_SIZE, MAX_BODY_BYTES, queueOf, runBatch, type RunnerOptions } from "./runner.ts";
 
 const { handler, options } = prepare("ai-job-runner", MAX_BODY_BYTES, () => {
   const token = tokenFromEnv("AGENT_TOKEN");
