@@ -57,6 +57,14 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.baseline          # all 10 rows, ~10 min"):
+        "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit claim-batch --rounds 3 "
+                           "--jobs 3000"):
+        "a benchmark needing PostgreSQL; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --batch 1,10 "
+                           "--rounds 3 --jobs 10000"):
+        "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
                            "code"):
         PYPI + "; tests/repo/test_bench.py runs the harness",

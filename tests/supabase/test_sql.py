@@ -382,7 +382,9 @@ def test_bad_lease_is_refused_with_a_named_error(db_url: str, org: str) -> None:
 def _claim_reads(conn: psycopg.Connection[Any], org: str) -> dict[str, Any]:
     """What one claim read of queue_pump.jobs, from the transaction's own statistics."""
     with conn.transaction():
-        row = claim(conn, org, "probe")
+        # A lease of an hour: inserting 1,000,000 rows between the two claims took over a
+        # minute on a loaded machine, and the second claim then took the first's job again.
+        row = claim(conn, org, "probe", lease=3600)
         stats = conn.execute("select seq_scan, seq_tup_read, idx_tup_fetch"
                              " from pg_stat_xact_user_tables"
                              " where schemaname = 'queue_pump' and relname = 'jobs'").fetchone()
