@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> None:
         try:
             for r in rows:
                 start_row(pg, deno, r, args.pump_src)
-            time.sleep(12)  # every caller past its first calls, the pumps' idle at its longest
+            time.sleep(args.warmup)  # every caller past its first calls; the pumps' idle ramped
             idle_phase(rows, args.window)
             latency_phase(rows, args.window)
             fast = [r for r in rows
@@ -319,6 +319,10 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1000, help="jobs of the drain burst")
     parser.add_argument("--drain-limit", type=float, default=240.0,
                         help="longest a drain is watched; slower ones are extrapolated")
+    parser.add_argument("--warmup", type=float, default=12.0,
+                        help="seconds between starting the callers and the idle window")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="directory for baseline.json (default bench/results)")
     parser.add_argument("--pump-src", type=Path, default=None,
                         help="a source tree whose queue_pump the pump rows run"
                              " (e.g. git archive of another branch); default: this one")
@@ -326,6 +330,10 @@ def main() -> None:
     if args.cmd == "driver":
         driver(args.url, args.interval)
         return
+    if args.results is not None:
+        import bench.run
+
+        bench.run.RESULTS = args.results
     run(args)
 
 
