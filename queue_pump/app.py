@@ -134,7 +134,7 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
     lanes = [Lane(queue, concurrency, client.call, client.url_for_logs)
              for (queue, concurrency), client in zip(settings.lanes, clients, strict=True)]
     pump = Pump(lanes, policy(settings), stats, log, stop=stop, budget=budget, waker=waker)
-    scheduler = asyncio.create_task(_run_schedules(schedules, settings, stats, stop, log))
+    scheduler = asyncio.create_task(_run_schedules(schedules, settings, stats, stop, log, wake))
     notifier.send("READY=1")
     dog = asyncio.create_task(watchdog(notifier, stats, environ))
     code = ExitCode.CALL_FAILED  # if the pump itself raised, finally must not hide it
@@ -159,11 +159,17 @@ async def serve(settings: Settings, mode: Mode, environ: Mapping[str, str],
 
 
 async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stats: Stats,
-                         stop: asyncio.Event, log: FilteringBoundLogger) -> bool:
+                         stop: asyncio.Event, log: FilteringBoundLogger,
+                         wake: Callable[[str], None]) -> bool:
     """Runs the schedules until stop; False if it died of a bug (then the pump stops too)."""
     if not schedules:
         return True
     from .schedules import Scheduler, describe
+
+    def counted(name: str, event: str) -> None:
+        stats.schedule_event(name, event)
+        if event == "fired":
+            wake("schedule")  # the job it enqueued is picked up now, not at the next idle poll
 
     log.info("schedules_loaded", schedules=describe(schedules, datetime.now(UTC)))
     try:
@@ -171,7 +177,7 @@ async def _run_schedules(schedules: Sequence[Schedule], settings: Settings, stat
         async with build_http_client(http_config(settings)) as http:
             await Scheduler(schedules, http, contract_headers(settings), stop=stop,
                             now=lambda: datetime.now(UTC), pause=stop_or_timeout(stop), log=log,
-                            policy=firing_policy(settings), on_count=stats.schedule_event).run()
+                            policy=firing_policy(settings), on_count=counted).run()
     except Exception as exc:
         # Crash-only, as for the loops: a pump whose schedules silently stopped is worse than
         # one that exits 1 and is restarted (the restart catches the missed window up).

@@ -26,6 +26,9 @@ __all__ = ["ANON", "BASE_ENV", "TOKEN", "FakeTime"]  # the kit's tests import TO
 # that print it live here, because an xdist controller collects nothing and so never loads
 # tests/supabase/conftest.py.
 KIT_LEFT_OUT = pytest.StashKey[dict[str, int]]()
+# The same for the dashboard's browser tests without Chromium or Playwright
+# (tests/operator_api/dashboard/conftest.py).
+BROWSER_LEFT_OUT = pytest.StashKey[dict[str, int]]()
 # Where the kit's PostgreSQL cluster lives, shared by every worker (tests/supabase/conftest.py).
 KIT_PG_DIR = pytest.StashKey[str]()
 
@@ -76,11 +79,17 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     left_out = getattr(node, "workeroutput", {}).get("kit_left_out")
     if left_out:
         node.config.stash[KIT_LEFT_OUT] = left_out
+    browser_left_out = getattr(node, "workeroutput", {}).get("browser_left_out")
+    if browser_left_out:
+        node.config.stash[BROWSER_LEFT_OUT] = browser_left_out
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for hint, count in config.stash.get(KIT_LEFT_OUT, {}).items():
         terminalreporter.write_line(f"SKIPPED {count} Supabase kit tests: {hint}", yellow=True)
+    for hint, count in config.stash.get(BROWSER_LEFT_OUT, {}).items():
+        terminalreporter.write_line(f"SKIPPED {count} dashboard browser tests: {hint}",
+                                    yellow=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .run import cmd_config, cmd_run
 
-COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config", "jobs", "top")
+COMMANDS = ("run", "runner", "demo", "status", "healthcheck", "config", "jobs", "top",
+            "dashboard")
 
 
 def _cmd_runner(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -56,6 +57,12 @@ def _cmd_top(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return top_main(argv, environ)
 
 
+def _cmd_dashboard(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from .dashboard import main as dashboard_main
+
+    return dashboard_main(argv, environ)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "run": cmd_run,
     "config": cmd_config,
@@ -65,6 +72,7 @@ HANDLERS: dict[str, Callable[[Sequence[str], Mapping[str, str]], int]] = {
     "healthcheck": _cmd_healthcheck,
     "jobs": _cmd_jobs,
     "top": _cmd_top,
+    "dashboard": _cmd_dashboard,
 }
 
 

@@ -44,12 +44,17 @@ class Tally:
     errors: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     durations_ms: list[float] = field(default_factory=list)
+    backlog: int | None = None  # the runner's latest, as its answers say (jobs due)
+    peak_backlog: int | None = None
 
     def feed(self, event: Mapping[str, Any]) -> None:
         name = event.get("event")
         if name == "call":
             self.calls += 1
             self.durations_ms.append(float(event["duration_ms"]))
+            if isinstance(event.get("backlog"), int):
+                self.backlog = event["backlog"]
+                self.peak_backlog = max(self.peak_backlog or 0, self.backlog)
             outcome = event.get("outcome")
             if outcome == "processed":
                 self.processed += 1
@@ -77,10 +82,12 @@ def seed_jobs(count: int, rng: random.Random) -> list[dict[str, Any]]:
     return jobs
 
 
-def bar(done: int, total: int, rate: float, errors: int, width: int = 30) -> str:
+def bar(done: int, total: int, rate: float, errors: int, width: int = 30,
+        backlog: int | None = None) -> str:
     filled = int(width * done / total) if total else width
     return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} jobs  "
-            f"{rate:6.1f} jobs/s  errors {errors}")
+            f"{rate:6.1f} jobs/s  errors {errors}"
+            + ("" if backlog is None else f"  backlog {backlog}"))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -131,10 +138,11 @@ async def run_demo(jobs: int, concurrency: int, fault_rate: float, seed: int,
             done = stats["done"] + stats["failed"]
             elapsed = time.monotonic() - started
             if tty:
-                print("\r" + bar(done, total, done / elapsed, tally.errors), end="", file=out,
-                      flush=True)
+                print("\r" + bar(done, total, done / elapsed, tally.errors,
+                                  backlog=tally.backlog), end="", file=out, flush=True)
             elif elapsed - last_line >= 2 or (done == total and finished_at is None):
-                print(bar(done, total, done / elapsed, tally.errors), file=out, flush=True)
+                print(bar(done, total, done / elapsed, tally.errors, backlog=tally.backlog),
+                      file=out, flush=True)
                 last_line = elapsed
             if done == total and finished_at is None:
                 finished_at = time.monotonic()
@@ -204,6 +212,8 @@ def _summary(out: TextIO, stats: Mapping[str, Any], total: int, wall: float, tal
         ("call latency", f"p50 {percentile(tally.durations_ms, 50):.1f} ms, "
                          f"p95 {percentile(tally.durations_ms, 95):.1f} ms"),
         ("calls while idle", f"{tally.idle}"),
+        ("runner backlog", "not sent" if tally.peak_backlog is None else
+         f"{tally.peak_backlog} due at most, {tally.backlog} at the end (the runner's answers)"),
         ("pump exit", f"{code} ({'clean stop on SIGTERM' if code == 0 else 'see above'})"),
     ]
     print("\nsummary", file=out)

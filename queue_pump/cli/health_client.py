@@ -123,9 +123,12 @@ def format_status(body: dict[str, Any], url: str) -> str:
         + ("never" if since is None else f"{_ago(since)} ago")
         + f", {body.get('consecutive_failures', 0)} failures in a row, "
           f"{body.get('in_flight', 0)} in flight",
-        f"  calls {counters.get('calls', 0)}: processed {counters.get('processed', 0)}, "
+        f"  calls {counters.get('calls', 0)}: jobs processed {counters.get('processed', 0)}, "
         f"idle {counters.get('idle', 0)}, errors {counters.get('errors', 0)}",
     ]
+    backlog = body.get("backlog") or {}
+    if backlog:
+        lines.append("  " + backlog_text(backlog))
     errors = body.get("errors") or {}
     if errors:
         lines.append("  errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(
@@ -135,6 +138,12 @@ def format_status(body: dict[str, Any], url: str) -> str:
         lines.append(f"  loop {loop['name']}: {loop['state']}"
                      f"{', in flight' if loop.get('in_flight') else ''}{flag}")
     return "\n".join(lines)
+
+
+def backlog_text(backlog: dict[str, Any]) -> str:
+    """The runner's backlog per queue, as its latest answer said (`status`, `top --pump`)."""
+    return "backlog (jobs due): " + ", ".join(f"{queue} {n}" for queue, n in sorted(
+        backlog.items()))
 
 
 def _ago(seconds: float | None) -> str:

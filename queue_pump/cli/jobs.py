@@ -190,12 +190,30 @@ def _payload(text: str | None) -> Any:
                          "'{\"ms\": 100}' or @file.json") from None
 
 
+def _after(text: str | None) -> list[int] | None:
+    """--after 12,34: the ids of the jobs the new one waits for."""
+    if text is None:
+        return None
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        ids = []
+    if not ids or any(i < 1 for i in ids):
+        raise ValueError(f"--after must be job ids separated by commas, e.g. 12,34; got {text!r}")
+    return ids
+
+
 def cmd_add(client: OperatorClient, args: argparse.Namespace, out: Out) -> int:
     body = {"type": args.type, "payload": _payload(args.payload), "queue": args.queue,
             "dedupeKey": args.dedupe_key, "maxAttempts": args.max_attempts,
             "delaySeconds": None if args.delay is None else parse_duration(args.delay,
                                                                             "--delay"),
-            "runAt": args.run_at and parse_time(args.run_at, "--run-at")}
+            "runAt": args.run_at and parse_time(args.run_at, "--run-at"),
+            # Only what was given: a server without these fields still takes the rest.
+            **{k: v for k, v in (("priority", args.priority),
+                                 ("concurrencyKey", args.concurrency_key),
+                                 ("after", _after(args.after)),
+                                 ("afterFailure", args.after_failure)) if v is not None}}
     answer = client.call("POST", "", body=body)
     job = answer["job"]
     if out.json:
@@ -374,6 +392,16 @@ def build_parser() -> OneLineParser:
     when.add_argument("--delay", help="due after this long: 90s, 5m, 2h, 1d")
     when.add_argument("--run-at", help="due at this ISO time")
     add.add_argument("--max-attempts", type=int)
+    add.add_argument("--priority", type=int,
+                     help="-1000..1000, default 0: a HIGHER number runs first (as in pg-boss;"
+                          " BullMQ and Oban count the other way)")
+    add.add_argument("--concurrency-key", metavar="KEY",
+                     help="the key whose concurrency and rate limits this job counts against")
+    add.add_argument("--after", metavar="ID,ID",
+                     help="due only once these jobs are done (the Supabase kit)")
+    add.add_argument("--after-failure", choices=("end", "run"),
+                     help="when one of --after ends failed or cancelled: end this job the same"
+                          " way (end, the default) or run it anyway (run)")
     cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next "
                                            "heartbeat)")
     cancel.add_argument("id", type=_job_id)

@@ -55,7 +55,8 @@ def _build_run_parser(prog: str = "queue-pump") -> OneLineParser:
         description="Keep calling a job runner endpoint: fast while there is work, slow while\n"
                     "idle, patient when it fails.\n\nother commands: queue-pump "
                     "{run,runner,demo,status,healthcheck,config} --help\n"
-                    f"the operator's ({env_of('admin_token')}): queue-pump {{jobs,top}} --help",
+                    f"the operator's ({env_of('admin_token')}): queue-pump "
+                    "{jobs,top,dashboard} --help",
         epilog="environment variables (also read from .env; the real environment wins;\n"
                "a flag wins over both):\n" + describe_knobs(width) + "\n\nflags: every "
                f"variable but the secrets is also a flag: {env_of('idle_sleep_s')}\nas "

@@ -94,8 +94,11 @@ def plain_line(snap: Snapshot) -> str:
     done, failed = _rates(snap.stats)
     age = total.get("oldestDueAgeSeconds")
     counts = " ".join(f"{s}={total[s]}" for s in STATUSES)
+    pump = snap.pump if isinstance(snap.pump, dict) else {}
+    backlog = "".join(f" pump_backlog_{q}={n}" for q, n in sorted(
+        (pump.get("backlog") or {}).items()))
     return (f"{at} {counts} due={total['due']} oldest_due={'-' if age is None else f'{age:g}s'}"
-            f" done_per_min={done} failed_per_min={failed}")
+            f" done_per_min={done} failed_per_min={failed}{backlog}")
 
 
 def _spark(values: Sequence[int]) -> str:
@@ -177,12 +180,23 @@ def _pump(pump: dict[str, Any] | str) -> Any:
     health = "healthy" if pump.get("healthy") else "UNHEALTHY"
     line = Text.assemble(("pump ", "bold"), f"{health}, ",
                          (f"STUCK: {', '.join(stuck)}; " if stuck else "", "bold red"),
+                         # Before the loops: a line cut at 80 columns still shows it.
+                         "".join(f"{text}; " for text in _pump_backlog(pump)),
                          f"{len(loops)} loops (" + ", ".join(
                              f"{n} {state}" for state, n in by_state.most_common()) + "), "
                          f"{counters.get('processed', 0)} processed, "
                          f"{counters.get('errors', 0)} errors")
     line.no_wrap, line.overflow = True, "ellipsis"
     return line
+
+
+def _pump_backlog(pump: dict[str, Any] | str | None) -> list[str]:
+    """The pump's view of the backlog (the runner's latest answers), when its runner sends one."""
+    if not isinstance(pump, dict) or not pump.get("backlog"):
+        return []
+    from .health_client import backlog_text
+
+    return [backlog_text(pump["backlog"])]
 
 
 def _age(seconds: float | None) -> str:

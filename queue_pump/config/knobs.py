@@ -74,11 +74,17 @@ class Knob:
 
 
 MAX_TOTAL_CONCURRENCY = 256
-MIN_WAKE_TOKEN = 16
-# The operator's token cancels and purges: as long as the kit's functions want their secrets.
-MIN_ADMIN_TOKEN = 16
+# One minimum for every token the pump and the kit share (the agent's, the admin's, the wake
+# token): the kit's functions refuse a shorter one (supabase/functions/_shared/env.ts), so the
+# pump refuses it too, at its start, rather than start and meet a misconfigured function. A
+# token is a shared secret that whoever reaches the endpoint may try to guess: 16 characters
+# from a random source (openssl rand -hex 32 gives 64) cannot be guessed by trying.
+MIN_TOKEN_CHARS = 16
+MIN_WAKE_TOKEN = MIN_TOKEN_CHARS
+MIN_ADMIN_TOKEN = MIN_TOKEN_CHARS
 # Every secret is masked wherever it appears in a log line: a one-letter token would turn
-# "call_failed" into "call_fail***d" and so show the token. Shorter than this is no secret.
+# "call_failed" into "call_fail***d" and so show the token. Shorter than this is no secret
+# (the floor for secrets the pump is given but does not choose, like Supabase's anon key).
 MIN_SECRET_CHARS = 8
 MAX_HEADER_CHARS = 4096
 

@@ -63,6 +63,8 @@ def out_of_range(knobs: Iterable[Knob], values: Mapping[str, Any]) -> list[str]:
 def _too_short(knob: Knob, value: Any) -> str | None:
     if not (knob.min_chars and value and len(value) < knob.min_chars):
         return None
+    if value == knob.placeholder:
+        return None  # said once, as the placeholder it is
     count = f"{len(value)} character" + ("s" if len(value) > 1 else "")
     return (f"{knob.env} is {count} long; expected at least {knob.min_chars} "
             f"({knob.min_chars_why})")

@@ -18,6 +18,7 @@ from .knobs import (
     MIB,
     MIN_ADMIN_TOKEN,
     MIN_SECRET_CHARS,
+    MIN_TOKEN_CHARS,
     MIN_WAKE_TOKEN,
     Kind,
     Knob,
@@ -29,12 +30,15 @@ from .urls import redact_url
 
 # Masked everywhere, a short secret would garble every log line and so show itself.
 SHORT_SECRET = "a value that short is no secret, and masking it would garble every log line"
+# The kit's functions refuse a shorter AGENT_TOKEN at their start: refused here first.
+SHORT_TOKEN = "a shared secret that short can be guessed; the kit's functions refuse it too"
 
 # The family of variables the pump reads; and the names in it that are no setting of the pump:
 # the reference runner's own (its prefix), and those the tests and CI read.
 PREFIX = "QUEUE_PUMP_"
 NOT_SETTINGS_PREFIXES = (f"{PREFIX}RUNNER_",)
-NOT_SETTINGS = frozenset({f"{PREFIX}DENO", f"{PREFIX}REQUIRE_KIT", f"{PREFIX}PG_BIN"})
+NOT_SETTINGS = frozenset({f"{PREFIX}DENO", f"{PREFIX}REQUIRE_KIT", f"{PREFIX}PG_BIN",
+                          f"{PREFIX}REQUIRE_BROWSER", f"{PREFIX}SCREENSHOTS"})
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,10 @@ class Settings:
         placeholder="https://your-project.supabase.co")
     agent_token: str = setting(
         "AGENT_TOKEN", Kind.SECRET, None,
-        f"Sent as X-Agent-Token on every call; at least {MIN_SECRET_CHARS} characters.",
-        required=True, header=True, placeholder="change-me", min_chars=MIN_SECRET_CHARS,
-        min_chars_why=SHORT_SECRET)
+        f"Sent as X-Agent-Token on every call; at least {MIN_TOKEN_CHARS} characters, as "
+        "the kit's functions want (e.g. openssl rand -hex 32).",
+        required=True, header=True, placeholder="change-me", min_chars=MIN_TOKEN_CHARS,
+        min_chars_why=SHORT_TOKEN)
     organization_id: str = setting(
         "ORGANIZATION_ID", Kind.STR, None,
         "Sent as X-Organization-Id on every call.", required=True, header=True,
@@ -72,6 +77,13 @@ class Settings:
         "QUEUE_PUMP_JOBS_URL", Kind.URL, "",
         "The operator API for queue-pump jobs and top; default "
         "{SUPABASE_URL}/functions/v1/jobs.")
+    dashboard_password: str = setting(
+        "QUEUE_PUMP_DASHBOARD_PASSWORD", Kind.SECRET, "",
+        "The login secret of queue-pump dashboard: needed to serve it on any address but "
+        f"loopback, and asked for on loopback too when set; at least {MIN_ADMIN_TOKEN} "
+        "characters.",
+        min_chars=MIN_ADMIN_TOKEN,
+        min_chars_why="it opens a page that can cancel and retry jobs: it must not be guessable")
     endpoint_override: str = setting(
         "QUEUE_PUMP_ENDPOINT", Kind.URL, "",
         "Full runner URL, overrides the one derived from SUPABASE_URL (non-Supabase runners).")
@@ -80,14 +92,17 @@ class Settings:
         "Queue name, sent in the query (queue=) and the body.")
     concurrency: int = setting(
         "QUEUE_PUMP_CONCURRENCY", Kind.INT, "1",
-        "Loops calling the runner at once, sharing one connection pool.", low=1, high=256)
+        "Loops calling the runner at once, sharing one connection pool; while the queue is "
+        "idle only one of them polls it.", low=1, high=256)
     queues: str = setting(
         "QUEUE_PUMP_QUEUES", Kind.STR, "",
         "Several queues from one process: name:concurrency,... (e.g. agent:2,render:1). "
         "Replaces QUEUE_PUMP_QUEUE and QUEUE_PUMP_CONCURRENCY.")
     idle_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_SLEEP_MS", Kind.MS, "10000",
-        "Sleep after an idle answer (about +-10% jitter).", low=100, high=DAY_MS)
+        "Sleep after an idle answer (about +-10% jitter). Per queue: while a queue is idle, "
+        "one of its loops polls at this pace and the others wait for work.", low=100,
+        high=DAY_MS)
     idle_max_sleep_s: float = setting(
         "QUEUE_PUMP_IDLE_MAX_SLEEP_MS", Kind.MS, "",
         "Adaptive idle: each idle answer in a row doubles the idle sleep up to this; a "

@@ -33,6 +33,13 @@ _MIN_PIECES = 1024
 _BYTES_PER_PIECE = 4096
 
 
+# The contract's optional counts (docs/RUNNER_CONTRACT.md, "jobs" and "backlog"): a value
+# outside these bounds is absurd, so it is ignored (and named in ``ignored``), never trusted. A
+# call that ran more jobs than this is not a call; the Supabase kit caps its backlog at 1,000.
+MAX_JOBS_PER_CALL = 100_000
+MAX_BACKLOG = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class Processed:
     job_id: Any = None
@@ -40,11 +47,15 @@ class Processed:
     status: Any = None
     yielded: bool = False
     error: Any = None  # the runner's reason for a failed run, clipped
+    jobs: int = 1  # how many jobs this call ran: the runner's "jobs", else one
+    backlog: int | None = None  # jobs due after this call, as the runner counts them
+    ignored: tuple[str, ...] = ()  # the runner's optional fields that were absurd, shown
 
 
 @dataclass(frozen=True)
 class Idle:
-    pass
+    backlog: int | None = None
+    ignored: tuple[str, ...] = ()
 
 
 Outcome = Processed | Idle
@@ -246,14 +257,31 @@ def classify(
         if not isinstance(data, dict):
             raise CallError(ErrorKind.RETRYABLE, "not_object", status,
                             detail=f"2xx answer is JSON {type(data).__name__}, not an object")
+        backlog, bad_backlog = _count(data, "backlog", MAX_BACKLOG)
         if data.get("processed") is True:
+            jobs, bad_jobs = _count(data, "jobs", MAX_JOBS_PER_CALL)
             return Processed(job_id=_loggable(data.get("jobId")),
                              job_type=_loggable(data.get("jobType")),
                              status=_loggable(data.get("status")),
                              yielded=bool(data.get("yielded")),
-                             error=_loggable(data.get("error")))
-        return IDLE
+                             error=_loggable(data.get("error")),
+                             jobs=1 if jobs is None else jobs, backlog=backlog,
+                             ignored=bad_jobs + bad_backlog)
+        if backlog is None and not bad_backlog:
+            return IDLE
+        return Idle(backlog=backlog, ignored=bad_backlog)
     raise failures.from_status(status, headers, body, failures.RUNNER, now=now)
+
+
+def _count(data: Mapping[str, Any], key: str, high: int) -> tuple[int | None, tuple[str, ...]]:
+    """An optional count of the contract: (the value, ()) when it is a whole number in
+    0..``high``; (None, ()) when absent or null; (None, (what was wrong,)) otherwise."""
+    value = data.get(key)
+    if value is None:
+        return None, ()
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high:
+        return value, ()
+    return None, (f"{key}={_loggable(value)!r} is not a whole number in 0..{high}"[:_MAX_MESSAGE],)
 
 
 def _loggable(value: Any) -> Any:

@@ -25,15 +25,25 @@ from .backoff import (
     next_delay,
 )
 from .budget import TokenBucket
-from .client import Outcome, Processed
+from .client import Idle, Outcome, Processed
 from .failures import CallError, ErrorKind, internal
+from .idle_gate import IdleGate, loops_wanted
 from .rate import RecentRate
-from .waits import Pause, Waker, stop_or_timeout
+from .waits import Bell, Pause, Waker, stop_or_timeout
 
 CallFn = Callable[[], Awaitable[Outcome]]
 
 
 IDLE_LOG_INTERVAL_S = 60.0
+# A runner's absurd optional fields (a negative backlog, "jobs": "ten"): one warning per queue
+# per this interval, with how many were ignored since the last, however many calls bring them.
+IGNORED_LOG_INTERVAL_S = 60.0
+# A call to an idle queue that takes longer than this many times the queue's usual idle answer
+# (at least LONG_CALL_MIN_S) is taken for a job running (idle_gate.py: on_long_call).
+LONG_CALL_FACTOR = 4.0
+LONG_CALL_MIN_S = 0.25
+# The weight of the newest idle answer's duration in that usual one (a moving average).
+IDLE_CALL_WEIGHT = 0.2
 # The progress line's rate: jobs per second over the last minute, not since start.
 RATE_WINDOW_S = 60.0
 # A --drain pass run from cron must end even when the runner is down, or passes pile up.
@@ -68,6 +78,12 @@ class Policy:
         if self.idle_max_sleep_s <= self.idle_sleep_s:
             return self.idle_sleep_s
         return adaptive_idle(self.idle_sleep_s, self.idle_max_sleep_s).bound(idle_streak)
+
+    @property
+    def park_s(self) -> float:
+        """How long a parked loop waits before it asks its queue's gate again (a release ends
+        the wait sooner): the longest idle sleep, so a parked loop is never taken for stuck."""
+        return max(self.idle_sleep_s, self.idle_max_sleep_s)
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,7 @@ class Next:
     ``result`` (True: its work is done; False: it failed)."""
 
     pause_s: float | None = None
-    wakeable: bool = False
+    wakeable: bool = False  # an idle sleep: a wake ends it, and so does work found by a loop
     end: bool = False
     result: bool = True
 
@@ -132,6 +148,8 @@ class _LoopState:
     lane: Lane
     record: LoopRecord
     gate: QueueGate
+    idle: IdleGate
+    bell: Bell  # rung when the queue has work again: parked loops ask the idle gate anew
     failures: int = 0
 
 
@@ -156,6 +174,10 @@ class Pump:
         self._rng = rng or random.Random()
         self._strategy = full_jitter(policy.backoff_base_s, policy.backoff_max_s)
         self._gates = {lane.queue: QueueGate(policy.backoff_base_s, self._rng) for lane in lanes}
+        self._idle_gates = {lane.queue: IdleGate() for lane in lanes}
+        self._bells = {lane.queue: Bell() for lane in lanes}
+        self._ignored: dict[str, tuple[float, int]] = {}  # queue: (last line, ignored since)
+        self._idle_call_s: dict[str, float] = {}  # queue: how long an idle answer takes
         self._drained: set[str] = set()
         self._processed = 0
         self._started = clock()
@@ -203,22 +225,28 @@ class Pump:
         """Until stop, or until ``rules`` end it: step, handle, pause. True: done; False: it
         gave up or crashed."""
         record = self._stats.add_loop(f"{lane.queue}-{index}", lane.queue)
-        state = _LoopState(lane, record, self._gates[lane.queue])
+        state = _LoopState(lane, record, self._gates[lane.queue], self._idle_gates[lane.queue],
+                           self._bells[lane.queue])
+        state.idle.join(record.name)
         try:
             while not self._stop.is_set() and lane.queue not in self._drained:
                 if state.gate.given_up:
                     return False
+                if await self._parked(state):
+                    continue
                 if await self._held(state.gate, record):
                     continue
                 if self._budget is not None:
                     await self._wait_for_budget(lane, record)
                     if self._stop.is_set():
                         break
-                after = self._handle(await self._step(lane, record), state, rules)
+                after = self._handle(await self._step(state), state, rules)
                 if after.end:
                     return after.result
-                if after.pause_s is not None:
-                    await self._pause(after.pause_s, wakeable=after.wakeable)
+                if after.pause_s is not None and after.wakeable:
+                    await self._pause(after.pause_s, wakeable=True, until=state.bell.current())
+                elif after.pause_s is not None:
+                    await self._pause(after.pause_s)
             return True
         except Exception as exc:
             # A bug outside the call. Crash-only: stop the whole pump (the other loops finish
@@ -231,6 +259,8 @@ class Pump:
             return False
         finally:
             state.gate.leave(record.name)
+            if state.idle.leave(record.name):
+                state.bell.ring()  # a parked loop takes over the probing
             self._stats.set_state(record, LoopState.STOPPED)
 
     def _handle(self, step: _Step, state: _LoopState, rules: _RunRules) -> Next:
@@ -241,8 +271,14 @@ class Pump:
             self._log.info("recovered", queue=state.lane.queue, loop=state.record.name,
                            after_failures=state.failures)
             state.failures = 0
-        if isinstance(step.outcome, Processed):
-            return self._on_processed(step.outcome, step.duration_s, state, rules)
+        outcome = step.outcome
+        if isinstance(outcome, Processed | Idle):
+            if outcome.backlog is not None:
+                self._stats.backlog(state.lane.queue, outcome.backlog)
+            if outcome.ignored:
+                self._note_ignored(state.lane, outcome.ignored)
+        if isinstance(outcome, Processed):
+            return self._on_processed(outcome, step.duration_s, state, rules)
         return self._on_idle(step, state, rules)
 
     def _on_error(self, error: CallError, duration_s: float, state: _LoopState,
@@ -264,10 +300,13 @@ class Pump:
                       rules: _RunRules) -> Next:
         self._idle_streak[state.lane.queue] = 0
         self._stats.call_ended(state.record, duration_s, "processed",
-                               job_status=str(outcome.status))
+                               job_status=str(outcome.status), jobs=outcome.jobs)
         self._note_processed(state.lane, outcome)
         if rules.ends_after_processed():
             return Next(end=True)
+        wanted = loops_wanted(outcome.backlog, outcome.jobs, len(state.idle.members))
+        if state.idle.on_work(state.record.name, wanted):
+            state.bell.ring()
         self._stats.sleeping(state.record, LoopState.WORKING, self._policy.tick_sleep_s)
         return Next(pause_s=self._policy.tick_sleep_s)
 
@@ -278,6 +317,10 @@ class Pump:
             self._drained.add(queue)
             self._log.info("queue_drained", queue=queue, processed=self._processed)
             return Next(end=True)
+        usual = self._idle_call_s.get(queue, step.duration_s)
+        self._idle_call_s[queue] = usual + IDLE_CALL_WEIGHT * (step.duration_s - usual)
+        if not state.idle.on_idle(state.record.name):
+            return Next()  # another loop probes this queue: this one parks (the loop's top)
         self._idle_streak[queue] += 1
         base = self._policy.idle_pause_s(self._idle_streak[queue])
         if self._waker and self._waker.generation != step.woken_before:
@@ -288,6 +331,17 @@ class Pump:
         self._stats.sleeping(state.record, LoopState.IDLE, delay)
         return Next(pause_s=delay, wakeable=True)
 
+    async def _parked(self, state: _LoopState) -> bool:
+        """Wait while another loop probes this idle queue; True if it waited. The wait ends
+        when the queue's bell rings (work found, or the prober left), on stop, or after
+        ``park_s``, and the loop then asks the gate again: no call in between."""
+        if state.idle.may_call(state.record.name):
+            return False
+        released = state.bell.current()
+        self._stats.sleeping(state.record, LoopState.IDLE, self._policy.park_s)
+        await self._pause(self._policy.park_s, until=released)
+        return True
+
     async def _held(self, gate: QueueGate, record: LoopRecord) -> bool:
         """Wait while another loop probes this queue's failing runner; True if it waited."""
         wait = gate.hold(record.name, self._clock())
@@ -297,15 +351,16 @@ class Pump:
         await self._pause(wait)
         return True
 
-    async def _step(self, lane: Lane, record: LoopRecord) -> _Step:
+    async def _step(self, state: _LoopState) -> _Step:
         """One call: its outcome or its error, and how long it took."""
+        lane, record = state.lane, state.record
         woken_before = self._waker.generation if self._waker else 0
         self._stats.call_started(record, self._policy.http_timeout_s)
         started = self._clock()
         outcome: Outcome | None = None
         error: CallError | None = None
         try:
-            outcome = await lane.call()
+            outcome = await (self._watched(state) if state.idle.parked else lane.call())
         except CallError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -317,8 +372,33 @@ class Pump:
         duration = self._clock() - started
         self._log.debug("call", queue=lane.queue, loop=record.name,
                         outcome="error" if error else type(outcome).__name__.lower(),
-                        duration_ms=round(duration * 1000, 2))
+                        duration_ms=round(duration * 1000, 2),
+                        backlog=getattr(outcome, "backlog", None))
         return _Step(outcome, error, duration, woken_before)
+
+    async def _watched(self, state: _LoopState) -> Outcome:
+        """The call, while other loops of its queue are parked: an answer to an empty queue
+        comes in milliseconds, so a call still in flight after ``_long_call_s`` is running a job
+        (a runner may run it before answering, for minutes). Then the loops calling double, up
+        to all of them, without waiting for that answer: a burst after a quiet spell is not
+        left to one loop for the length of a job."""
+        call = asyncio.ensure_future(state.lane.call())
+        if isinstance(call, asyncio.Task):
+            call.set_name(state.record.name)  # its loop's, as a call's task is otherwise
+        answered = asyncio.Event()
+        call.add_done_callback(lambda _: answered.set())
+        try:
+            await self._pause(self._long_call_s(state.lane.queue), until=answered)
+            long = not call.done() and not self._stop.is_set()
+            if long and state.idle.on_long_call(state.record.name):
+                state.bell.ring()
+            return await call
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    def _long_call_s(self, queue: str) -> float:
+        return max(LONG_CALL_MIN_S, LONG_CALL_FACTOR * self._idle_call_s.get(queue, 0.0))
 
     def _after_failure(self, lane: Lane, record: LoopRecord, error: CallError, failures: int,
                        gives_up: bool, duration: float) -> float | None:
@@ -352,24 +432,40 @@ class Pump:
 
     # --- log policy ------------------------------------------------------------------------
     def _note_processed(self, lane: Lane, outcome: Processed) -> None:
-        self._processed += 1
+        before = self._processed
+        self._processed += outcome.jobs
         self._quiet.discard(lane.queue)
         # A job's own failure is a 200 to the pump, but an operator must see it without
         # /metrics: every job that ended failed, and every retry, gets its own line.
         now = self._clock()
-        self._rate.add(now)
+        self._rate.add(now, outcome.jobs)
         if outcome.status in ("failed", "retry"):
             # With the runner's own words for why (clipped, and masked like every line).
             log = self._log.warning if outcome.status == "failed" else self._log.info
             log(f"job_{outcome.status}", queue=lane.queue, job_id=outcome.job_id,
                 job_type=outcome.job_type, error=outcome.error)
         every = self._policy.log_every
-        if outcome.yielded or (every and self._processed % every == 0):
+        # Every ``every`` jobs: a call that ran ten jobs may step over a multiple.
+        if outcome.yielded or (every and self._processed // every > before // every):
             self._log.info("progress", queue=lane.queue, processed=self._processed,
                            job_id=outcome.job_id, job_type=outcome.job_type,
                            job_status=outcome.status, yielded=outcome.yielded,
+                           jobs=outcome.jobs, backlog=outcome.backlog,
                            rate_per_s=round(self._rate.per_second(now), 2),
                            rate_window_s=RATE_WINDOW_S)
+
+    def _note_ignored(self, lane: Lane, ignored: tuple[str, ...]) -> None:
+        """The runner sent an optional field the pump cannot use: one warning per queue per
+        interval, however often it comes (it would come with every call)."""
+        now = self._clock()
+        last, count = self._ignored.get(lane.queue, (None, 0))
+        count += 1
+        if last is not None and now - last < IGNORED_LOG_INTERVAL_S:
+            self._ignored[lane.queue] = (last, count)
+            return
+        self._log.warning("runner_field_ignored", queue=lane.queue, fields=list(ignored),
+                          answers=count, interval_s=IGNORED_LOG_INTERVAL_S)
+        self._ignored[lane.queue] = (now, 0)
 
     def _note_idle(self, lane: Lane, next_sleep_s: float) -> None:
         """Per queue: the first idle answer after work, then about once a minute."""

@@ -10,9 +10,11 @@ from typing import Protocol
 
 
 class Pause(Protocol):
-    """Wait ``seconds``, or less: a stop always ends it; a wake ends it when ``wakeable``."""
+    """Wait ``seconds``, or less: a stop always ends it; a wake ends it when ``wakeable``, and
+    ``until`` being set ends it too (a parked loop's queue has work again)."""
 
-    def __call__(self, seconds: float, wakeable: bool = False) -> Awaitable[None]: ...
+    def __call__(self, seconds: float, wakeable: bool = False,
+                 until: asyncio.Event | None = None) -> Awaitable[None]: ...
 
 
 # Wakes are merged: at most one is delivered per this interval, and any that come within it
@@ -61,21 +63,40 @@ class Waker:
         return self._event
 
 
+class Bell:
+    """Ends the waits of whoever listens to it, every one at once: one queue's parked loops
+    (idle_gate.py). Each ring is a fresh event, so a listener that took ``current()`` before
+    waiting never misses a ring that comes in between."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+
 def stop_or_timeout(stop: asyncio.Event, waker: Waker | None = None) -> Pause:
     """The only way the pump waits: until ``seconds`` pass or ``stop`` is set, whichever first;
-    with ``wakeable``, a wake ends it too."""
+    with ``wakeable``, a wake ends it too; with ``until``, that event being set."""
 
-    async def pause(seconds: float, wakeable: bool = False) -> None:
-        if seconds <= 0 or stop.is_set():
+    async def pause(seconds: float, wakeable: bool = False,
+                    until: asyncio.Event | None = None) -> None:
+        if seconds <= 0 or stop.is_set() or (until is not None and until.is_set()):
             return
-        if not (wakeable and waker):
+        if not (wakeable and waker) and until is None:
             try:
                 async with asyncio.timeout(seconds):
                     await stop.wait()
             except TimeoutError:
                 pass
             return
-        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(waker.current().wait())}
+        events = [stop, *([waker.current()] if wakeable and waker else []),
+                  *([until] if until is not None else [])]
+        waits = {asyncio.ensure_future(event.wait()) for event in events}
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

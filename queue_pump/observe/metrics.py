@@ -29,7 +29,8 @@ FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("counter", "calls", "Runner calls by outcome.", ("queue", "outcome")),
     ("counter", "call_errors", "Failed runner calls by error kind and reason.",
      ("queue", "kind", "reason")),
-    ("counter", "jobs", "Processed jobs by the status the runner gave.", ("queue", "status")),
+    ("counter", "jobs", "Processed jobs by the status the runner gave (a call that ran n jobs "
+     "counts n).", ("queue", "status")),
     ("histogram", "call_duration_seconds", "Runner call duration.", ("queue",)),
     ("gauge", "consecutive_failures", "Failed calls in a row, per queue.", ("queue",)),
     ("gauge", "last_success_timestamp_seconds", "Unix time of the last call that did not fail.",
@@ -38,6 +39,9 @@ FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("gauge", "loops", "Loops by state.", ("state",)),
     ("gauge", "idle_sleep_seconds",
      "Current idle sleep (before jitter); grows with adaptive idle.", ("queue",)),
+    ("gauge", "backlog",
+     "Jobs due after the runner's latest answer that said (runners may cap it: the Supabase "
+     "kit at 1000, meaning at least that many).", ("queue",)),
     ("counter", "wakeups", "Wake-ups of idle loops by source.", ("source",)),
     ("counter", "budget_waits", "Calls that waited for the call budget.", ()),
     ("counter", "budget_wait_seconds", "Seconds loops waited for the call budget.", ()),

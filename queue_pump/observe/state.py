@@ -117,6 +117,8 @@ class Stats:
         self._in_flight: dict[str, int] = {}
         self._queues: list[str] = []
         self.idle_sleep_by_queue: dict[str, float] = {}
+        # Only queues whose runner sends a backlog: a one-job runner's has no such series.
+        self.backlog_by_queue: dict[str, int] = {}
         self.call_budget_per_hour = 0
         self.wakeups = 0
         self.budget_waits = 0
@@ -163,8 +165,10 @@ class Stats:
             self._in_flight[loop.queue] += 1
 
     def call_ended(self, loop: LoopRecord, duration_s: float, outcome: str,
-                   job_status: str | None = None, error: tuple[str, str] | None = None) -> None:
-        """``outcome`` is processed, idle or error; ``error`` is (kind, reason)."""
+                   job_status: str | None = None, error: tuple[str, str] | None = None,
+                   jobs: int = 1) -> None:
+        """``outcome`` is processed, idle or error; ``error`` is (kind, reason); ``jobs`` is
+        how many jobs a processed call ran (a batch runner's may run many, or none)."""
         queue = loop.queue
         with self._lock:
             loop.in_flight = False
@@ -174,19 +178,20 @@ class Stats:
             self.counts["calls"] += 1
             old = self.streaks.get(queue, 0)
             if error is None:
-                self._succeeded(loop, outcome)
+                self._succeeded(loop, outcome, jobs)
             else:
                 self._failed(loop, error)
             if outcome == "processed":
                 status = job_status if job_status in KNOWN_JOB_STATUSES else "other"
-                self._inc("jobs", (queue, status))
+                self._inc("jobs", (queue, status), float(jobs))
             new = self.streaks[queue]
         if new != old:
             for listener in self._listeners:
                 listener(queue, old, new)
 
-    def _succeeded(self, loop: LoopRecord, outcome: str) -> None:
-        self.counts[outcome] += 1
+    def _succeeded(self, loop: LoopRecord, outcome: str, jobs: int) -> None:
+        # "processed" counts jobs, "idle" calls: calls_total{outcome} keeps calls apart.
+        self.counts[outcome] += jobs if outcome == "processed" else 1
         self.streaks[loop.queue] = 0
         loop.consecutive_failures = 0
         self.ever_succeeded = True
@@ -212,6 +217,11 @@ class Stats:
     def idle_sleep(self, queue: str, seconds: float) -> None:
         with self._lock:
             self.idle_sleep_by_queue[queue] = seconds
+
+    def backlog(self, queue: str, jobs: int) -> None:
+        """Jobs due after the runner's latest answer that said (its optional ``backlog``)."""
+        with self._lock:
+            self.backlog_by_queue[queue] = jobs
 
     def woken(self, source: str) -> None:
         with self._lock:
@@ -277,6 +287,7 @@ class Stats:
                 "in_flight": {(q,): float(n) for q, n in self._in_flight.items()},
                 "loops": {(state.value,): float(n) for state, n in by_state.items()},
                 "idle_sleep_seconds": {(q,): s for q, s in self.idle_sleep_by_queue.items()},
+                "backlog": {(q,): float(n) for q, n in self.backlog_by_queue.items()},
                 "call_budget_per_hour": {(): float(self.call_budget_per_hour)},
             }
             counters = {name: {labels: Series(s.value, s.created) for labels, s in series.items()}
@@ -313,6 +324,7 @@ class Stats:
                 "counters": dict(self.counts),
                 "errors": dict(self.errors_by_kind),
                 "idle_sleep_s": dict(self.idle_sleep_by_queue),
+                "backlog": dict(self.backlog_by_queue),
                 "wakeups": self.wakeups,
                 "budget_waits": self.budget_waits,
                 "loops": [{"name": loop.name, "queue": loop.queue, "state": loop.state.value,

@@ -145,17 +145,18 @@ class RunnerState:
     async def claim_and_run(self, queue: str, worker_id: str | None, org: str = OWN) -> Outcome:
         # DB calls go to a thread: with a shared file another process may hold the write lock
         # for a while, and the event loop must keep serving meanwhile.
-        job = await asyncio.to_thread(self.store.claim, queue, worker_id, org=org)
+        job, backlog = await asyncio.to_thread(self.store.claim_counted, queue, worker_id,
+                                               org=org)
         if job is None:
             self.counters.idle += 1
-            return Outcome(200, dict(contract.IDLE))
+            return Outcome(200, {**contract.IDLE, "jobs": 0, "backlog": 0})
         self.cancels[job.id] = asyncio.Event()
         try:
-            return await self._run(job)
+            return await self._run(job, backlog)
         finally:
             self.cancels.pop(job.id, None)
 
-    async def _run(self, job: Job) -> Outcome:
+    async def _run(self, job: Job, backlog: int) -> Outcome:
         spec = RunSpec.from_job(job.type, job.payload, self.store.lease_s)
         # Decide the outcome before sleeping so the rng draws follow call order, which keeps
         # seeded tests deterministic even when runs overlap.
@@ -186,8 +187,10 @@ class RunnerState:
         else:
             status = await asyncio.to_thread(self.store.fail, job, error)
         self.counters.processed += 1
+        # One job a call; the backlog as the claim left it (capped as the kit caps it).
         body = contract.processed(job.id, job.type, status, yielded=spec.yield_,
-                                  queue=job.queue, attempt=job.attempts)
+                                  queue=job.queue, attempt=job.attempts, jobs=1,
+                                  backlog=backlog)
         if error is not None:
             body["error"] = error
         return Outcome(200, body)

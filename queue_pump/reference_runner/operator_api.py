@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from . import steering
-from .store import STATUSES, JobSpec
+from .store import STATUSES
 from .validation import JOB_KEYS, BadRequest, check_name, parse_job
 
 API_PATH = "/functions/v1/jobs"
@@ -214,8 +215,7 @@ async def _add(request: web.Request, caller: Caller) -> web.StreamResponse:
         run_at = _time(body["runAt"], "runAt")
     fields = {k: v for k, v in body.items() if k not in _ADD_EXTRA}
     spec = parse_job(fields, "", caller.store.lease_s)
-    spec = JobSpec(spec.type, spec.payload, spec.queue, spec.dedupe_key, spec.max_attempts,
-                   run_at, caller.org)
+    spec = dataclasses.replace(spec, run_at=run_at, organization=caller.org)
     [(job, created)] = await _in_thread(caller.store.enqueue_many, [spec], by="operator")
     return web.json_response({"job": steering.job_json(job), "created": created},
                              status=201 if created else 200)

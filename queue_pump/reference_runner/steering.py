@@ -52,7 +52,8 @@ def job_json(job: Job, *, full: bool = False) -> dict[str, Any]:
 
     shown: dict[str, Any] = {
         "id": job.id, "queue": job.queue, "type": job.type, "status": job.status,
-        "attempts": job.attempts, "maxAttempts": job.max_attempts, "runAt": at(job.run_at),
+        "attempts": job.attempts, "maxAttempts": job.max_attempts, "priority": job.priority,
+        "runAt": at(job.run_at),
         "createdAt": at(job.created_at), "updatedAt": at(job.updated_at),
         "startedAt": at(job.started_at), "finishedAt": at(job.finished_at),
         "heartbeatAt": at(job.heartbeat_at), "leaseExpiresAt": at(job.lease_expires_at),

@@ -41,6 +41,9 @@ DEFAULT_QUEUE = "agent"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 300.0
 OWN = ""  # the runner's own organization
+# The contract's optional backlog is counted no further than this, as the Supabase kit does:
+# a value of 1000 means at least 1000 due.
+BACKLOG_CAP = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -69,7 +72,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- the history's bound, kept on the job so that writing an event never counts the history
     events           INTEGER NOT NULL DEFAULT 0,
     event_bytes      INTEGER NOT NULL DEFAULT 0,
-    dropped          INTEGER NOT NULL DEFAULT 0
+    dropped          INTEGER NOT NULL DEFAULT 0,
+    -- higher runs first (issue 24), as in the Supabase kit
+    priority         INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS job_events (
     job_id  INTEGER NOT NULL,
@@ -84,8 +89,8 @@ CREATE TABLE IF NOT EXISTS job_events (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedupe
     ON jobs (organization_id, queue, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_due
-    ON jobs (organization_id, queue, run_at, id) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_due_by_priority
+    ON jobs (organization_id, queue, priority DESC, run_at, id) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS jobs_heartbeats
     ON jobs (organization_id, heartbeat_at) WHERE status = 'running';
@@ -98,7 +103,7 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs (organization_id, created_at, id
 CREATE INDEX IF NOT EXISTS jobs_counts ON jobs (organization_id, queue, status)
 """
 # Indexes of the tables written before: dropped when such a file is upgraded.
-_OLD_INDEXES = ("jobs_queue_dedupe_key", "jobs_claim", "jobs_lease")
+_OLD_INDEXES = ("jobs_queue_dedupe_key", "jobs_claim", "jobs_lease", "jobs_due")
 # The columns every version of the table had, copied when a file is upgraded.
 _OLD_COLUMNS = ("id, queue, type, payload, status, attempts, max_attempts, created_at,"
                 " updated_at, started_at, finished_at, worker_id, dedupe_key, last_error")
@@ -106,7 +111,7 @@ _OLD_COLUMNS = ("id, queue, type, payload, status, attempts, max_attempts, creat
 _COLUMNS = (
     "id, queue, type, payload, status, attempts, max_attempts, created_at, updated_at,"
     " started_at, finished_at, worker_id, dedupe_key, last_error, organization_id, run_at,"
-    " heartbeat_at, lease_expires_at, cancel_requested, progress, result"
+    " heartbeat_at, lease_expires_at, cancel_requested, progress, result, priority"
 )
 
 
@@ -130,6 +135,7 @@ class JobSpec:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     run_at: float | None = None
     organization: str = OWN
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,7 @@ class Job:
     cancel_requested: bool = False
     progress: Any = None
     result: Any = None
+    priority: int = 0
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Job:
@@ -181,6 +188,7 @@ class Job:
             cancel_requested=bool(row[18]),
             progress=_load(row[19]),
             result=_load(row[20]),
+            priority=row[21],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -194,6 +202,7 @@ class Job:
             "status": self.status,
             "attempts": self.attempts,
             "maxAttempts": self.max_attempts,
+            "priority": self.priority,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "startedAt": self.started_at,
@@ -250,10 +259,13 @@ class JobStore:
         # A file written before cancellation, organizations and histories: the table is rebuilt
         # (its CHECK constraint changed), rows and ids kept, the new times derived.
         upgrade = old is not None and "cancel_requested" not in old[0]
+        for index in _OLD_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {index}")
         if upgrade:
-            for index in _OLD_INDEXES:
-                conn.execute(f"DROP INDEX IF EXISTS {index}")
             conn.execute("ALTER TABLE jobs RENAME TO jobs_before")
+        elif old is not None and "priority" not in old[0]:
+            # A file from before priorities (issue 24): the column, every job at 0.
+            conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -328,12 +340,12 @@ class JobStore:
                         continue
                 rows = conn.execute(
                     "INSERT INTO jobs (organization_id, queue, type, payload, max_attempts,"
-                    " created_at, updated_at, run_at, dedupe_key)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " created_at, updated_at, run_at, dedupe_key, priority)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     f" RETURNING {_COLUMNS}",
                     (spec.organization, spec.queue, spec.type, dump(dict(spec.payload)),
                      spec.max_attempts, now, now, now if spec.run_at is None else spec.run_at,
-                     spec.dedupe_key),
+                     spec.dedupe_key, spec.priority),
                 ).fetchall()
                 job = Job.from_row(rows[0])
                 history.append(conn, job.id, "enqueued", now, data={"by": by})
@@ -341,26 +353,48 @@ class JobStore:
         return results
 
     def claim(self, queue: str, worker_id: str | None = None, *, org: str = OWN) -> Job | None:
-        """Atomically take the oldest due job of ``queue`` (expired leases are recovered
-        first); returns it as ``running`` with ``attempts`` already counting this run."""
+        """Atomically take the due job of ``queue`` with the highest priority, then the oldest
+        (expired leases are recovered first); returns it as ``running`` with ``attempts``
+        already counting this run."""
+        return self.claim_counted(queue, worker_id, org=org, cap=0)[0]
+
+    def claim_counted(self, queue: str, worker_id: str | None = None, *, org: str = OWN,
+                      cap: int = BACKLOG_CAP) -> tuple[Job | None, int]:
+        """``claim``, and how many jobs of the queue are still due after it, counted in the
+        same transaction up to ``cap`` (a value of ``cap`` means at least that many): the
+        contract's optional ``backlog``, cheap at a million due jobs (the queue's entries of
+        jobs_due_by_priority, read no further than the cap; jobs scheduled for later are
+        stepped over, so many of them cost more)."""
         now = self.clock()
         with self.transaction() as conn:
-            self._requeue_expired(conn, now)
-            # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
-            rows = conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-                " started_at = ?, updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
-                " finished_at = NULL, worker_id = ?"
-                " WHERE id = (SELECT id FROM jobs WHERE organization_id = ? AND queue = ?"
-                "             AND status = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1)"
-                " AND status = 'queued'"
-                f" RETURNING {_COLUMNS}",
-                (now, now, now, now + self.lease_s, worker_id, org, queue, now),
-            ).fetchall()
-            if not rows:
-                return None
-            job = Job.from_row(rows[0])
-            history.append(conn, job.id, "claimed", now, attempt=job.attempts, worker=worker_id)
+            job = self._claim(conn, queue, worker_id, org, now)
+            due = 0
+            if job is not None and cap > 0:
+                due = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE organization_id = ?"
+                    " AND queue = ? AND status = 'queued' AND run_at <= ? LIMIT ?)",
+                    (org, queue, now, cap)).fetchone()[0]
+        return job, due
+
+    def _claim(self, conn: sqlite3.Connection, queue: str, worker_id: str | None, org: str,
+               now: float) -> Job | None:
+        self._requeue_expired(conn, now)
+        # fetchall(): a RETURNING statement must be stepped to the end before COMMIT.
+        rows = conn.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+            " started_at = ?, updated_at = ?, heartbeat_at = ?, lease_expires_at = ?,"
+            " finished_at = NULL, worker_id = ?"
+            " WHERE id = (SELECT id FROM jobs WHERE organization_id = ? AND queue = ?"
+            "             AND status = 'queued' AND run_at <= ?"
+            "             ORDER BY priority DESC, run_at, id LIMIT 1)"
+            " AND status = 'queued'"
+            f" RETURNING {_COLUMNS}",
+            (now, now, now, now + self.lease_s, worker_id, org, queue, now),
+        ).fetchall()
+        if not rows:
+            return None
+        job = Job.from_row(rows[0])
+        history.append(conn, job.id, "claimed", now, attempt=job.attempts, worker=worker_id)
         return job
 
     def complete(self, job: Job, result: Any = None) -> FinishStatus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,7 +16,12 @@ MAX_BATCH = 10_000
 # A day: far beyond any test, but a typo'd duration cannot park a job for weeks.
 MAX_DURATION_MS = 86_400_000
 
-JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts")
+# What the Supabase kit's enqueue takes that the reference runner does not run: refused by name
+# with a line saying so, rather than as unknown fields or, worse, stored and ignored.
+KIT_ONLY = ("concurrencyKey", "after", "afterFailure", "parentId")
+JOB_KEYS = ("type", "payload", "queue", "dedupeKey", "maxAttempts", "priority", *KIT_ONLY)
+# Higher runs first, as in the kit (and pg-boss); BullMQ and Oban count the other way.
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 class BadRequest(ValueError):
@@ -140,6 +146,7 @@ def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
             f"{where or 'body'} has unknown field(s) {', '.join(unknown)}"
             f" (allowed: {', '.join(JOB_KEYS)})"
         )
+    _refuse_kit_only(obj, at)
     if "type" not in obj:
         raise BadRequest(f"{at('type')} is required")
     job_type = check_name(obj["type"], f"{at('type')}")
@@ -166,7 +173,27 @@ def parse_job(obj: object, where: str, lease_s: float | None = None) -> JobSpec:
             f"{at('maxAttempts')} must be an integer between 1 and {MAX_ATTEMPTS_LIMIT},"
             f" got {max_attempts!r}"
         )
-    return JobSpec(job_type, payload, queue, dedupe_key, max_attempts)
+    return JobSpec(job_type, payload, queue, dedupe_key, max_attempts,
+                   priority=_priority(obj.get("priority"), at("priority")))
+
+
+def _refuse_kit_only(obj: dict[str, Any], at: Callable[[str], str]) -> None:
+    kit_only = [k for k in KIT_ONLY if obj.get(k) is not None]
+    if kit_only:
+        raise BadRequest(
+            f"{at(kit_only[0])}: the reference runner has no concurrency keys, rate limits or"
+            " dependencies; the Supabase kit has (docs/SUPABASE.md)"
+        )
+
+
+def _priority(value: object, where: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            MIN_PRIORITY <= value <= MAX_PRIORITY):
+        raise BadRequest(f"{where} must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+                         f" (higher runs first), got {value!r}")
+    return value
 
 
 def parse_jobs(body: object, lease_s: float | None = None) -> list[JobSpec]:

@@ -17,6 +17,25 @@
 --
 -- Applies on a plain PostgreSQL 15+ with Supabase's roles anon, authenticated and service_role.
 
+-- Those roles first, before anything is made: without them the grants below fail half way
+-- (and applied without a transaction, e.g. `psql -f`, the schema would stay behind). The line
+-- names the missing roles and how to create them. A project that applied this file already is
+-- not touched: Supabase never applies a migration twice.
+do $$
+declare
+  missing text;
+begin
+  select string_agg(r, ', ' order by r) into missing
+    from unnest(array['anon', 'authenticated', 'service_role']) as r
+   where not exists (select from pg_catalog.pg_roles where rolname = r);
+  if missing is not null then
+    raise exception using errcode = 'undefined_object', message =
+      'queue_pump needs Supabase''s roles anon, authenticated and service_role; missing: '
+      || missing || '. Create them first: create role anon nologin; create role authenticated'
+      || ' nologin; create role service_role nologin bypassrls;';
+  end if;
+end $$;
+
 create schema if not exists queue_pump;
 revoke all on schema queue_pump from public;
 grant usage on schema queue_pump to service_role;

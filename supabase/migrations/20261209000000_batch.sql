@@ -62,9 +62,12 @@ $$;
 -- before the limit applies (5,000 for a cap of 1,000). No order either: any cap entries do,
 -- whatever the due index's order is (later migrations may change it).
 -- A queued job always has an attempt left (constraint jobs_queued_has_attempts_left), so the
--- queued part needs no look at attempts. A claim may hold back some of these (rules later
--- migrations add: parked, waiting or cancelled jobs): the count is an upper bound of what the
--- next claims take, which is what a pump deciding how many loops to wake needs.
+-- queued part needs no look at attempts. Queued jobs still waiting for others (waiting_for) or
+-- parked by their key's limits are not due: left out, which is also what keeps the queued part
+-- on the due index (jobs_due_idx holds exactly the others). A claim may still hold back some of
+-- these (a key that fills up meanwhile, an operator's cancel on a running one): the count is an
+-- upper bound of what the next claims take, which is what a pump deciding how many loops to
+-- wake needs.
 create function queue_pump.backlog(
   organization_id text,
   queue text default 'agent',
@@ -88,7 +91,7 @@ begin
   select count(*) into n from (
     (select 1 from queue_pump.jobs x
       where x.organization_id = backlog.organization_id and x.queue = q
-        and x.status = 'queued' and x.run_at <= now()
+        and x.status = 'queued' and x.waiting_for = 0 and not x.parked and x.run_at <= now()
       limit backlog.cap)
     union all
     (select 1 from queue_pump.jobs x

@@ -245,3 +245,22 @@ def test_show_tells_a_run_cancelled_while_running(cli: Cli, api: Api) -> None:
 def test_more_usage_errors_say_what_is_wrong(cli: Cli, argv: list[str], said: str) -> None:
     code, _, err = cli(*argv)
     assert code == 2 and said in err
+
+
+def test_add_with_a_priority_a_key_and_after(cli: Cli, api: Api) -> None:
+    """Issue 24's flags: --priority on every server; --concurrency-key and --after on the kit,
+    refused by name (exit 1, one line) by the reference runner."""
+    first = cli.json("add", "echo")
+    urgent = cli.json("add", "echo", "--priority", "100")
+    assert urgent["priority"] == 100
+    assert api.run()["jobId"] == urgent["id"]
+    code, _, err = cli("add", "echo", "--after", "12,x")
+    assert code == 2 and "--after must be job ids separated by commas" in err
+    code, out, err = cli("add", "echo", "--concurrency-key", "acme", "--after", str(first["id"]),
+                         "--after-failure", "run", "--json")
+    if api.target.name == "reference":
+        assert code == 2 and "the reference runner has no concurrency keys" in err
+        return
+    child = json.loads(out)
+    assert (child["concurrencyKey"], child["after"], child["afterFailure"]) == (
+        "acme", [first["id"]], "run")

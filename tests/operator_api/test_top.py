@@ -204,6 +204,23 @@ def test_the_view_fits_80x24_however_many_queues_and_failures() -> None:
     assert "last refresh failed: HTTP 503" in drawn[2]
 
 
+def test_the_pumps_backlog_is_shown_when_its_runner_sends_one() -> None:
+    from rich.console import Console
+
+    from queue_pump.cli.top import Snapshot, plain_line, view
+
+    total = {"queued": 3, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "due": 3,
+             "oldestDueAgeSeconds": 1.0}
+    stats = {"queues": [{"queue": "agent", **total}], "total": total, "perMinute": []}
+    pump = {"healthy": True, "counters": {"processed": 2}, "backlog": {"agent": 1000},
+            "loops": [{"name": "agent-0", "state": "working"}]}
+    console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+    console.print(view(Snapshot(stats, pump), "org"))
+    assert "pump healthy, backlog (jobs due): agent 1000; 1 loops" in console.export_text()
+    assert plain_line(Snapshot(stats, pump)).endswith(" pump_backlog_agent=1000")
+    assert "backlog" not in plain_line(Snapshot(stats, {**pump, "backlog": {}}))
+
+
 def test_a_failure_after_the_first_refresh_is_shown_not_fatal() -> None:
     from queue_pump.cli.operator_client import OperatorError
     from queue_pump.cli.top import _refreshes, plain_line

@@ -100,7 +100,7 @@ def test_runner_killed_and_restarted_pumps_back_off_then_drain(tmp_path: Path) -
 def test_wrong_token_is_reported_and_not_hammered(tmp_path: Path) -> None:
     with reference_runner(free_port(), str(tmp_path / "jobs.sqlite3")) as runner:
         runner.enqueue([{"type": "t"}])
-        env = pump_env(runner.url, AGENT_TOKEN="wrong-token-123", QUEUE_PUMP_CONCURRENCY="2")
+        env = pump_env(runner.url, AGENT_TOKEN="wrong-token-0123456", QUEUE_PUMP_CONCURRENCY="2")
         pump = start(env)
         wait_until(lambda: runner.stats()["calls"]["unauthorized"] >= 2, timeout_s=30.0)
         time.sleep(1.0)
@@ -145,6 +145,8 @@ body = {{ type = "tick", payload = {{ duration_ms = 0 }} }}
         for _ in range(2):  # a start, and a restart (inside the same minute, most of the time)
             pump = Live(start(env))
             fired.append(pump.wait_event("schedule_fired"))
+            # A fired schedule wakes the pump: its job is run now, not after the 60 s idle sleep.
+            wait_until(lambda: runner.stats()["queued"] == 0)
             pump.proc.send_signal(signal.SIGTERM)
             assert pump.finish()[0] == 0
         windows = {e["window"] for e in fired}

@@ -20,6 +20,8 @@ def test_demo_drains_every_job_and_summarises() -> None:
     assert "40 done, 0 failed, of 40" in text
     assert "pump exit         0 (clean stop on SIGTERM)" in text
     assert "p50" in text and "calls while idle" in text
+    # The reference runner sends its backlog: 39 due after the first of 40 jobs, 0 at the end.
+    assert "runner backlog    39 due at most, 0 at the end" in text
 
 
 def test_demo_ignores_a_real_deployments_env_file_and_variables(
@@ -56,3 +58,7 @@ def test_tally_and_helpers() -> None:
     assert tally.errors_by_reason == {"503": 1}
     assert percentile([10.0, 20.0, 30.0], 50) == 20.0
     assert bar(5, 10, 1.0, 0, width=10).startswith("[#####.....] 5/10")
+    assert bar(5, 10, 1.0, 0, backlog=5).endswith("errors 0  backlog 5")
+    tally.feed({"event": "call", "outcome": "processed", "duration_ms": 1, "backlog": 7})
+    tally.feed({"event": "call", "outcome": "idle", "duration_ms": 1, "backlog": 0})
+    assert (tally.backlog, tally.peak_backlog) == (0, 7)

@@ -31,6 +31,11 @@ NOT_CHOSEN = {"httpx": {"aiohttp", "httpx_aiohttp", "frozenlist", "yarl"},
 # Never loaded: importlib.metadata (with zipfile, csv, importlib.resources: ~0.8 MB), which
 # httpx-aiohttp imported for a version check, before the pump had a transport of its own.
 NEVER = {"importlib.metadata", "zipfile", "csv", "httpx_aiohttp"}
+# The dashboard's (queue-pump dashboard, the dashboard extra; installed here by dev): never in a
+# pump, nor in `--help`. (greenlet, which Playwright brings into the dev extra, is not listed:
+# structlog imports it whenever it is installed; the pump's image has none.)
+DASHBOARD_ONLY = {"jinja2", "markupsafe", "playwright"}
+DASHBOARD_MODULES = ("queue_pump.dashboard", "queue_pump.cli.dashboard", "aiohttp.web")
 
 
 def imported(env: dict[str, str], cwd: str) -> set[str]:
@@ -58,6 +63,23 @@ def test_a_run_loads_its_transport_alone_and_nothing_it_does_not_use(
     assert not names & NOT_CHOSEN[transport]
     assert not names & LATER
     assert not modules & NEVER
+    assert not names & DASHBOARD_ONLY
+    assert not {m for m in modules if m.startswith(DASHBOARD_MODULES)}
+
+
+@pytest.mark.e2e
+def test_help_loads_no_dashboard_no_event_loop_and_no_http_client(tmp_path: object) -> None:
+    # Installed here (the dev extra), as where an operator runs `queue-pump dashboard`.
+    assert importlib.util.find_spec("jinja2") is not None
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "queue_pump", "--help"],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "dashboard" in proc.stdout
+    modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+               if line.startswith("import time:")}
+    names = {module.split(".")[0] for module in modules}
+    assert "queue_pump" in names and "argparse" in names  # the report was read
+    assert not names & (DASHBOARD_ONLY | OPERATORS_ONLY | {"httpx", "aiohttp", "asyncio"})
+    assert not {m for m in modules if m.startswith(DASHBOARD_MODULES)}
 
 
 @pytest.mark.e2e

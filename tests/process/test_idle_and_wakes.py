@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.support.net import wake
-from tests.support.proc import finish, pump_env, start
+from tests.support.proc import Live, finish, pump_env, start, wait_until
 from tests.support.reference_process import reference_runner
 from tests.support.runner_double import JOB, Reply, free_port, runner_double
 
@@ -68,6 +69,36 @@ def test_a_wake_makes_an_idle_pump_claim_a_new_job_before_its_idle_sleep_ends(
             done = finish(pump, time.monotonic())
     assert pickup_s < 30, f"picked up {pickup_s:.1f} s after the wake: not by the wake"
     assert done.code == 0
+
+
+@pytest.mark.e2e
+def test_an_idle_queue_costs_one_loops_calls_at_concurrency_8(tmp_path: Path) -> None:
+    # Counted, not timed: every call's debug line names its loop. While the queue is empty,
+    # the calls after each loop's first are one loop's (the prober's), so N idle periods cost
+    # about N calls, not 8 N; then a burst with a backlog brings every loop back.
+    with reference_runner(free_port(), str(tmp_path / "jobs.sqlite3")) as runner:
+        live = Live(start(pump_env(runner.url, QUEUE_PUMP_CONCURRENCY="8",
+                                   QUEUE_PUMP_IDLE_SLEEP_MS="100", QUEUE_PUMP_TICK_SLEEP_MS="0",
+                                   QUEUE_PUMP_LOG_LEVEL="debug")))
+        try:
+            wait_until(lambda: runner.stats()["calls"]["idle"] >= 8 + 30)
+            runner.enqueue([{"type": "demo", "payload": {"duration_ms": 50}}] * 40)
+            wait_until(lambda: runner.stats()["done"] >= 40)
+        finally:
+            live.proc.send_signal(signal.SIGTERM)
+            code, _ = live.finish()
+    calls = live.events("call")
+    first_work = next(i for i, e in enumerate(calls) if e["outcome"] == "processed")
+    assert Counter(e["loop"] for e in calls[:8]) == Counter(f"agent-{i}" for i in range(8))
+    # After each loop's first call, one loop probes: consecutive idle calls come from the same
+    # loop. Loops that each polled on their own (main) switch at nearly every call; a hand-over
+    # (an idle answer slow enough to look like a job running lets one loop out) is rare.
+    probes = [e["loop"] for e in calls[8:first_work]]
+    switches = sum(a != b for a, b in itertools.pairwise(probes))
+    assert len(probes) >= 30 - 8
+    assert switches <= len(probes) // 5, probes
+    assert len({e["loop"] for e in calls[first_work:] if e["outcome"] == "processed"}) == 8
+    assert code == 0
 
 
 @pytest.mark.e2e

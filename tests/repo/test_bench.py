@@ -86,3 +86,33 @@ def test_profile_attributes_time_to_the_pumps_own_code(tmp_path: Path, report: A
     with contextlib.redirect_stdout(printed):
         assert report.main(["--results", str(tmp_path)]) == 0
     assert "### Where a call's time goes" in printed.getvalue()
+
+
+def test_idle_loops_counts_idle_calls_pickups_and_a_burst(tmp_path: Path) -> None:
+    out = tmp_path / "idle.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "idle_loops.py"),
+                           "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "1",
+                           "--idle-sleep-ms", "100", "--idle-max-sleep-ms", "100",
+                           "--pickups", "1", "--gap-s", "0.1", "0.2", "--burst-per-loop", "2",
+                           "--burst-job-ms", "300", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["concurrency"] for r in results] == [1, 2]
+    for r in results:
+        assert r["idle_calls"] >= 1 and r["idle_calls_per_hour"] > 0  # the probe went on
+        assert len(r["pickup_s"]) == 1 and r["burst_jobs"] == 2 * r["concurrency"]
+        assert r["all_busy_s"] is not None  # every loop ran a burst job at the same time
+    assert "| 2 |" in done.stdout  # the table
+
+
+def test_the_dashboard_bench_renders_every_page_it_times() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.dashboard", "--jobs", "300", "--calls",
+                          "2"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["jobs"] == 300
+    assert figures["overview first render"]["ttfb_ms"] > 0
+    for name in ("overview refresh (X-Live)", "jobs page, first page"):
+        assert figures[name]["ttfb"]["p99_ms"] <= figures[name]["total"]["max_ms"]
+    assert figures["api GET /jobs/stats"]["p99_ms"] > 0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +57,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --jobs 1000000 --calls 300 "
                            "--claims 300"):
         "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.dashboard --jobs 1000000 --calls 100"):
+        "a benchmark of minutes over a 1,000,000-job file; benchmarks are not tests",
+    ("docs/DASHBOARD.md", "QUEUE_PUMP_SCREENSHOTS=docs/img .venv/bin/python -m pytest -q -n 1 "
+                          "tests/operator_api/dashboard -k screenshots"):
+        "rewrites docs/img/; the same test runs in the suite, writing to a temporary directory",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.baseline          # all 10 rows, ~10 min"):
@@ -65,6 +72,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --batch 1,10 "
                            "--rounds 3 --jobs 10000"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", "flock /work/notes/bench.lock .venv/bin/python -m bench.queue_features "
+                           "all"):
+        "benchmarks of minutes needing PostgreSQL and Deno, some against an older checkout; "
+        "benchmarks are not tests",
     ("docs/BENCHMARKS.md", "# main, as released: its own lock (httpx-aiohttp in it) and its "
                            "code"):
         PYPI + "; tests/repo/test_bench.py runs the harness",
@@ -98,6 +109,19 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/RELIABILITY.md", ".venv/bin/python -m pytest tests/process/test_faults.py "
                             "tests/process/test_signals.py tests/unit/test_bad_input.py \\"):
         "runs tests of this suite; from inside the suite they would run twice",
+    ("docs/OPERATIONS.md", "supabase db push                                    # the "
+                           "migrations, 20261207000000_steer.sql too"):
+        "needs the Supabase CLI and a Supabase project; the kit driver of tests/operator_api "
+        "runs every command against the kit's functions under plain Deno",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.operator_list --kit --jobs 1000 1000000 "
+                           "--calls 300 --claims 300"):
+        "a benchmark of minutes over 1,000,000 jobs in PostgreSQL; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit cost --against /work/main "
+                           "--rounds 3 --jobs 3000"):
+        "a benchmark of minutes against another checkout; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit cost --against /work/main "
+                           "--rounds 5 --jobs 3000"):
+        "a benchmark of minutes against another checkout; benchmarks are not tests",
     ("docs/SUPABASE.md", "scripts/get-deno.sh        # the pinned Deno from the npm registry, "
                          "into .tools/deno"): "downloads Deno from the npm registry",
 }
@@ -144,7 +168,7 @@ def run_local_tryout(body: str, tmp_path: Path) -> None:
     assert [row[0] for row in listed] == ["10", "9", "8"], done.stdout
     assert "job 1: done, demo in queue agent, attempt 1 of 3" in done.stdout
     assert re.search(r"\bclaimed\b.*\n.*\bcompleted\b", done.stdout), done.stdout
-    for secret in ("local-dev-token", "local-admin-token-0123"):
+    for secret in ("local-dev-token-0123", "local-admin-token-0123"):
         assert secret not in done.stdout + done.stderr
 
 
@@ -167,13 +191,61 @@ def run_reference_runner_start(body: str, tmp_path: Path) -> None:
     assert proc.returncode == 0 and "runner stopped: 0 calls" in rest
 
 
+def run_kit_stack_recipe(body: str, tmp_path: Path) -> None:
+    """docs/SUPABASE.md's local stack, as written: up, a job through the enqueue function, the
+    pump drains it, down. Needs PostgreSQL and Deno (a skip with one line where they are
+    missing; a failure under QUEUE_PUMP_REQUIRE_KIT=1)."""
+    from tests.supabase import kit
+
+    hint = (kit.PG_HINT if kit.find_pg_bin() is None
+            else kit.DENO_HINT if kit.find_deno() is None
+            else "curl not found: apt-get install curl" if shutil.which("curl") is None
+            else None)
+    if hint is not None:
+        if os.environ.get("QUEUE_PUMP_REQUIRE_KIT") == "1":
+            pytest.fail(f"{hint} (QUEUE_PUMP_REQUIRE_KIT=1 makes this a failure)")
+        pytest.skip(hint)
+    # A folder of the test's own, that the postgres user may enter (as root), and any free port.
+    folder = Path(tempfile.mkdtemp(prefix="qp-doc-kit-"))
+    os.chmod(folder, 0o755)
+    stack = folder / "stack"
+    script = body.replace("/tmp/qp-kit", str(stack))
+    script = script.replace(f"up --dir {stack}", f"up --dir {stack} --port 0")
+    assert script.count("--port 0") == 1, "the recipe's `up --dir /tmp/qp-kit` moved"
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    env = sandbox(tmp_path, QUEUE_PUMP_DENO=str(kit.find_deno()),
+                  QUEUE_PUMP_PG_BIN=str(kit.find_pg_bin()))
+    try:
+        done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=110)
+    finally:
+        if stack.exists():  # the block failed half way: take the stack down all the same
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "kit-stack.py"), "down",
+                            "--dir", str(stack)], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r'^\{"id":\d+,"created":true\}$', done.stdout, re.M), done.stdout
+    assert re.search(r'"processed": 1, "event": "queue_drained"', done.stdout), done.stdout
+    assert f"stopped, and {stack} removed" in done.stderr
+    assert not stack.exists()
+    written = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert len(written["AGENT_TOKEN"]) >= 16 and len(written["ADMIN_TOKEN"]) >= 16
+    assert (tmp_path / ".env").stat().st_mode & 0o077 == 0
+    for secret in (written["AGENT_TOKEN"], written["ADMIN_TOKEN"]):
+        assert secret not in done.stdout + done.stderr
+
+
 RUN: dict[tuple[str, str], Callable[[str, Path], None]] = {
-    ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token\\n"
+    ("README.md", "printf 'SUPABASE_URL=http://127.0.0.1:8000\\nAGENT_TOKEN=local-dev-token-0123\\n"
                   "ADMIN_TOKEN=local-admin-token-0123\\nORGANIZATION_ID=local-org\\n' > .env "
                   "&& chmod 600 .env"): run_local_tryout,
-    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-token ADMIN_TOKEN=dev-admin-token-0123 "
-                                "ORGANIZATION_ID=dev-org queue-pump runner --port 8000 "
-                                "--seed-jobs 20"): run_reference_runner_start,
+    ("docs/RUNNER_CONTRACT.md", "AGENT_TOKEN=dev-agent-token-0123 "
+                                "ADMIN_TOKEN=dev-admin-token-0123 ORGANIZATION_ID=dev-org "
+                                "queue-pump runner --port 8000 --seed-jobs 20"):
+        run_reference_runner_start,
+    ("docs/SUPABASE.md", "(umask 077 && .venv/bin/python scripts/kit-stack.py up --dir "
+                         "/tmp/qp-kit > .env)  # 1. the stack; its .env"): run_kit_stack_recipe,
 }
 
 

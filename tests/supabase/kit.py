@@ -18,16 +18,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((ROOT / "supabase" / "migrations").glob("*.sql"))
 FUNCTIONS = ROOT / "supabase" / "functions"
+KIT_STACK = ROOT / "scripts" / "kit-stack.py"
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 
 PG_HINT = ("PostgreSQL server not found: apt-get install postgresql "
@@ -257,6 +259,100 @@ class DenoFunction:
             self.kill()
             return -9
         shutil.rmtree(self.tmp, ignore_errors=True)
+        return code
+
+
+class FunctionsServer:
+    """Every function (or those named) on one port under /functions/v1/<name>, as
+    `supabase functions serve` routes them: `scripts/kit-stack.py serve`, one Deno process per
+    function behind one router (scripts/kit_stack/functions.py). A context manager."""
+
+    def __init__(self, deno: Path, env: Mapping[str, str], names: Sequence[str] | None = None,
+                 *, functions: Path = FUNCTIONS) -> None:
+        """``functions``: the kit's functions folder, or a copy of it with a handler added."""
+        self.state = Path(tempfile.mkdtemp(prefix="qp-fns-"))
+        full = {k: v for k, v in os.environ.items() if not k.startswith("QUEUE_PUMP_")}
+        full.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(KIT_STACK), "serve", "--port", "0", "--state", str(self.state),
+             "--deno", str(deno), "--functions", str(functions), *(names or ())],
+            env=full, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)  # its own process group: stop() can reach every function
+        self.lines: list[str] = []
+        self.pids: dict[str, int] = {}
+        self.port = 0
+        self._serving = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._serving.wait(120) or not self.port:
+            self.stop()
+            raise RuntimeError(f"kit-stack serve did not start: {''.join(self.lines)[-2000:]}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event["event"] == "function_started":
+                    self.pids[event["function"]] = event["pid"]
+                elif event["event"] == "serving":
+                    self.port = event["port"]
+                    self._serving.set()
+        self._serving.set()  # it exited: nothing more to wait for
+
+    def __enter__(self) -> FunctionsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """What a pump's SUPABASE_URL is set to."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/functions/v1/{name}"
+
+    def router_events(self, name: str) -> list[dict[str, Any]]:
+        """The router's own JSON lines named ``name`` (function_started, function_exited, ...)."""
+        return [e for e in (json.loads(line) for line in list(self.lines) if line.startswith("{"))
+                if e.get("event") == name]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The parsed JSON log lines of function ``name`` so far (its other lines left out)."""
+        path = self.state / f"{name}.log"
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        found = []
+        for line in text.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    found.append(json.loads(line))
+        return found
+
+    def output(self, name: str) -> str:
+        """Everything function ``name`` wrote so far."""
+        path = self.state / f"{name}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def kill(self, name: str) -> None:
+        """SIGKILL function ``name``'s process (a crash); the router and the others go on."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pids[name], signal.SIGKILL)
+
+    def stop(self) -> int:
+        """SIGTERM: the functions finish their calls in flight, then everything exits."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = -9
+        if code != 0:  # it did not stop its functions itself: whatever is left of its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.state, ignore_errors=True)
         return code
 
 

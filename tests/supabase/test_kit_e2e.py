@@ -167,7 +167,7 @@ def test_a_wrong_token_is_a_401_and_the_pump_names_the_setting(
         deno_bin: Path, db_url: str, org: str) -> None:
     enqueue_many(db_url, org, 1)
     with functions(deno_bin, "ai-job-runner", db_url) as [fn]:
-        env = proc.pump_env(fn.base_url, ORGANIZATION_ID=org, AGENT_TOKEN="not-the-token")
+        env = proc.pump_env(fn.base_url, ORGANIZATION_ID=org, AGENT_TOKEN="not-the-token-0123")
         result = proc.run(env, "--once", timeout_s=30)
     assert result.code == 1
     [failed] = result.named("call_failed")
@@ -232,7 +232,8 @@ def test_a_schedule_fires_into_the_enqueue_function_once_across_two_pumps(
         schedules.write_text(
             '[[schedule]]\nname = "minutely"\ncron = "* * * * *"\n'
             f'url = "{enq.url}"\n'
-            'body = { type = "echo", queue = "agent", payload = { for = "{window}" } }\n')
+            'body = { type = "echo", queue = "agent", payload = { for = "{window}" },'
+            ' priority = 50, concurrencyKey = "nightly" }\n')
         pumps = [pump(runner, org, QUEUE_PUMP_SCHEDULES=str(schedules),
                       QUEUE_PUMP_WORKER_ID=f"p{i}") for i in range(2)]
         for p in pumps:
@@ -243,8 +244,8 @@ def test_a_schedule_fires_into_the_enqueue_function_once_across_two_pumps(
         codes = [stop(p) for p in pumps]
     assert codes == [0, 0]
     fired = [e for p in pumps for e in p.events("schedule_fired")]
-    jobs = query(db_url, "select dedupe_key, payload, status from queue_pump.jobs"
-                         " where organization_id = %s", org)
+    jobs = query(db_url, "select dedupe_key, payload, status, priority, concurrency_key"
+                         " from queue_pump.jobs where organization_id = %s", org)
     # Two pumps sent each window (usually one; two if a minute began meanwhile): the function
     # made one job per window and told the other sender it existed.
     windows = {e["window"] for e in fired}
@@ -254,6 +255,8 @@ def test_a_schedule_fires_into_the_enqueue_function_once_across_two_pumps(
         assert created[-1] is True and created.count(True) == 1, (window, created)
     assert {j["dedupe_key"] for j in jobs} == {f"minutely:{w}" for w in windows}
     assert {j["payload"]["for"] for j in jobs} == windows
+    # Issue 24: a schedule's body sets the job's priority and concurrency key.
+    assert {(j["priority"], j["concurrency_key"]) for j in jobs} == {(50, "nightly")}
 
 
 def test_sigterm_lets_the_call_in_flight_finish_then_the_function_exits(

@@ -44,7 +44,7 @@ def test_config_toml_declares_each_function_the_kit_ships() -> None:
     config = tomllib.loads((kit.ROOT / "supabase" / "config.toml").read_text())
     shipped = {p.name for p in kit.FUNCTIONS.iterdir()
                if p.is_dir() and not p.name.startswith("_")}
-    assert shipped == {"ai-job-runner", "enqueue"}
+    assert shipped == {"ai-job-runner", "enqueue", "jobs"}
     assert set(config["functions"]) == shipped
     for name in shipped:
         # The pump authenticates with its own token; see the comment in config.toml.

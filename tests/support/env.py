@@ -31,7 +31,8 @@ class FakeTime:
     def clock(self) -> float:
         return self.now
 
-    async def pause(self, seconds: float, wakeable: bool = False) -> None:
+    async def pause(self, seconds: float, wakeable: bool = False,
+                    until: asyncio.Event | None = None) -> None:
         self.pauses.append(seconds)
         self.wakeable.append(wakeable)
         self.now += seconds

@@ -205,7 +205,7 @@ def test_help_fits_80_columns_and_names_every_command(tmp_path: Path) -> None:
     wide = [line for line in out.stdout.splitlines() if len(line) > 80]
     assert wide == []
     assert "queue-pump {run,runner,demo,status,healthcheck,config} --help" in out.stdout
-    assert "queue-pump {jobs,top} --help" in out.stdout
+    assert "queue-pump {jobs,top,dashboard} --help" in out.stdout
     assert "  QUEUE_PUMP_CONCURRENCY  (default: 1)" in out.stdout
 
 

@@ -22,15 +22,18 @@ export interface Caller {
 
 const ORG_PATTERN = /^[\x21-\x7e]{1,200}$/;
 
-/** The caller, or the 401/403 answer to give. */
+/** The caller, or the 401/403 answer to give. `header`: where the token is sent, the pump's
+ * X-Agent-Token (ai-job-runner, enqueue) or an operator's X-Admin-Token (jobs); a token sent
+ * in the other header is not looked at. */
 export function authenticate(
   req: Request,
   token: string,
   allowedOrganizations: string[],
+  header: "X-Agent-Token" | "X-Admin-Token" = "X-Agent-Token",
 ): Caller | Response {
-  const given = req.headers.get("x-agent-token") ?? "";
+  const given = req.headers.get(header) ?? "";
   if (!sameSecret(given, token)) {
-    return error(401, "missing or wrong X-Agent-Token");
+    return error(401, `missing or wrong ${header}`);
   }
   const organizationId = (req.headers.get("x-organization-id") ?? "").trim();
   if (!ORG_PATTERN.test(organizationId)) {

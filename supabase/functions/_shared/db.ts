@@ -3,6 +3,7 @@
 import postgres from "postgres";
 import { error } from "./http.ts";
 import { intFromEnv, requiredEnv } from "./env.ts";
+import { log, logError } from "./log.ts";
 
 export type Sql = ReturnType<typeof postgres>;
 
@@ -145,16 +146,16 @@ export class Database {
     if (isUnavailable(err)) {
       const outageMs = this.outageSince === null ? 0 : Date.now() - this.outageSince;
       const retryAfterS = retryAfterFor(outageMs, this.availability.maxRetryAfterS);
-      console.log(JSON.stringify({
+      log({
         event: "db_unavailable",
         during,
         code: sqlState(err),
         outage_ms: outageMs,
         retry_after_s: retryAfterS,
-      }));
+      });
       return error(503, "database unavailable, try again later", { "retry-after": String(retryAfterS) });
     }
-    console.error(JSON.stringify({ event: "internal_error", during, code: sqlState(err) }));
+    logError({ event: "internal_error", during, code: sqlState(err) });
     return error(500, "internal error");
   }
 }

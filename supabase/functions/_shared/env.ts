@@ -22,6 +22,9 @@ export function listFromEnv(name: string): string[] {
   return (Deno.env.get(name) ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
 }
 
+// The one minimum for every token, here and in the pump (queue_pump/config/knobs.py
+// MIN_TOKEN_CHARS): 16 characters from a random source cannot be guessed by trying
+// (docs/CONFIGURATION.md, "Tokens").
 export const MIN_TOKEN_CHARS = 16;
 
 /** The shared secret; too short to be one is refused (its value is never shown). */
@@ -33,4 +36,14 @@ export function tokenFromEnv(name: string): string {
     );
   }
   return value;
+}
+
+/** AGENT_TOKEN and ADMIN_TOKEN are two secrets: a pump's token must never open the operator's
+ * API, nor an operator's pose as a pump. On Supabase every function sees every secret, so each
+ * function that reads one refuses to start when the other has the same value. */
+export function distinctTokens(own: string, otherName: string): void {
+  const other = Deno.env.get(otherName);
+  if (other !== undefined && other !== "" && other === own) {
+    throw new Error(`AGENT_TOKEN and ADMIN_TOKEN must differ (give ${otherName} a value of its own)`);
+  }
 }

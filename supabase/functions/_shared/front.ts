@@ -12,6 +12,8 @@
 // Chunked request bodies are refused (411): every client of the kit sends a length, and a body
 // with a known end is one a deadline can judge.
 
+import { type Event, log } from "./log.ts";
+
 export interface FrontLimits {
   maxConnections: number;
   headerTimeoutMs: number;
@@ -22,7 +24,7 @@ export interface FrontLimits {
 }
 
 type Log = (event: Record<string, unknown>) => void;
-const defaultLog: Log = (event) => console.log(JSON.stringify(event));
+const defaultLog: Log = (event) => log(event as Event);
 
 interface Refusal {
   status: number;

@@ -43,8 +43,19 @@ async function readBytes(req: Request, maxBytes: number): Promise<Uint8Array> {
 }
 
 /** The request's JSON body, read up to maxBytes; empty means `{}`. Numbers a double would
- * change come back as InexactNumber, for the caller's checks to name. */
-export async function readJsonObject(req: Request, maxBytes: number): Promise<Record<string, unknown>> {
+ * change come back as InexactNumber, for the caller's checks to name. With `arrays`, a JSON
+ * array is accepted too (the enqueue function's batch). */
+export async function readJsonObject(req: Request, maxBytes: number): Promise<Record<string, unknown>>;
+export async function readJsonObject(
+  req: Request,
+  maxBytes: number,
+  arrays: true,
+): Promise<Record<string, unknown> | unknown[]>;
+export async function readJsonObject(
+  req: Request,
+  maxBytes: number,
+  arrays = false,
+): Promise<Record<string, unknown> | unknown[]> {
   const bytes = await readBytes(req, maxBytes);
   if (bytes.byteLength === 0) return {};
   let text: string;
@@ -59,8 +70,9 @@ export async function readJsonObject(req: Request, maxBytes: number): Promise<Re
   } catch {
     throw new BadRequest("body is not valid JSON");
   }
+  if (arrays && Array.isArray(parsed)) return parsed;
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
-    throw new BadRequest("body must be a JSON object");
+    throw new BadRequest(arrays ? "body must be a JSON object or an array of them" : "body must be a JSON object");
   }
   return parsed as Record<string, unknown>;
 }

@@ -6,7 +6,10 @@ import { BadRequest, ClientGone, error, isFunctionPath, readJsonObject } from ".
 export interface Accepted {
   url: URL;
   caller: Caller;
+  /** The JSON object sent; `{}` when a batch was sent instead. */
   body: Record<string, unknown>;
+  /** The JSON array sent, when `arrays` allowed one. */
+  batch?: unknown[];
 }
 
 export async function accept(
@@ -15,6 +18,7 @@ export async function accept(
   token: string,
   allowedOrganizations: string[],
   maxBodyBytes: number,
+  arrays = false,
 ): Promise<Accepted | Response> {
   const url = new URL(req.url);
   if (!isFunctionPath(url, name)) return error(404, "no such function");
@@ -22,7 +26,9 @@ export async function accept(
   const caller = authenticate(req, token, allowedOrganizations);
   if (caller instanceof Response) return caller;
   try {
-    return { url, caller, body: await readJsonObject(req, maxBodyBytes) };
+    if (!arrays) return { url, caller, body: await readJsonObject(req, maxBodyBytes) };
+    const read = await readJsonObject(req, maxBodyBytes, true);
+    return Array.isArray(read) ? { url, caller, body: {}, batch: read } : { url, caller, body: read };
   } catch (err) {
     if (err instanceof BadRequest) return error(400, err.message);
     // Nobody reads this answer; the guarded front logged the disconnect (front.ts).

@@ -9,6 +9,7 @@
 import { intFromEnv } from "./env.ts";
 import { error } from "./http.ts";
 import { Front, type FrontLimits } from "./front.ts";
+import { log, logError } from "./log.ts";
 
 export interface Prepared {
   handler: Deno.ServeHandler;
@@ -18,7 +19,7 @@ export interface Prepared {
 function onError(err: unknown): Response {
   // A bug, not a caller's mistake: one line, the error's kind only (its text could hold a
   // secret; the stack is noise to an operator).
-  console.error(JSON.stringify({ event: "internal_error", error: err instanceof Error ? err.name : typeof err }));
+  logError({ event: "internal_error", error: err instanceof Error ? err.name : typeof err });
   return error(500, "internal error");
 }
 
@@ -77,7 +78,7 @@ export function prepare(name: string, maxBodyBytes: number, init: () => Deno.Ser
       transport: "unix",
       path,
       onError,
-      onListen: () => console.log(JSON.stringify({ event: "listening", hostname, port: front.addr.port })),
+      onListen: () => log({ event: "listening", hostname, port: front.addr.port }),
     },
   };
 }

@@ -1,6 +1,21 @@
 // Unit tests for the functions' pure parts: `deno test supabase/functions/_tests` (CI runs it).
 import { deepStrictEqual, equal, match, notEqual } from "node:assert/strict";
-import { parseNewJob } from "../enqueue/validate.ts";
+import { parseBatch, parseNewJob, sqlElement } from "../enqueue/validate.ts";
+import { subPath } from "../jobs/api.ts";
+import {
+  decodeCursor,
+  encodeCursor,
+  flag,
+  Invalid,
+  jobId,
+  olderThan,
+  onlyKnown,
+  queryOf,
+  queueName,
+  statuses,
+  time,
+  wholeNumber,
+} from "../jobs/input.ts";
 import { queueOf } from "../ai-job-runner/runner.ts";
 import { sameSecret } from "../_shared/auth.ts";
 import { retryAfterFor } from "../_shared/db.ts";
@@ -23,7 +38,88 @@ Deno.test("a minimal job takes the defaults", () => {
     dedupeKey: null,
     runAt: null,
     maxAttempts: 5,
+    priority: 0,
+    concurrencyKey: null,
+    after: null,
+    afterFailure: "end",
+    parentId: null,
   });
+});
+
+Deno.test("issue 24's fields: priority, concurrencyKey, after, afterFailure, parentId", () => {
+  const job = parseNewJob(
+    { type: "t", priority: -1000, concurrencyKey: "acme", after: [1, 2 ** 53 - 1], afterFailure: "run", parentId: 7 },
+    null,
+  );
+  deepStrictEqual(typeof job === "string" ? job : sqlElement(job), {
+    job_type: "t",
+    queue: "agent",
+    payload: {},
+    dedupe_key: null,
+    run_at: null,
+    max_attempts: 5,
+    priority: -1000,
+    concurrency_key: "acme",
+    after: [1, 2 ** 53 - 1],
+    after_failure: "run",
+    parent_id: 7,
+  });
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ type: "t", priority: 1001 }, /^priority must be a whole number from -1000 to 1000 \(higher runs first\)$/],
+    [{ type: "t", priority: 1.5 }, /^priority must be/],
+    [{ type: "t", priority: "50" }, /^priority must be/],
+    [{ type: "t", concurrencyKey: "" }, /^concurrencyKey must be a string of 1-200/],
+    [{ type: "t", concurrencyKey: "k\u0000" }, /^concurrencyKey must be/],
+    [{ type: "t", after: 5 }, /^after must be an array of at most 1000 job ids$/],
+    [{ type: "t", after: [0] }, /^after must be/],
+    [{ type: "t", after: [2 ** 53] }, /^after must be/],
+    [{ type: "t", after: Array(1001).fill(1) }, /^after must be/],
+    [{ type: "t", afterFailure: "ignore" }, /^afterFailure must be "end" or "run"$/],
+    [{ type: "t", parentId: "7" }, /^parentId must be a job id$/],
+    [{ type: "t", concurrency_key: "k" }, /^unknown field "concurrency_key"; accepted: .*concurrencyKey/],
+  ];
+  cases.forEach(([body, expected], i) => {
+    const got = parseNewJob(body, null);
+    equal(typeof got, "string", `case ${i}`);
+    match(got as string, expected);
+  });
+});
+
+Deno.test("null fields take their defaults", () => {
+  const job = parseNewJob({
+    type: "t",
+    priority: null,
+    concurrencyKey: null,
+    after: null,
+    afterFailure: null,
+    parentId: null,
+  }, null);
+  deepStrictEqual(
+    typeof job === "string" ? job : [job.priority, job.concurrencyKey, job.after, job.afterFailure, job.parentId],
+    [0, null, null, "end", null],
+  );
+});
+
+Deno.test("a batch: every element checked, the first bad one named by index and field", () => {
+  const ok = parseBatch([{ type: "a" }, { type: "b", queue: "q", priority: 3 }], null);
+  deepStrictEqual(typeof ok === "string" ? ok : ok.map((j) => [j.type, j.queue, j.priority]), [
+    ["a", "agent", 0],
+    ["b", "q", 3],
+  ]);
+  const fromQuery = parseBatch([{ type: "a", queue: "body" }], "query");
+  equal(typeof fromQuery === "string" ? fromQuery : fromQuery[0].queue, "query");
+  equal(
+    parseBatch([{ type: "a" }, { type: "b", priority: 5000 }], null),
+    "jobs[1].priority must be a whole number from -1000 to 1000 (higher runs first)",
+  );
+  equal(parseBatch([{ type: "a" }, "x"], null), "jobs[1] must be a JSON object");
+  equal(
+    parseBatch([{ type: "a" }, {}], null),
+    "jobs[1].type must be a string of 1-200 characters, without NUL or lone surrogates",
+  );
+  equal(parseBatch([], null), "an array body must hold 1 to 1000 jobs");
+  equal(parseBatch(Array(1001).fill({ type: "a" }), null), "an array body must hold 1 to 1000 jobs");
+  equal(typeof parseBatch(Array(1000).fill({ type: "a" }), null), "object");
 });
 
 Deno.test("as for the runner call, the query's queue wins over the body's", () => {
@@ -200,4 +296,53 @@ Deno.test("the front reads each request's framing and refuses what it cannot bou
   equal(refused(["POST / HTTP/1.1", "Content-Length: -1"]), 400);
   equal(refused(["PRI * HTTP/2.0"]), 400);
   equal(refused(["POST / HTTP/1.1", " folded: header"]), 400);
+});
+
+// --- the operator API's input (jobs/input.ts) ---------------------------------------------------
+
+Deno.test("jobs: a 400 names the parameter or field and what it accepts", () => {
+  const cases: [() => unknown, RegExp][] = [
+    [() => statuses("finished"), /^status must be one of queued, running, done, failed, cancelled/],
+    [() => statuses(""), /^status must be/],
+    [() => wholeNumber("0", "limit", 1, 500, 50), /^limit must be a whole number from 1 to 500/],
+    [() => wholeNumber("ten", "limit", 1, 500, 50), /^limit must be/],
+    [() => time("yesterday", "since"), /^since must be an ISO 8601 time with a zone/],
+    [() => time("2026-12-06T08:00:00", "since"), /^since must be/],
+    [() => decodeCursor("not-a-cursor"), /^cursor is not one this API gave/],
+    [() => flag("yes", "dryRun"), /^dryRun must be true or false/],
+    [() => olderThan(undefined, null, 60, 100), /^olderThan is required/],
+    [() => olderThan(1, null, 60, 100), /^olderThan must be a number of seconds from 60/],
+    [() => olderThan("0", 300, 1, 86400), /^olderThan must be a whole number from 1/],
+    [() => queueName("has space"), /^queue must be/],
+    [() => onlyKnown(["dryrun"], ["dryRun"], "field"), /^unknown field "dryrun"; accepted: dryRun/],
+    [() => queryOf(new URL("http://x/jobs?statuss=failed"), ["status"]), /^unknown query parameter "statuss"/],
+  ];
+  cases.forEach(([call, expected], i) => {
+    let message = "";
+    try {
+      call();
+    } catch (err) {
+      equal(err instanceof Invalid, true, `case ${i}`);
+      message = (err as Error).message;
+    }
+    match(message, expected, `case ${i}`);
+  });
+});
+
+Deno.test("jobs: accepted input", () => {
+  deepStrictEqual(statuses("done, failed,done"), ["done", "failed"]);
+  equal(wholeNumber(undefined, "limit", 1, 500, 50), 50);
+  equal(time("2026-12-06T08:00:00.123456+00:00", "since"), "2026-12-06T08:00:00.123456+00:00");
+  equal(olderThan("300", 300, 1, 86400), 300);
+  const cursor = { createdAt: "2026-12-06T08:19:16.123456Z", id: 2 ** 52 + 7 };
+  deepStrictEqual(decodeCursor(encodeCursor(cursor)), cursor);
+  equal(jobId("9007199254740993"), null);
+  equal(jobId("42"), 42);
+});
+
+Deno.test("jobs: the function's own path, on Supabase and under plain Deno", () => {
+  equal(subPath(new URL("http://x/jobs")), "");
+  equal(subPath(new URL("http://x/functions/v1/jobs/42/history")), "/42/history");
+  equal(subPath(new URL("http://x/functions/v1/jobsx")), null);
+  equal(subPath(new URL("http://x/functions/v1/enqueue")), null);
 });

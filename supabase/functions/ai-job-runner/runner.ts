@@ -3,13 +3,27 @@
 import { type Caller } from "../_shared/auth.ts";
 import { type Database, isUnavailable, ownCheck, sqlState } from "../_shared/db.ts";
 import { jsonProblem, MAX_JSON_BYTES } from "../_shared/json.ts";
+import { log } from "../_shared/log.ts";
 import { describe, type Masker } from "../_shared/secrets.ts";
-import { type Handler, type JobContext, type JobInfo, Yield } from "./handlers.ts";
+import { addJob, addJobs } from "../enqueue/store.ts";
+import { type NewJob, parseBatch, parseNewJob } from "../enqueue/validate.ts";
+import {
+  type ChildJob,
+  type Enqueued,
+  type Handler,
+  JobCancelled,
+  type JobContext,
+  type JobInfo,
+  Yield,
+} from "./handlers.ts";
 
 export interface RunnerOptions {
   leaseSeconds: number;
   /** Most jobs one call claims and runs at once (JOB_BATCH_SIZE). */
   batchSize: number;
+  /** How often a run asks whether an operator cancelled its job while the handler runs
+   * (JOB_CANCEL_POLL_MS): one read of the job's row by its key. */
+  cancelPollMs: number;
   /** How long one handler may run, capped so that it ends well inside the lease. */
   timeBudgetMs: number;
   handlers: Record<string, Handler>;
@@ -23,6 +37,9 @@ export class LeaseLost extends Error {}
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Error texts kept in last_error and answered to the pump. */
 export const MAX_ERROR_CHARS = 500;
+/** ctx.log lines sent per run (the history keeps at most 200 events a job in all). */
+export const MAX_LOG_LINES = 200;
+export const MAX_LOG_CHARS = 2000;
 
 interface ClaimedRow {
   id: number;
@@ -32,12 +49,17 @@ interface ClaimedRow {
   progress: unknown;
   attempts: number;
   max_attempts: number;
+  priority: number;
+  concurrency_key: string | null;
+  parent_id: number | null;
+  after: number[] | null;
 }
 
 type Outcome =
   | { kind: "done"; result: unknown }
   | { kind: "yield"; progress: unknown; runInSeconds: number }
-  | { kind: "error"; message: string };
+  | { kind: "error"; message: string }
+  | { kind: "cancelled" };
 
 const QUEUE_PATTERN = /^[A-Za-z0-9_.:\-]{1,100}$/;
 
@@ -77,8 +99,9 @@ export async function runBatch(db: Database, caller: Caller, queue: string, opts
   // Counted while the jobs run (another pooled connection), after this call's claim: the jobs
   // still due once this batch was taken. Never fails the call; without it the field is left out.
   const backlog = backlogOf(db, caller.organizationId, queue);
-  // Each job on its own: one that throws, times out or cannot be recorded does not stop the
-  // others, and each is recorded the moment it ends (its lease, heartbeat and fencing its own).
+  // Each job on its own: one that throws, times out, is cancelled or cannot be recorded does not
+  // stop the others, and each is recorded the moment it ends (its lease, heartbeat, cancel poll,
+  // log lines and fencing its own).
   const ran = await Promise.all(rows.map((row) => runAndRecord(db, caller, row, worker, opts)));
   const failed = ran.find((r): r is { err: unknown } => "err" in r);
   if (failed) {
@@ -100,12 +123,14 @@ function claim(db: Database, organizationId: string, queue: string, worker: stri
   // and the upgrade failed the jobs that held one (the hardening migration).
   if (opts.batchSize === 1) {
     return db.sql<ClaimedRow[]>`
-      select id, job_type, queue, payload, progress, attempts, max_attempts
+      select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
+             concurrency_key, parent_id, "after"
         from queue_pump.claim(organization_id => ${organizationId}, queue => ${queue},
                               worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`;
   }
   return db.sql<ClaimedRow[]>`
-    select id, job_type, queue, payload, progress, attempts, max_attempts
+    select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
+           concurrency_key, parent_id, "after"
       from queue_pump.claim_batch(organization_id => ${organizationId}, queue => ${queue},
                                   worker => ${worker}, lease_seconds => ${opts.leaseSeconds},
                                   max_jobs => ${opts.batchSize})`;
@@ -134,6 +159,10 @@ async function runAndRecord(
     organizationId: caller.organizationId,
     attempt: row.attempts,
     maxAttempts: row.max_attempts,
+    priority: row.priority,
+    concurrencyKey: row.concurrency_key,
+    parentId: row.parent_id === null ? null : Number(row.parent_id),
+    after: row.after === null ? null : row.after.map(Number),
   };
   const outcome = await outcomeOf(db, job, row, worker, opts);
   let status: string;
@@ -185,18 +214,89 @@ async function runHandler(
   // Leave the lease 10 % (at least 1 s) of slack to record the outcome before it runs out.
   const budget = Math.min(opts.timeBudgetMs, opts.leaseSeconds * 1000 - Math.max(1000, opts.leaseSeconds * 100));
   const controller = new AbortController();
-  const ctx = context(db, job, row.payload, row.progress, worker, opts, budget, controller.signal);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<Outcome>((resolve) => {
-    timer = setTimeout(() => {
-      controller.abort();
-      resolve({ kind: "error", message: `handler ran past its ${budget} ms budget` });
-    }, budget);
-  });
+  let stop: (outcome: Outcome) => void = () => {};
+  const stopped = new Promise<Outcome>((resolve) => stop = resolve);
+  // An operator's cancel, seen by a checkpoint or by the poll: the signal is aborted and the
+  // run ends now as cancelled, whatever the handler then returns or throws.
+  const cancel = () => {
+    if (!controller.signal.aborted) controller.abort(new JobCancelled(job.id));
+    stop({ kind: "cancelled" });
+  };
+  const logs = new LogLines(db, job, worker, opts.masker);
+  const ctx = context(db, job, row.payload, row.progress, worker, opts, budget, controller.signal, cancel, logs);
+  const timer = setTimeout(() => {
+    controller.abort();
+    stop({ kind: "error", message: `handler ran past its ${budget} ms budget` });
+  }, budget);
+  let polling = false;
+  const poll = setInterval(async () => {
+    if (polling) return;
+    polling = true;
+    try {
+      const [r] = await db.sql`select queue_pump.cancel_requested(${job.id}::bigint, ${worker}) as c`;
+      if (r?.c === true) cancel();
+    } catch {
+      // the database is away: the next poll, the checkpoint or the completion will tell
+    } finally {
+      polling = false;
+    }
+  }, opts.cancelPollMs);
   try {
-    return await Promise.race([settle(handler, ctx), timeout]);
+    const outcome = await Promise.race([settle(handler, ctx), stopped]);
+    // A handler that threw because its signal was aborted by a cancel was cancelled.
+    return controller.signal.reason instanceof JobCancelled ? { kind: "cancelled" } : outcome;
   } finally {
     clearTimeout(timer);
+    clearInterval(poll);
+    await logs.flushed();
+  }
+}
+
+/** The handler's ctx.log lines, sent in order, at most MAX_LOG_LINES a run; the outcome is
+ * recorded after the last of them. */
+class LogLines {
+  private sent = 0;
+  private chain: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly db: Database,
+    private readonly job: JobInfo,
+    private readonly worker: string,
+    private readonly masker: Masker,
+  ) {}
+
+  private closed = false;
+
+  add(message: unknown, data?: unknown): Promise<void> {
+    // Past the bound, or after the run's outcome (a handler left running past its deadline):
+    // nothing more is sent.
+    if (this.closed || this.sent >= MAX_LOG_LINES) return this.chain;
+    this.sent++;
+    const text = this.masker.line(typeof message === "string" ? message : describe(message), MAX_LOG_CHARS);
+    let extra: unknown = null;
+    if (data !== undefined && data !== null) {
+      const problem = jsonProblem(data, "log data", 2048);
+      try {
+        extra = problem ? { unstorable: problem } : JSON.parse(this.masker.mask(JSON.stringify(data)));
+      } catch {
+        extra = { unstorable: "log data could not be masked and kept" };
+      }
+    }
+    this.chain = this.chain.then(async () => {
+      try {
+        await this.db.sql`select queue_pump.job_log(${this.job.id}::bigint, ${this.worker}, ${text},
+                                                    ${this.db.sql.json(extra as never)})`;
+      } catch {
+        // a log line is not worth failing the job for
+      }
+    });
+    return this.chain;
+  }
+
+  /** Once every line sent so far is written; later ones are dropped. */
+  flushed(): Promise<void> {
+    this.closed = true;
+    return this.chain;
   }
 }
 
@@ -209,6 +309,8 @@ function context(
   opts: RunnerOptions,
   budget: number,
   signal: AbortSignal,
+  cancel: () => void,
+  logs: LogLines,
 ): JobContext {
   return {
     job,
@@ -219,15 +321,51 @@ function context(
     checkpoint: async (progress: unknown) => {
       const problem = jsonProblem(progress, "checkpoint progress", MAX_JSON_BYTES);
       if (problem) throw new Error(problem);
-      const rows = await db.sql`select queue_pump.heartbeat(${job.id}::bigint, ${worker}, ${opts.leaseSeconds},
-                                                            ${db.sql.json(progress as never)}) as until`;
-      if (rows[0]?.until == null) throw new LeaseLost(`job ${job.id}: lease lost`);
+      const rows = await db.sql`
+        select lease_expires_at, cancel_requested from queue_pump.heartbeat_job(
+          ${job.id}::bigint, ${worker}, ${opts.leaseSeconds}, ${db.sql.json(progress as never)})`;
+      if (rows.length === 0) throw new LeaseLost(`job ${job.id}: lease lost`);
+      if (rows[0].cancel_requested === true) {
+        cancel();
+        throw new JobCancelled(job.id);
+      }
     },
+    log: (message: string, data?: unknown) => logs.add(message, data),
     yield: (progress?: unknown, runInSeconds = 0) => {
       const seconds = Number.isFinite(runInSeconds) ? Math.min(Math.max(runInSeconds, 0), 86400) : 0;
       return new Yield(progress ?? null, seconds);
     },
+    enqueue: ((children: ChildJob | ChildJob[]) => enqueueChildren(db, job, children)) as JobContext["enqueue"],
   };
+}
+
+/** ctx.enqueue: the enqueue function's rules, this job as the parent, its queue by default. */
+async function enqueueChildren(
+  db: Database,
+  job: JobInfo,
+  children: ChildJob | ChildJob[],
+): Promise<Enqueued | Enqueued[]> {
+  const asChild = (c: ChildJob): ChildJob | string => {
+    if (c === null || typeof c !== "object" || Array.isArray(c)) return "must be an object";
+    if (Object.hasOwn(c, "parentId")) return "parentId is set by ctx.enqueue (it is this job)";
+    return { queue: job.queue, ...c };
+  };
+  const withParent = (j: NewJob): NewJob => ({ ...j, parentId: job.id });
+  if (Array.isArray(children)) {
+    const prepared = children.map(asChild);
+    const bad = prepared.findIndex((c) => typeof c === "string");
+    if (bad >= 0) throw new Error(`ctx.enqueue: jobs[${bad}] ${prepared[bad]}`);
+    const parsed = parseBatch(prepared as ChildJob[], null);
+    if (typeof parsed === "string") throw new Error(`ctx.enqueue: ${parsed}`);
+    return await addJobs(db, job.organizationId, parsed.map(withParent), "handler");
+  }
+  const prepared = asChild(children);
+  if (typeof prepared === "string") throw new Error(`ctx.enqueue: the job ${prepared}`);
+  const parsed = parseNewJob(prepared, null);
+  if (typeof parsed === "string") throw new Error(`ctx.enqueue: ${parsed}`);
+  const added = await addJob(db, job.organizationId, withParent(parsed), "handler");
+  if (added === null) throw new Error("ctx.enqueue: the job was not stored");
+  return added;
 }
 
 /** The handler's outcome; a value that cannot be stored is the job's error, not the call's.
@@ -268,9 +406,15 @@ async function recordOrFail(db: Database, job: JobInfo, worker: string, outcome:
 async function record(db: Database, job: JobInfo, worker: string, outcome: Outcome): Promise<string> {
   const sql = db.sql;
   if (outcome.kind === "done") {
-    const [r] = await sql`select queue_pump.complete(${job.id}::bigint, ${worker},
-                                                     ${sql.json(outcome.result as never)}) as ok`;
-    return r.ok ? "done" : "lost";
+    // 'cancelled' when an operator asked meanwhile: the job ends so, never retried.
+    const [r] = await sql`select queue_pump.complete_job(${job.id}::bigint, ${worker},
+                                                         ${sql.json(outcome.result as never)}) as status`;
+    return r.status ?? "lost";
+  }
+  if (outcome.kind === "cancelled") {
+    const [r] = await sql`select queue_pump.fail(${job.id}::bigint, ${worker}, 'its handler was stopped')
+                            as status`;
+    return r.status ?? "lost";
   }
   if (outcome.kind === "yield") {
     const [r] = await sql`select queue_pump.requeue(${job.id}::bigint, ${worker}, ${
@@ -284,11 +428,11 @@ async function record(db: Database, job: JobInfo, worker: string, outcome: Outco
 
 function logOutcome(job: JobInfo, status: string, outcome: Outcome): void {
   if (status === "done") return;
-  console.log(JSON.stringify({
+  log({
     event: "job_" + status,
     job_id: job.id,
     job_type: job.type.slice(0, 100),
     attempt: job.attempt,
     ...(outcome.kind === "error" ? { error: outcome.message } : {}),
-  }));
+  });
 }

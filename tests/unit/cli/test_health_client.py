@@ -17,12 +17,14 @@ def test_status_and_healthcheck_commands(served_stats: tuple[Stats, FakeTime, st
     stats, fake, base = served_stats
     loop = stats.add_loop("agent-0", "agent")
     stats.call_started(loop, 10.0)
-    stats.call_ended(loop, 0.1, "processed", job_status="done")
+    stats.call_ended(loop, 0.1, "processed", job_status="done", jobs=5)
+    stats.backlog("agent", 1000)
     stats.call_started(loop, 10.0)
     stats.call_ended(loop, 0.1, "error", error=("retryable", "connect"))
     assert cmd_status(["--url", base], {}) == 0
     out = capsys.readouterr().out
-    assert "calls 2: processed 1, idle 0, errors 1" in out
+    assert "calls 2: jobs processed 5, idle 0, errors 1" in out  # one call ran five jobs
+    assert "backlog (jobs due): agent 1000" in out
     assert "1 failures in a row" in out and "retryable:connect 1" in out
     assert cmd_healthcheck(["--url", base], {}) == 0
     fake.now += 1000

@@ -128,7 +128,7 @@ def test_header_values_have_a_length_cap(name: str) -> None:
 
 
 def test_endpoint_override_makes_supabase_url_optional() -> None:
-    s = from_mapping({"AGENT_TOKEN": "t" * 8, "ORGANIZATION_ID": "o",
+    s = from_mapping({"AGENT_TOKEN": "t" * 16, "ORGANIZATION_ID": "o",
                       "QUEUE_PUMP_ENDPOINT": "https://runner.example/jobs/run"})
     assert s.endpoint == "https://runner.example/jobs/run"
 
@@ -209,16 +209,35 @@ def test_readme_documents_every_variable() -> None:
     assert not missing, f"README's configuration table lacks {missing}"
 
 
-@pytest.mark.parametrize("name", ["AGENT_TOKEN", "SUPABASE_ANON_KEY"])
+@pytest.mark.parametrize(("name", "floor", "why"), [
+    ("AGENT_TOKEN", 16, "a shared secret that short can be guessed; the kit's functions refuse "
+                        "it too"),
+    ("SUPABASE_ANON_KEY", 8, "a value that short is no secret, and masking it would garble "
+                             "every log line")])
 @pytest.mark.parametrize("value", ["e", "abcdefg"])
-def test_a_secret_too_short_to_mask_is_refused_without_showing_it(name: str, value: str) -> None:
+def test_a_secret_too_short_is_refused_without_showing_it(name: str, floor: int, why: str,
+                                                          value: str) -> None:
     with pytest.raises(ConfigError) as info:
         from_mapping({**BASE_ENV, name: value}, hostname="h")
     problems = info.value.problems
     count = "1 character" if value == "e" else f"{len(value)} characters"
-    assert problems == [f"{name} is {count} long; expected at least 8 (a value "
-                        "that short is no secret, and masking it would garble every log line)"]
-    assert from_mapping({**BASE_ENV, name: value + "x" * (8 - len(value))}, hostname="h")
+    assert problems == [f"{name} is {count} long; expected at least {floor} ({why})"]
+    assert from_mapping({**BASE_ENV, name: value + "x" * (floor - len(value))}, hostname="h")
+
+
+def test_the_pump_and_the_kit_want_the_same_token_length() -> None:
+    """One minimum for the tokens the pump and the kit's functions share."""
+    from queue_pump.config.knobs import MIN_TOKEN_CHARS
+
+    env_ts = (ROOT / "supabase" / "functions" / "_shared" / "env.ts").read_text()
+    assert f"export const MIN_TOKEN_CHARS = {MIN_TOKEN_CHARS};" in env_ts
+    floors = {k.env: k.min_chars for k in KNOBS
+              if k.env in ("AGENT_TOKEN", "ADMIN_TOKEN", "QUEUE_PUMP_WAKE_TOKEN")}
+    assert floors == dict.fromkeys(floors, MIN_TOKEN_CHARS) and len(floors) == 3
+    with pytest.raises(ConfigError) as info:
+        from_mapping({**BASE_ENV, "AGENT_TOKEN": "x" * (MIN_TOKEN_CHARS - 1)}, hostname="h")
+    assert info.value.problems[0].startswith(
+        f"AGENT_TOKEN is {MIN_TOKEN_CHARS - 1} characters long; expected at least 16")
 
 
 @pytest.mark.parametrize(("mode", "holds_secret", "warned"), [

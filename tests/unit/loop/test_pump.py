@@ -186,7 +186,7 @@ def test_concurrency_runs_loops_side_by_side() -> None:
             return JOB
 
         pump = Pump([Lane("agent", 8, call)], POLICY, Stats(), structlog.get_logger(),
-                    stop=stop, pause=lambda s, wakeable=False: asyncio.sleep(0))
+                    stop=stop, pause=lambda s, wakeable=False, until=None: asyncio.sleep(0))
         await pump.run()
         return peak, calls
 

@@ -41,6 +41,8 @@ def test_every_family_is_there_from_the_start_at_zero() -> None:
     assert m[("queue_pump_budget_wait_seconds_total", ())] == 0
     assert m[("queue_pump_call_budget_per_hour", ())] == 0
     assert m[("queue_pump_last_success_timestamp_seconds", ())] == 0
+    # A one-job runner sends no backlog: no series, rather than a zero that would be a claim.
+    assert not [key for key in m if key[0] == "queue_pump_backlog"]
 
 
 def test_the_numbers_follow_the_writes() -> None:
@@ -50,6 +52,11 @@ def test_the_numbers_follow_the_writes() -> None:
     stats.call_ended(a, 0.02, "processed", job_status="done")
     stats.call_started(a, 30)
     stats.call_ended(a, 0.3, "processed", job_status="no such status")
+    b = stats.add_loop("batch-0", "batch")
+    stats.call_started(b, 30)
+    stats.call_ended(b, 0.02, "processed", job_status="done", jobs=10)  # a call ran ten jobs
+    stats.set_state(b, LoopState.STOPPED)
+    stats.backlog("batch", 1000)
     stats.call_started(r, 30)
     stats.call_ended(r, 7.0, "error", error=("retryable", "http_status"))
     stats.call_started(r, 30)  # still in flight
@@ -62,6 +69,11 @@ def test_the_numbers_follow_the_writes() -> None:
     m = samples(stats)
     agent, render = (("queue", "agent"),), (("queue", "render"),)
     assert m[("queue_pump_calls_total", (("outcome", "processed"), *agent))] == 2
+    batch = (("queue", "batch"),)
+    assert m[("queue_pump_calls_total", (("outcome", "processed"), *batch))] == 1
+    assert m[("queue_pump_jobs_total", (*batch, ("status", "done")))] == 10
+    assert m[("queue_pump_backlog", batch)] == 1000
+    assert ("queue_pump_backlog", agent) not in m
     assert m[("queue_pump_calls_total", (("outcome", "error"), *render))] == 1
     assert m[("queue_pump_jobs_total", (*agent, ("status", "done")))] == 1
     assert m[("queue_pump_jobs_total", (*agent, ("status", "other")))] == 1

@@ -124,7 +124,7 @@ def test_idle_answer_when_queue_is_empty() -> None:
             await enqueue(client, {"type": "t", "queue": "other"})
             resp = await call(client, "agent")
             assert resp.status_code == 200
-            assert resp.json() == {"processed": False}
+            assert resp.json() == {"processed": False, "jobs": 0, "backlog": 0}
             calls = (await stats(client))["calls"]
             assert (calls["total"], calls["idle"], calls["processed"]) == (1, 1, 0)
 
@@ -143,9 +143,10 @@ def test_claims_oldest_first_runs_and_records_worker() -> None:
                 assert data["processed"] is True
                 assert data["status"] == "done" and data["yielded"] is False
                 assert data["jobType"] == f"t{i}"
+                assert (data["jobs"], data["backlog"]) == (1, 2 - i)  # the contract's counts
                 seen.append(data["jobId"])
             assert seen == ids
-            assert (await call(client)).json() == {"processed": False}
+            assert (await call(client)).json() == {"processed": False, "jobs": 0, "backlog": 0}
             job = (await client.get(f"/jobs/{ids[1]}")).json()
             assert job["status"] == "done" and job["attempts"] == 1
             assert job["workerId"] == "pump-1"
@@ -218,7 +219,7 @@ def test_failures_past_max_attempts_end_failed() -> None:
                                             "payload": {"fail_times": 10}})
             statuses = [(await call(client)).json()["status"] for _ in range(2)]
             assert statuses == ["retry", "failed"]
-            assert (await call(client)).json() == {"processed": False}
+            assert (await call(client)).json() == {"processed": False, "jobs": 0, "backlog": 0}
             stored = (await client.get(f"/jobs/{job['id']}")).json()
             assert stored["status"] == "failed" and stored["attempts"] == 2
             assert "fail_times" in stored["lastError"]

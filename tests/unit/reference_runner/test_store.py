@@ -366,3 +366,17 @@ CREATE UNIQUE INDEX jobs_queue_dedupe_key ON jobs (queue, dedupe_key)
 CREATE INDEX jobs_claim ON jobs (queue, status, id);
 CREATE INDEX jobs_lease ON jobs (status, started_at);
 """
+
+
+def test_the_backlog_is_counted_with_the_claim_and_capped() -> None:
+    clock = Clock()
+    store = JobStore(clock=clock)
+    for _ in range(5):
+        store.enqueue("t")
+    store.enqueue_many([JobSpec("later", run_at=clock.now + 3600)])
+    job, due = store.claim_counted("agent", "w")
+    assert job is not None and due == 4  # four left; the job due in an hour is not counted
+    _, due = store.claim_counted("agent", "w", cap=2)
+    assert due == 2  # at least two: the cap, as the kit caps at 1000
+    assert store.claim_counted("other", "w") == (None, 0)
+    store.close()

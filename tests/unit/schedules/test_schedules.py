@@ -560,7 +560,8 @@ def test_e2e_a_body_the_runner_rejects_is_one_error_not_a_retry_loop(logs: Logs)
     async def main() -> int:
         async with await start_runner(token=TOKEN, organization_id="org-1") as runner:
             wall = Wall(at(3, 0, 5), until=at(3, 10))
-            bad = sched(url=f"{runner.url}/jobs", body={"type": "digest", "priority": 1})
+            # The reference runner takes `priority` since issue 24; `urgency` it never knew.
+            bad = sched(url=f"{runner.url}/jobs", body={"type": "digest", "urgency": 1})
             settings = from_mapping({**BASE_ENV, "QUEUE_PUMP_ENDPOINT": runner.runner_url})
             async with build_http_client(http_config(settings)) as http:
                 await Scheduler([bad], http, contract_headers(settings), stop=wall.stop,
@@ -570,7 +571,7 @@ def test_e2e_a_body_the_runner_rejects_is_one_error_not_a_retry_loop(logs: Logs)
 
     assert asyncio.run(asyncio.wait_for(main(), timeout=20)) == 0
     [failed] = events(logs, "schedule_failed")
-    assert failed["status"] == 400 and "priority" in failed["detail"]
+    assert failed["status"] == 400 and "urgency" in failed["detail"]
     assert not events(logs, "schedule_retry")
 
 
