@@ -105,3 +105,39 @@ def test_sigterm_lets_a_whole_batch_in_flight_finish(
     assert answers and answers[0][0] == 200 and answers[0][1]["jobs"] == 3, answers
     assert query(db_url, "select status, count(*) as n from queue_pump.jobs group by 1") == [
         {"status": "done", "n": 3}]
+
+
+def test_each_job_of_a_batch_keeps_cancel_children_and_its_claimed_fields(
+        deno_bin: Path, db_url: str, org: str) -> None:
+    """At the default JOB_BATCH_SIZE: an operator's cancel of one job of a running batch ends
+    that job `cancelled` (seen by the poll, its signal aborted) while the others run on; a
+    handler's ctx.enqueue records it as the parent; ctx.job has what the claim returned."""
+    doomed = enqueue(db_url, org, "sleep", '{"ms": 60000}')
+    sleeper = enqueue(db_url, org, "sleep", '{"ms": 1500}')
+    parent = enqueue(db_url, org, "fanout", '{"children": 2}')
+    who = enqueue(db_url, org, "whoami", priority=-1, concurrency_key="acme")
+    answers: list[tuple[int, Any]] = []
+    with functions(deno_bin, "ai-job-runner", db_url, JOB_CANCEL_POLL_MS="100") as [fn]:
+        caller = threading.Thread(target=lambda: answers.append(post(fn.url, {}, org=org)))
+        caller.start()
+        kit.wait_until(lambda: query(db_url, "select 1 from queue_pump.jobs where id = %s"
+                                             " and status = 'running'", doomed), 30, "the claim")
+        [cancelled] = query(db_url, "select outcome from queue_pump.cancel(%s, %s)", org, doomed)
+        caller.join(timeout=30)
+    assert cancelled["outcome"] == "requested", cancelled
+    assert answers and answers[0][0] == 200, answers
+    answer = answers[0][1]
+    assert answer["jobs"] == 4 and set(answer) == {"processed", "jobs", "backlog", "results"}
+    by_id = {r["jobId"]: r for r in answer["results"]}
+    assert {i: r["status"] for i, r in by_id.items()} == {
+        doomed: "cancelled", sleeper: "done", parent: "done", who: "done"}
+    rows = {r["id"]: r for r in query(
+        db_url, "select id, status, result, parent_id from queue_pump.jobs"
+                " where organization_id = %s", org)}
+    assert rows[doomed]["status"] == "cancelled"
+    assert rows[who]["result"] == {"priority": -1, "concurrencyKey": "acme"}
+    children = [r for r in rows.values() if r["parent_id"] == parent]
+    assert len(children) == 3   # two echoes and their collect
+    events = query(db_url, "select kind from queue_pump.job_events where job_id = %s order by seq",
+                   doomed)
+    assert [e["kind"] for e in events][-1] == "cancelled", events
