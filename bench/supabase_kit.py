@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.supabase_kit throughput   # jobs/s at 1x1, 1x8, 3x8 (+ Node 1x1)
     .venv/bin/python -m bench.supabase_kit claim        # claim p50/p99 at 1k, 100k, 1M rows
+    .venv/bin/python -m bench.supabase_kit claim-batch  # claim_batch(N) vs N claims, per job
+    .venv/bin/python -m bench.supabase_kit throughput --batch 5,10,20   # 3x8, JOB_BATCH_SIZE
     .venv/bin/python -m bench.supabase_kit restart      # pg_ctl restart -m fast -> a job done
     .venv/bin/python -m bench.supabase_kit memory       # the runner's peak RSS, big payloads
     .venv/bin/python -m bench.supabase_kit race         # enqueue with dedupe keys vs purge
@@ -98,10 +100,10 @@ def runners(deno: Any, url: str, count: int = 2, **env: str) -> list[kit.DenoFun
 
 
 def run_variant(pg: kit.PgCluster, deno: Any, name: str, pumps: int, concurrency: int,
-                jobs: int, tick_ms: int) -> dict[str, Any]:
+                jobs: int, tick_ms: int, batch: int = 1) -> dict[str, Any]:
     with database(pg, f"bench_{name.replace('x', '_').replace('-', '_')}") as url:
         enqueue(url, jobs)
-        fns = runners(deno, url)
+        fns = runners(deno, url, JOB_BATCH_SIZE=str(batch))
         try:
             cmds = ([node_cmd(fns[0])] if name.startswith("node-") else
                     [pump_cmd(fns[i % 2], concurrency, f"bench-{i}", tick_ms)
@@ -112,39 +114,44 @@ def run_variant(pg: kit.PgCluster, deno: Any, name: str, pumps: int, concurrency
         finally:
             for fn in fns:
                 fn.stop()
-        result = {"variant": name, "pumps": pumps, "concurrency": concurrency, "exit": codes,
-                  **drained_rate(url)}
+        result = {"variant": name, "pumps": pumps, "concurrency": concurrency, "batch": batch,
+                  "exit": codes, **drained_rate(url)}
         print(json.dumps(result), file=sys.stderr)
         return result
 
 
 def cmd_throughput(args: argparse.Namespace) -> None:
     pg_bin, deno = _deps()
-    # (name, pumps, concurrency, jobs, tick ms): tick 0 measures the queue; the last pump row
-    # is the default QUEUE_PUMP_TICK_SLEEP_MS=250, which caps a loop at about 4 calls a second.
-    variants = [("1x1", 1, 1, 300, 0), ("1x8", 1, 8, 1500, 0), ("3x8", 3, 8, 3000, 0),
-                ("3x8-tick250", 3, 8, 600, 250)]
+    # (name, pumps, concurrency, jobs, tick ms, JOB_BATCH_SIZE): tick 0 measures the queue; the
+    # tick250 row is the default QUEUE_PUMP_TICK_SLEEP_MS=250, about 4 calls a second a loop.
+    variants = [("1x1", 1, 1, 300, 0, 1), ("1x8", 1, 8, 1500, 0, 1), ("3x8", 3, 8, 3000, 0, 1),
+                ("3x8-tick250", 3, 8, 600, 250, 1)]
     if shutil.which("node"):
-        variants.append(("node-1x1", 1, 1, 300, 0))
+        variants.append(("node-1x1", 1, 1, 300, 0, 1))
+    if args.batch:
+        # --batch 5,10,20: the 3x8 drain with that JOB_BATCH_SIZE, beside the rows above.
+        variants = [v for v in variants if v[0] in ("3x8",)] + [
+            (f"3x8-b{b}", 3, 8, args.jobs, 0, b) for b in args.batch]
     rows: dict[str, list[dict[str, Any]]] = {}
     with kit.cluster(pg_bin) as pg:
         _template(pg)
         for r in range(args.rounds):
-            for name, pumps, conc, jobs, tick in variants:
-                row = run_variant(pg, deno, f"{name}-r{r}", pumps, conc, jobs, tick)
+            for name, pumps, conc, jobs, tick, batch in variants:
+                row = run_variant(pg, deno, f"{name}-r{r}", pumps, conc, jobs, tick, batch)
                 rows.setdefault(name, []).append(row)
-    summary = [{"variant": name, "jobs": runs[0]["jobs"],
+    summary = [{"variant": name, "jobs": runs[0]["jobs"], "batch": runs[0]["batch"],
                 "jobs_per_s": statistics.median(x["jobs_per_s"] for x in runs),
                 "runs": [x["jobs_per_s"] for x in runs],
                 "all_done_once": all(x["done"] == x["jobs"] and x["max_attempts"] == 1
                                      for x in runs)} for name, runs in rows.items()]
-    save("supabase_throughput", {"rounds": args.rounds, "summary": summary, "runs": rows})
-    print("| pumps x concurrency | jobs | jobs/s (median) | rounds | each job once |")
-    print("|---|---:|---:|---|---|")
+    save("supabase_throughput", {"rounds": args.rounds, "summary": summary, "runs": rows,
+                                 "load": load()})
+    print("| pumps x concurrency | JOB_BATCH_SIZE | jobs | jobs/s (median) | rounds |"
+          " each job once |")
+    print("|---|---:|---:|---:|---|---|")
     for s in summary:
-        print(f"| {s['variant']} | {s['jobs']} | {s['jobs_per_s']:.0f} |"
+        print(f"| {s['variant']} | {s['batch']} | {s['jobs']} | {s['jobs_per_s']:.0f} |"
               f" {', '.join(f'{x:.0f}' for x in s['runs'])} | {s['all_done_once']} |")
-    print("| pg_cron, 1 call a minute (computed) | - | 0.017 | - | - |")
 
 
 def _template(pg: kit.PgCluster) -> None:
@@ -194,6 +201,54 @@ def cmd_claim(args: argparse.Namespace) -> None:
               f" {r['mean_ms']} |")
     ratio = results[-1]["p99_ms"] / results[0]["p99_ms"]
     print(f"\np99 at 1,000,000 rows / p99 at 1,000 rows: {ratio:.2f} (target: at most 2)")
+
+
+def claim_batch_cost(url: str, batch: int, jobs: int) -> dict[str, Any]:
+    """Jobs claimed per second from one connection: `batch` claims in one claim_batch
+    statement, against one claim statement per job (batch 1), each job completed after."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select queue_pump.enqueue(%s, 'agent', 'echo') from generate_series(1, %s)",
+                     (ORG, jobs))
+        conn.execute("vacuum analyze queue_pump.jobs")
+        sql = ("select id from queue_pump.claim(%s, 'agent', 'bench', 60)" if batch == 1 else
+               f"select id from queue_pump.claim_batch(%s, 'agent', 'bench', 60, {batch})")
+        taken, claim_s = 0, 0.0
+        times = []
+        while taken < jobs:
+            t0 = time.perf_counter()
+            ids = [r[0] for r in conn.execute(sql, (ORG,)).fetchall()]
+            dt = time.perf_counter() - t0
+            if not ids:
+                break
+            claim_s += dt
+            times.append(dt * 1000)
+            taken += len(ids)
+            conn.execute("select queue_pump.complete(x, 'bench') from unnest(%s::bigint[]) x",
+                         (ids,))
+    times.sort()
+    return {"batch": batch, "jobs": taken, "statements": len(times),
+            "statement_p50_ms": round(times[len(times) // 2], 3),
+            "claim_us_per_job": round(claim_s / taken * 1e6, 1)}
+
+
+def cmd_claim_batch(args: argparse.Namespace) -> None:
+    pg_bin, _ = _deps()
+    results = []
+    with kit.cluster(pg_bin) as pg:
+        _template(pg)
+        for r in range(args.rounds):
+            for batch in (1, 5, 10, 20, 100):
+                url = pg.create_database(f"bench_cb_{batch}_{r}", template="kit_template")
+                results.append(claim_batch_cost(url, batch, args.jobs))
+                print(json.dumps(results[-1]), file=sys.stderr)
+    save("supabase_claim_batch", {"results": results, "load": load()})
+    print("| max_jobs | statements | statement p50 ms | claim time per job (us, median) |")
+    print("|---:|---:|---:|---:|")
+    for batch in (1, 5, 10, 20, 100):
+        rs = [x for x in results if x["batch"] == batch]
+        print(f"| {batch} | {rs[0]['statements']} |"
+              f" {statistics.median(x['statement_p50_ms'] for x in rs)} |"
+              f" {statistics.median(x['claim_us_per_job'] for x in rs)} |")
 
 
 # --- recovery from a database restart -------------------------------------------------------
@@ -600,8 +655,15 @@ def cmd_cost(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.supabase_kit")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("throughput")
+    t = sub.add_parser("throughput", help="jobs/s drained through pumps and two functions")
     t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="JOB_BATCH_SIZE values to drain 3x8 with, e.g. 5,10,20 (default: the"
+                        " one-job rows)")
+    t.add_argument("--jobs", type=int, default=10_000, help="jobs per --batch round")
+    cb = sub.add_parser("claim-batch", help="claim_batch(N) against N claims, one connection")
+    cb.add_argument("--rounds", type=int, default=3)
+    cb.add_argument("--jobs", type=int, default=5000)
     c = sub.add_parser("claim")
     c.add_argument("--samples", type=int, default=2000)
     r = sub.add_parser("restart")
@@ -619,11 +681,15 @@ def main() -> None:
     a = sub.add_parser("all")
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--samples", type=int, default=2000)
+    a.add_argument("--batch", default=None)
+    a.add_argument("--jobs", type=int, default=10_000)
     args = parser.parse_args()
     if args.cmd in ("throughput", "all"):
         cmd_throughput(args)
     if args.cmd in ("claim", "all"):
         cmd_claim(args)
+    if args.cmd == "claim-batch":
+        cmd_claim_batch(args)
     if args.cmd == "restart":
         cmd_restart(args)
     if args.cmd == "memory":

@@ -163,11 +163,26 @@ class Api:
         answer: dict[str, Any] = response.json()
         return answer
 
+    def run_jobs(self, queue: str = "agent") -> list[dict[str, Any]]:
+        """One runner call; what became of each job it ran, in the order they were claimed: a
+        batch runner's ``results`` (the kit at JOB_BATCH_SIZE > 1 with several jobs due), else
+        the one-job answer itself, else nothing."""
+        answer = self.run(queue)
+        if not answer.get("processed"):
+            return []
+        results: list[dict[str, Any]] = answer.get("results", [answer])
+        assert len(results) == answer.get("jobs", 1), answer
+        return results
+
     def run_all(self, queue: str = "agent", limit: int = 1000) -> int:
-        """Runner calls until one is idle; how many processed a job."""
-        for count in range(limit):
-            if not self.run(queue).get("processed"):
-                return count
+        """Runner calls until one is idle; how many jobs they ran (a call's ``jobs``, 1 when a
+        one-job runner leaves it out: docs/RUNNER_CONTRACT.md §2.1)."""
+        ran = 0
+        for _ in range(limit):
+            answer = self.run(queue)
+            if not answer.get("processed"):
+                return ran
+            ran += int(answer.get("jobs", 1))
         raise AssertionError(f"still processing after {limit} calls")
 
     @contextmanager

@@ -64,6 +64,14 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "rewrites docs/img/; the same test runs in the suite, writing to a temporary directory",
     ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --rounds 3"):
         "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.baseline          # all 10 rows, ~10 min"):
+        "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit claim-batch --rounds 3 "
+                           "--jobs 3000"):
+        "a benchmark needing PostgreSQL; benchmarks are not tests",
+    ("docs/BENCHMARKS.md", ".venv/bin/python -m bench.supabase_kit throughput --batch 1,10 "
+                           "--rounds 3 --jobs 10000"):
+        "a benchmark of minutes needing PostgreSQL and Deno; benchmarks are not tests",
     ("docs/BENCHMARKS.md", "flock /work/notes/bench.lock .venv/bin/python -m bench.queue_features "
                            "all"):
         "benchmarks of minutes needing PostgreSQL and Deno, some against an older checkout; "

@@ -239,7 +239,8 @@ def test_secrets_are_masked_in_every_encoding_before_any_cut(
     for message in messages:
         query(db_url, "select queue_pump.enqueue(%s, 'agent', 'fail', jsonb_build_object("
                       "'message', %s::text), max_attempts => 1)", org, message)
-    with functions(deno_bin, "ai-job-runner", with_password(db_url)) as [fn]:
+    # One job a call, so that each answer carries its job's error at the top.
+    with functions(deno_bin, "ai-job-runner", with_password(db_url), JOB_BATCH_SIZE="1") as [fn]:
         answers = [post(fn.url, {}, org)[1] for _ in messages]
     stored = query(db_url, "select last_error from queue_pump.jobs")
     texts = [a["error"] for a in answers] + [r["last_error"] for r in stored] + fn.lines
@@ -311,7 +312,7 @@ def test_the_ids_one_organization_sees_count_nobody_elses_enqueues(
     """Finding 7: tenant A counted tenant B's enqueues, deduped calls included, from the gaps
     between its own ids (on 2ffcb6a: consecutive, the gap B's count + 1)."""
     with functions(deno_bin, "enqueue", db_url) as [enq], \
-            functions(deno_bin, "ai-job-runner", db_url) as [runner]:
+            functions(deno_bin, "ai-job-runner", db_url, JOB_BATCH_SIZE="1") as [runner]:
         mine = [post(enq.url, {"type": "echo"}, org)[1]["id"]]
         for n in range(30):
             post(enq.url, {"type": "echo", "dedupeKey": f"b{n % 10}"}, org + "-b")

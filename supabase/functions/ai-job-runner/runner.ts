@@ -1,4 +1,5 @@
-// One runner call: claim one due job of the call's queue, run its handler, record the outcome.
+// One runner call: claim up to JOB_BATCH_SIZE due jobs of the call's queue, run their handlers
+// at once, record each outcome as it comes.
 import { type Caller } from "../_shared/auth.ts";
 import { type Database, isUnavailable, ownCheck, sqlState } from "../_shared/db.ts";
 import { jsonProblem, MAX_JSON_BYTES } from "../_shared/json.ts";
@@ -18,6 +19,8 @@ import {
 
 export interface RunnerOptions {
   leaseSeconds: number;
+  /** Most jobs one call claims and runs at once (JOB_BATCH_SIZE). */
+  batchSize: number;
   /** How often a run asks whether an operator cancelled its job while the handler runs
    * (JOB_CANCEL_POLL_MS): one read of the job's row by its key. */
   cancelPollMs: number;
@@ -66,25 +69,89 @@ export function queueOf(url: URL, body: Record<string, unknown>): string | null 
   return typeof raw === "string" && QUEUE_PATTERN.test(raw) ? raw : null;
 }
 
-export async function runOne(db: Database, caller: Caller, queue: string, opts: RunnerOptions): Promise<Response> {
-  // Unique per claim, so a lease is never mistaken for another call's even from one pump.
+/** Most jobs one call may claim and run (JOB_BATCH_SIZE's upper bound). */
+export const MAX_BATCH_SIZE = 100;
+/** The backlog in an answer is counted up to this; the cap means "at least that many". */
+export const BACKLOG_CAP = 1000;
+
+/** What one job of a call became, as answered to the pump. */
+interface JobReport {
+  jobId: number;
+  jobType: string;
+  status: string;
+  yielded: boolean;
+  attempt: number;
+  error?: string;
+}
+
+/** One runner call: claim up to opts.batchSize due jobs of the queue in one statement, run them
+ * all at once, record each as it finishes, answer how many ran and how many are still due. */
+export async function runBatch(db: Database, caller: Caller, queue: string, opts: RunnerOptions): Promise<Response> {
+  // Unique per call, so a lease is never mistaken for another call's even from one pump.
   const worker = `${caller.workerId}/${crypto.randomUUID()}`;
   let rows: ClaimedRow[];
   try {
-    // A payload holding a number a double would change cannot be here: enqueue refuses it,
-    // and the upgrade failed the jobs that held one (the hardening migration).
-    rows = await db.run(() =>
-      db.sql<ClaimedRow[]>`
-        select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
-               concurrency_key, parent_id, "after"
-          from queue_pump.claim(organization_id => ${caller.organizationId}, queue => ${queue},
-                                worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`
-    );
+    rows = await db.run(() => claim(db, caller.organizationId, queue, worker, opts));
   } catch (err) {
     return db.errorResponse(err, "claim");
   }
   if (rows.length === 0) return Response.json({ processed: false });
-  const row = rows[0];
+  // Counted while the jobs run (another pooled connection), after this call's claim: the jobs
+  // still due once this batch was taken. Never fails the call; without it the field is left out.
+  const backlog = backlogOf(db, caller.organizationId, queue);
+  // Each job on its own: one that throws, times out, is cancelled or cannot be recorded does not
+  // stop the others, and each is recorded the moment it ends (its lease, heartbeat, cancel poll,
+  // log lines and fencing its own).
+  const ran = await Promise.all(rows.map((row) => runAndRecord(db, caller, row, worker, opts)));
+  const failed = ran.find((r): r is { err: unknown } => "err" in r);
+  if (failed) {
+    // A job ran but its outcome could not be written: it stays running until its lease ends,
+    // then runs again (at least once). Tell the pump to back off from a database that is away;
+    // the batch's other jobs were recorded (or not) each on its own.
+    return db.errorResponse(failed.err, "record");
+  }
+  const reports = ran.map((r) => (r as { report: JobReport }).report);
+  const counted = await backlog;
+  const extra = { jobs: reports.length, ...(counted === null ? {} : { backlog: counted }) };
+  // One job: the answer of a one-job runner (the contract's fields), plus the counts.
+  if (reports.length === 1) return Response.json({ processed: true, ...reports[0], ...extra });
+  return Response.json({ processed: true, ...extra, results: reports });
+}
+
+function claim(db: Database, organizationId: string, queue: string, worker: string, opts: RunnerOptions) {
+  // A payload holding a number a double would change cannot be here: enqueue refuses it,
+  // and the upgrade failed the jobs that held one (the hardening migration).
+  if (opts.batchSize === 1) {
+    return db.sql<ClaimedRow[]>`
+      select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
+             concurrency_key, parent_id, "after"
+        from queue_pump.claim(organization_id => ${organizationId}, queue => ${queue},
+                              worker => ${worker}, lease_seconds => ${opts.leaseSeconds})`;
+  }
+  return db.sql<ClaimedRow[]>`
+    select id, job_type, queue, payload, progress, attempts, max_attempts, priority,
+           concurrency_key, parent_id, "after"
+      from queue_pump.claim_batch(organization_id => ${organizationId}, queue => ${queue},
+                                  worker => ${worker}, lease_seconds => ${opts.leaseSeconds},
+                                  max_jobs => ${opts.batchSize})`;
+}
+
+async function backlogOf(db: Database, organizationId: string, queue: string): Promise<number | null> {
+  try {
+    const [r] = await db.sql`select queue_pump.backlog(${organizationId}, ${queue}, ${BACKLOG_CAP}) as n`;
+    return typeof r?.n === "number" ? r.n : null;
+  } catch {
+    return null;
+  }
+}
+
+async function runAndRecord(
+  db: Database,
+  caller: Caller,
+  row: ClaimedRow,
+  worker: string,
+  opts: RunnerOptions,
+): Promise<{ report: JobReport } | { err: unknown }> {
   const job: JobInfo = {
     id: row.id,
     type: row.job_type,
@@ -102,20 +169,19 @@ export async function runOne(db: Database, caller: Caller, queue: string, opts: 
   try {
     status = await recordOrFail(db, job, worker, outcome);
   } catch (err) {
-    // The job ran but its outcome could not be written: it stays running until its lease ends,
-    // then runs again (at least once). Tell the pump to back off from a database that is away.
-    return db.errorResponse(err, "record");
+    return { err };
   }
   logOutcome(job, status, outcome);
-  return Response.json({
-    processed: true,
-    jobId: job.id,
-    jobType: job.type,
-    status,
-    yielded: outcome.kind === "yield",
-    attempt: job.attempt,
-    ...(outcome.kind === "error" ? { error: outcome.message } : {}),
-  });
+  return {
+    report: {
+      jobId: job.id,
+      jobType: job.type,
+      status,
+      yielded: outcome.kind === "yield",
+      attempt: job.attempt,
+      ...(outcome.kind === "error" ? { error: outcome.message } : {}),
+    },
+  };
 }
 
 /** What became of the claimed job; never throws, and an error's text is masked and cut. */
