@@ -17,22 +17,19 @@ Not a test: the figures depend on the machine."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.operator_list import ADMIN, AGENT, ORG, fill, percentiles
-from queue_pump.reference_runner import start_runner
+from bench.operator_list import ADMIN, ORG, filled_runner, percentiles
 
 SERVING = re.compile(rb"serving (http://\S+)/ ")
 
@@ -103,19 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "jobs.sqlite3")
-        t0 = time.perf_counter()
-        fill(path, args.jobs)
-        filled_s = time.perf_counter() - t0
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        runner = asyncio.run_coroutine_threadsafe(start_runner(
-            db=path, token=AGENT, organization_id=ORG, admin_token=ADMIN), loop).result(60)
-        try:
-            figures = measure(runner.url, args.calls)
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.close(), loop).result(60)
-            loop.call_soon_threadsafe(loop.stop)
+        with filled_runner(path, args.jobs) as (url, filled_s):
+            figures = measure(url, args.calls)
     print(json.dumps({"jobs": args.jobs, "calls": args.calls, "fill_s": round(filled_s, 1),
                       **figures}, indent=2))
 

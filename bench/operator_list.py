@@ -31,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +240,25 @@ def kit_list(deno: Any, url: str, calls: int) -> dict[str, Any]:
         fn.stop()
 
 
+@contextmanager
+def filled_runner(path: str, jobs: int) -> Iterator[tuple[str, float]]:
+    """A reference runner over a SQLite file filled with ``jobs`` jobs, served from a thread of
+    its own: its URL and the seconds the fill took."""
+    t0 = time.perf_counter()
+    fill(path, jobs)
+    filled_s = time.perf_counter() - t0
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(start_runner(
+        db=path, token=AGENT, organization_id=ORG, admin_token=ADMIN), loop).result(60)
+    try:
+        yield runner.url, filled_s
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.close(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kit", action="store_true",
@@ -252,19 +273,8 @@ def main() -> None:
     args.jobs = args.jobs[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "jobs.sqlite3")
-        t0 = time.perf_counter()
-        fill(path, args.jobs)
-        filled_s = time.perf_counter() - t0
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        runner = asyncio.run_coroutine_threadsafe(start_runner(
-            db=path, token=AGENT, organization_id=ORG, admin_token=ADMIN), loop).result(60)
-        try:
-            pages = list_pages(runner.url, args.calls)
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.close(), loop).result(60)
-            loop.call_soon_threadsafe(loop.stop)
+        with filled_runner(path, args.jobs) as (url, filled_s):
+            pages = list_pages(url, args.calls)
         claimed = claims(path, args.claims)
     print(json.dumps({"jobs": args.jobs, "fill_s": round(filled_s, 1), "list": pages,
                       "claim_and_complete": claimed}, indent=2))
